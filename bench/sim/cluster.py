@@ -1,0 +1,179 @@
+"""The discrete-event loop: sessions send turns, the gateway's own strategy picks a backend
+for each, backends run engine steps, and the gateway's own `SignalCollector` keeps the in-flight
+counts and latency averages and takes periodic scrapes of the backends' gauges.
+
+Nothing here decides where a request goes: `gateway.routing.registry.make_strategy` builds the
+strategy the policy names, and it orders `Target`s built from policy `Deployment`s for a `Call`
+whose body holds the session's messages, exactly as the proxy would ask it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from bench.sim.backend import Backend, BackendConfig, Request
+from bench.sim.workload import (
+    Session,
+    WorkloadConfig,
+    reply_text,
+    request_means,
+    segment_id,
+    sessions,
+    system_prompts,
+    user_text,
+)
+from gateway.call import Call
+from gateway.policy.models import Deployment
+from gateway.providers.base import Target
+from gateway.routing.registry import make_strategy
+from gateway.routing.signals import EngineMetrics, SignalCollector
+
+_ARRIVAL, _STEP, _SCRAPE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    backends: int = 8
+    load: float = 0.7
+    """Offered load as a fraction of the cluster's capacity (see `capacity_rps`)."""
+    duration_s: float = 900.0
+    """Sessions start in [0, duration_s); turns after it are not sent."""
+    warmup_s: float = 150.0
+    """Requests arriving before this are simulated but not measured (caches fill up)."""
+    scrape_interval_s: float = 5.0
+    """How often backend gauges are scraped (the policy's `router.health_check_interval_s`)."""
+    seed: int = 1
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+
+def capacity_rps(cfg: SimConfig) -> tuple[float, dict[str, float]]:
+    """Requests/s the cluster sustains with every batch full, when each request prefills its
+    prompt minus the (always cached) system prompt: the capacity of a router that ignores
+    prefixes. Per request: output × (step at full batch ÷ batch) + uncached × prefill cost."""
+    b = cfg.backend
+    uncached, output, turns = request_means(cfg.workload, random.Random(cfg.seed + 1))
+    full_step = b.step_base_s + b.decode_s * b.max_batch
+    work = output * full_step / b.max_batch + uncached * b.prefill_s
+    return cfg.backends / work, {"gpu_s_per_request": work, "mean_uncached_prompt": uncached,
+                                 "mean_output": output, "mean_turns": turns}
+
+
+def _keys(segments: list[tuple[int, int]], block: int) -> list[int]:
+    """Keys of the full blocks covering `segments`: block i's key hashes every segment up to
+    the one holding its last token (a hash chain), and its end position."""
+    keys: list[int] = []
+    chain = 0
+    pos = 0
+    for seg, length in segments:
+        chain = hash((chain, seg))
+        end = pos + length
+        e = (pos // block + 1) * block
+        while e <= end:
+            keys.append(hash((chain, e)))
+            e += block
+        pos = end
+    return keys
+
+
+@dataclass(slots=True)
+class Outcome:
+    strategy: str
+    requests: list[Request]
+    backends: list[Backend]
+    window_s: float
+
+
+def run(cfg: SimConfig, strategy_name: str) -> Outcome:
+    rng = random.Random(cfg.seed)
+    wl = cfg.workload
+    systems = system_prompts(wl, rng)
+    rate, _ = capacity_rps(cfg)
+    session_rate = cfg.load * rate / request_means(wl, random.Random(cfg.seed + 1))[2]
+    all_sessions = sessions(wl, session_rate, cfg.duration_s, rng)
+
+    deployments = [Deployment(provider="sim", model="llama", name=f"gpu-{i}")
+                   for i in range(cfg.backends)]
+    targets = [Target("llama", d, "sim") for d in deployments]
+    index = {t.id: i for i, t in enumerate(targets)}
+    strategy = make_strategy(strategy_name, cfg.seed)
+    now = 0.0
+    collector = SignalCollector(interval_s=cfg.scrape_interval_s,
+                                stale_s=3 * cfg.scrape_interval_s, clock=lambda: now)
+    backends = [Backend(i, cfg.backend) for i in range(cfg.backends)]
+    block = cfg.backend.block_tokens
+
+    events: list[tuple[float, int, int, object]] = []
+    seq = 0
+
+    def push(t: float, kind: int, obj: object) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, obj))
+
+    for s in all_sessions:
+        push(s.start, _ARRIVAL, s)
+    push(0.0, _SCRAPE, None)
+    measured: list[Request] = []
+
+    def send(s: Session, t: float) -> None:
+        turn = s.turns[s.next_turn]
+        if s.next_turn == 0:
+            sp = systems[s.system]
+            s.segments.append((sp.seg_id, sp.tokens))
+            s.messages.append({"role": "system", "content": sp.text})
+        s.segments.append((segment_id(s, s.next_turn, False), turn.user_tokens))
+        s.messages.append({"role": "user", "content": user_text(s, s.next_turn)})
+        prompt = sum(n for _, n in s.segments)
+        keys = _keys([*s.segments, (segment_id(s, s.next_turn, True), turn.output_tokens)],
+                     block)
+        r = Request(s.sid, s.next_turn, t, prompt, turn.output_tokens, keys,
+                    measured=cfg.warmup_s <= t < cfg.duration_s)
+        call = Call(endpoint="chat", model="llama", raw=b"", stream=True,
+                    request_id=f"{s.sid}-{s.next_turn}",
+                    body={"model": "llama", "messages": list(s.messages), "stream": True,
+                          "max_tokens": turn.output_tokens})
+        chosen = strategy.order(targets, collector.snapshot(), call)[0]
+        collector.begin(chosen.id)
+        be = backends[index[chosen.id]]
+        r.backend = be.index
+        be.waiting.append(r)
+        if r.measured:
+            measured.append(r)
+        if not be.busy:
+            _start(be, t)
+
+    def _start(be: Backend, t: float) -> None:
+        d = be.start_step()
+        if d is not None:
+            push(t + d, _STEP, be)
+
+    by_sid = {s.sid: s for s in all_sessions}
+    while events:
+        now, _, kind, obj = heapq.heappop(events)
+        if kind == _ARRIVAL:
+            assert isinstance(obj, Session)
+            send(obj, now)
+        elif kind == _STEP:
+            assert isinstance(obj, Backend)
+            _, done = obj.finish_step(now)
+            for r in done:
+                collector.end(targets[r.backend].id, ok=True, latency_s=r.finish - r.arrival,
+                              ttft_s=r.first_token - r.arrival)
+                s = by_sid[r.session]
+                s.segments.append((segment_id(s, r.turn, True), r.output_tokens))
+                s.messages.append({"role": "assistant", "content": reply_text(s, r.turn)})
+                s.next_turn += 1
+                nxt = now + s.turns[r.turn].think_s
+                if s.next_turn < len(s.turns) and nxt < cfg.duration_s:
+                    push(nxt, _ARRIVAL, s)
+            _start(obj, now)
+        else:
+            for be in backends:
+                collector.observe(targets[be.index].id, EngineMetrics(
+                    waiting=len(be.waiting), running=be.running, kv_cache_usage=be.kv_usage()))
+            if now < cfg.duration_s:
+                push(now + cfg.scrape_interval_s, _SCRAPE, None)
+    return Outcome(strategy_name, measured, backends, cfg.duration_s - cfg.warmup_s)

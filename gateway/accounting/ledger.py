@@ -1,0 +1,194 @@
+"""The usage ledger: one interface, a SQLite and a PostgreSQL implementation, chosen by URL.
+
+Tables (same columns in both backends; see docs/accounting.md):
+- ``requests``: one row per request (``request_id`` primary key).
+- ``attempts``: one row per upstream attempt of a request (``request_id``, ``idx``).
+- ``rollups_daily``: per (day, tenant, model, deployment, provider) sums, updated in the same
+  transaction as the inserts, and only for requests that transaction actually inserted — a
+  record offered twice (a replay, a retry) is ignored, never counted twice.
+
+A ``Ledger`` is used by one thread at a time (the writer thread, or a report); the writer,
+``LedgerWriter``, lives in ``writer.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.accounting.ledger_rows import BUCKETS, ROLLUP_KEY, ROLLUP_VALUES
+from gateway.accounting.records import RequestRecord
+
+GROUPS = ("tenant", "model", "provider", "deployment", "day")
+
+
+class LedgerUnavailable(Exception):
+    """The database cannot be reached or is not accepting writes right now (spill, retry)."""
+
+
+class Ledger(Protocol):
+    url: str
+
+    def connect(self) -> None:
+        """Open the connection and create the tables if missing. Raises LedgerUnavailable."""
+        ...
+
+    def write(self, records: Sequence[RequestRecord]) -> int:
+        """Insert records and their rollups in one transaction; ignore request ids already
+        stored. Returns how many were new. Raises LedgerUnavailable when the database cannot
+        take them (anything else means a record itself is at fault)."""
+        ...
+
+    def rollup_totals(
+        self, start: date, end: date, tenant: str | None, group_by: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Sums of ``ROLLUP_VALUES`` per group over days ``start..end`` (inclusive)."""
+        ...
+
+    def direct_totals(
+        self, start: date, end: date, tenant: str | None, group_by: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """The same sums computed from the requests/attempts tables (reconciliation)."""
+        ...
+
+    def deployment_tokens(
+        self, start: date, end: date, deployments: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Tokens per (deployment, tenant) over the days (GPU-hour allocation)."""
+        ...
+
+    def read_records(
+        self, start: date, end: date, tenant: str | None = None
+    ) -> Iterator[RequestRecord]:
+        """Stored records of the days, rebuilt as RequestRecords (re-pricing, exports)."""
+        ...
+
+    def update_costs(self, records: Sequence[RequestRecord]) -> None:
+        """Store new attempt costs for existing records and rebuild the rollups of their days."""
+        ...
+
+    def rebuild_rollups(self, start: date, end: date) -> None:
+        """Recompute the rollups of the days from the requests/attempts tables."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_ledger(url: str, schema: str | None = None, *, create: bool = True) -> Ledger:
+    """The ledger implementation for a URL: ``sqlite:///path`` or ``postgresql://…``.
+
+    ``create=False`` (reports) never creates a database or tables: a mistyped path fails
+    with LedgerUnavailable instead of answering with an empty report.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from gateway.accounting.ledger_sqlite import SQLiteLedger
+
+        return SQLiteLedger(url, create=create)
+    if scheme in ("postgresql", "postgres"):
+        from gateway.accounting.ledger_postgres import PostgresLedger
+
+        return PostgresLedger(url, schema=schema, create=create)
+    raise ValueError(
+        f"ledger.url {redact(url)!r}: unsupported scheme {scheme!r}; use sqlite:///path "
+        "or postgresql://user@host:port/db"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL shared by both backends. ``ph`` is the placeholder ("?" or "%s"); ``dec_sum`` the exact
+# decimal sum (SQLite: a Python aggregate over TEXT; PostgreSQL: SUM over NUMERIC).
+
+
+def _where(ph: str, tenant: str | None, prefix: str = "") -> str:
+    w = f"{prefix}day >= {ph} AND {prefix}day <= {ph}"
+    return w + (f" AND {prefix}tenant = {ph}" if tenant is not None else "")
+
+
+def check_groups(group_by: Sequence[str]) -> None:
+    for g in group_by:
+        if g not in GROUPS:
+            raise ValueError(f"cannot group by {g!r}; choose from {', '.join(GROUPS)}")
+
+
+def rollup_sql(group_by: Sequence[str], tenant: str | None, ph: str, dec_sum: str) -> str:
+    check_groups(group_by)
+    cols = ", ".join(group_by)
+    sums = [f"SUM({c}) AS {c}" for c in ROLLUP_VALUES if c != "cost_usd"]
+    sums.append(f"{dec_sum}(cost_usd) AS cost_usd")
+    q = f"SELECT {', '.join([*group_by, *sums])} FROM rollups_daily WHERE {_where(ph, tenant)}"
+    return q + (f" GROUP BY {cols} ORDER BY {cols}" if group_by else "")
+
+
+_DIRECT_EXPR = {
+    "tenant": "r.tenant",
+    "model": "r.model",
+    "day": "r.day",
+    "deployment": "COALESCE(a.deployment, '')",
+    "provider": "COALESCE(a.provider, '')",
+}
+# A request counts once, on its last attempt (or on its only, attempt-less row).
+_LAST = "(a.idx IS NULL OR a.idx = r.attempts - 1)"
+
+
+def direct_sql(
+    group_by: Sequence[str], tenant: str | None, ph: str, dec_sum: str, zero: str
+) -> str:
+    check_groups(group_by)
+    sel = [f"{_DIRECT_EXPR[g]} AS {g}" for g in group_by]
+    sel += [
+        f"SUM(CASE WHEN {_LAST} THEN 1 ELSE 0 END) AS requests",
+        f"SUM(CASE WHEN {_LAST} AND r.status >= 400 THEN 1 ELSE 0 END) AS errors",
+        "COUNT(a.idx) AS attempts",
+        *(f"SUM(COALESCE(a.{b}, 0)) AS {b}" for b in BUCKETS),
+        f"{dec_sum}(COALESCE(a.cost_usd, {zero})) AS cost_usd",
+    ]
+    q = (
+        f"SELECT {', '.join(sel)} FROM requests r "
+        f"LEFT JOIN attempts a ON a.request_id = r.request_id WHERE {_where(ph, tenant, 'r.')}"
+    )
+    if group_by:
+        keys = ", ".join(_DIRECT_EXPR[g] for g in group_by)
+        q += f" GROUP BY {keys} ORDER BY {keys}"
+    return q
+
+
+def rebuild_sql(ph: str, dec_sum: str, zero: str) -> str:
+    cols = ", ".join((*ROLLUP_KEY, *ROLLUP_VALUES))
+    return f"INSERT INTO rollups_daily ({cols}) " + direct_sql(
+        list(ROLLUP_KEY), None, ph, dec_sum, zero
+    )
+
+
+def tokens_sql(n_deployments: int, ph: str) -> str:
+    total = " + ".join(BUCKETS)
+    marks = ", ".join([ph] * n_deployments)
+    return (
+        f"SELECT deployment, tenant, SUM({total}) FROM rollups_daily "
+        f"WHERE day >= {ph} AND day <= {ph} AND deployment IN ({marks}) "
+        "GROUP BY deployment, tenant"
+    )
+
+
+def totals_row(group: dict[str, Any], values: Sequence[Any]) -> dict[str, Any]:
+    """A query row → {group columns…, requests, …, cost_usd} with ints and a Decimal."""
+    out = dict(group)
+    for name, v in zip(ROLLUP_VALUES, values, strict=True):
+        if name == "cost_usd":
+            out[name] = Decimal(str(v)) if v is not None else Decimal(0)
+        else:
+            out[name] = int(v or 0)
+    return out

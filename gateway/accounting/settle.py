@@ -1,0 +1,224 @@
+"""Settle a finished request: usage (estimated where missing), cost, limits, ledger record.
+
+The proxy calls ``Settler.settle`` exactly once per admitted request, however it ended. It
+never raises into the request path: each step is guarded, a failure is logged and counted in
+``failures``, and the record is queued for the ledger in every case — a request without a
+record is the one thing finance must never see.
+
+Which attempts are billed (docs/accounting.md, "per-attempt billing"):
+- every attempt with usage is priced on its own deployment, fallbacks included;
+- an attempt without usage is estimated only if something was generated for it: outcomes
+  ``ok``, ``failed_midstream``, ``cancelled``, ``drained``. An ``error`` attempt (failed
+  before any byte reached the client) without usage costs nothing: providers do not bill a
+  refused or failed call, and guessing would charge tenants for our fallbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from gateway.accounting.estimate import count_prompt_tokens, count_text_tokens
+from gateway.accounting.ledger import open_ledger
+from gateway.accounting.ledger_rows import BUCKETS
+from gateway.accounting.pricing import ZERO, PriceBook
+from gateway.accounting.records import AttemptRecord, RequestRecord
+from gateway.accounting.reports import Report, run_report, tenant_spend
+from gateway.accounting.usage import Usage
+from gateway.accounting.writer import LedgerWriter
+from gateway.limits.base import Limiter, Reservation
+from gateway.policy.models import Policy
+
+log = logging.getLogger(__name__)
+
+_GENERATED = frozenset({"ok", "failed_midstream", "cancelled", "drained"})
+
+
+class Settler:
+    def __init__(
+        self,
+        policy: Policy,
+        price_book: PriceBook,
+        ledger_writer: LedgerWriter,
+        limiter: Limiter | None = None,
+        *,
+        metrics: Any = None,
+    ) -> None:
+        self.policy = policy
+        self.price_book = price_book
+        self.ledger_writer = ledger_writer
+        self.limiter = limiter
+        # gateway.observability.metrics.Metrics, or None (tests, tools).
+        self.metrics = metrics
+        # Step name → failures; also logged with the request id.
+        self.failures: Counter[str] = Counter()
+        self.settled = 0
+        self._spilled_seen = 0
+
+    @classmethod
+    def from_policy(
+        cls, policy: Policy, limiter: Limiter | None = None, metrics: Any = None
+    ) -> Settler:
+        return cls(policy, PriceBook(policy), LedgerWriter.from_policy(policy.ledger), limiter,
+                   metrics=metrics)
+
+    async def start(self) -> None:
+        """Start the ledger writer thread and restore budget spend from the ledger (app
+        lifespan). A ledger that cannot be read only means budgets start from zero."""
+        self.ledger_writer.start()
+        restore = getattr(self.limiter, "restore_spend", None)  # optional limiter capability
+        if restore is None:
+            return
+        try:
+            spent = await asyncio.to_thread(self._read_spend)
+            await restore(spent)
+        except Exception:
+            log.warning("could not restore budget spend from the ledger; budgets start at "
+                        "zero for this replica", exc_info=True)
+
+    def _read_spend(self) -> dict[str, tuple[Decimal, Decimal]]:
+        cfg = self.policy.ledger
+        ledger = open_ledger(cfg.url, cfg.schema_name)
+        try:
+            ledger.connect()
+            return tenant_spend(ledger, datetime.now(UTC))
+        finally:
+            ledger.close()
+
+    async def close(self) -> None:
+        """Flush every queued record to the ledger (or the spill file) and stop the writer."""
+        await self.ledger_writer.aclose()
+        self._observe()
+
+    def update(self, policy: Policy, price_book: PriceBook | None = None) -> None:
+        """Swap in a reloaded policy: requests settling from now on use its prices.
+        (The ledger location is read once at start; changing it needs a restart.)"""
+        self.policy, self.price_book = policy, price_book or PriceBook(policy)
+
+    async def settle(
+        self,
+        reservation: Reservation | None,
+        record: RequestRecord,
+        *,
+        body: Mapping[str, Any] | None = None,
+        completion_text: str | None = None,
+    ) -> None:
+        """Price, estimate, settle limits and queue the record. Never raises.
+
+        For an attempt that reported no usage, the prompt is counted from ``body`` (the
+        OpenAI-shaped request) with the tokenizer, or else taken from the admission estimate;
+        the output from ``completion_text`` (what the client received), or else from the
+        attempt's ``streamed_chunks`` (about one token per SSE content chunk).
+        """
+        policy, book = self.policy, self.price_book
+        try:
+            if policy.accounting.estimate_missing_usage and any(
+                a.usage is None and a.outcome in _GENERATED for a in record.attempts
+            ):
+                # Tokenizing a long prompt takes milliseconds: keep it off the event loop.
+                await asyncio.to_thread(
+                    self._estimate, reservation, record, body, completion_text
+                )
+        except Exception:
+            self._failed("estimate", record)
+        try:
+            book.price_record(record)
+        except Exception:
+            self._failed("price", record)
+            for a in record.attempts:
+                a.cost_usd = ZERO
+        if self.limiter is not None and reservation is not None and not reservation.settled:
+            try:
+                tokens = sum(a.usage.total for a in record.attempts if a.usage is not None)
+                await self.limiter.settle(reservation, tokens, record.cost_usd)
+            except Exception:
+                self._failed("limits", record)
+        try:
+            self.ledger_writer.record(record)
+        except Exception:
+            self._failed("ledger", record)
+        self.settled += 1
+        try:
+            self._observe(record)
+        except Exception:
+            self._failed("metrics", record)
+
+    def _estimate(
+        self,
+        reservation: Reservation | None,
+        record: RequestRecord,
+        body: Mapping[str, Any] | None,
+        completion_text: str | None,
+    ) -> None:
+        last = record.attempts[-1]
+        for a in record.attempts:
+            if a.usage is not None or a.outcome not in _GENERATED:
+                continue
+            a.usage = self._estimate_one(a, a is last, reservation, body, completion_text)
+
+    @staticmethod
+    def _estimate_one(
+        a: AttemptRecord,
+        is_last: bool,
+        reservation: Reservation | None,
+        body: Mapping[str, Any] | None,
+        completion_text: str | None,
+    ) -> Usage:
+        if body is not None:
+            prompt = count_prompt_tokens(body, a.upstream_model)
+        else:
+            prompt = reservation.estimate.prompt_tokens if reservation is not None else 0
+        # Only the attempt that reached the client produced the text it received.
+        if is_last and completion_text is not None:
+            output = count_text_tokens(completion_text, a.upstream_model)
+        else:
+            output = a.streamed_chunks
+        return Usage(input_uncached=prompt, output=output, source="estimated")
+
+    def _observe(self, record: RequestRecord | None = None) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        if record is not None:
+            totals = dict.fromkeys(BUCKETS, 0)
+            for a in record.attempts:
+                if a.usage is not None:
+                    for b in BUCKETS:
+                        totals[b] += getattr(a.usage, b)
+            for b, n in totals.items():
+                if n:
+                    m.tokens.labels(record.tenant, record.model, b).inc(n)
+            cost = record.cost_usd
+            if cost:
+                # Prometheus counters are floats: fine for a dashboard, never for billing.
+                m.cost.labels(record.tenant, record.model).inc(float(cost))
+        w = self.ledger_writer
+        m.ledger_pending.set(w.pending)
+        spilled = w.stats.spilled
+        if spilled > self._spilled_seen:
+            m.ledger_spilled.inc(spilled - self._spilled_seen)
+            self._spilled_seen = spilled
+
+    def _failed(self, step: str, record: RequestRecord) -> None:
+        self.failures[step] += 1
+        log.exception("settle step %r failed for request %s", step, record.request_id)
+
+    async def report(
+        self,
+        start: date,
+        end: date,
+        *,
+        tenant: str | None = None,
+        group_by: Sequence[str] = ("tenant", "model"),
+    ) -> Report:
+        """A usage report from this gateway's ledger (admin and tenant usage endpoints)."""
+        p = self.policy
+        return await asyncio.to_thread(
+            run_report, p.ledger.url, start, end, tenant=tenant, group_by=group_by, policy=p,
+            schema=p.ledger.schema_name,
+        )

@@ -1,0 +1,125 @@
+"""Admin API (guarded by `server.admin_key`) and a tenant's own usage at `/v1/usage`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.accounting.reports import parse_group_by, render_csv, render_json, run_report
+from gateway.api.parse import parse_json_object
+from gateway.auth import Authenticator, api_key_from_headers, check_admin_key
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.policy.tenants import parse_expiry
+from gateway.proxy import Proxy
+from gateway.responses import RawResponse, error_response
+
+
+def _dates(request: Request) -> tuple[date, date]:
+    q = request.query_params
+    today = datetime.now(UTC).date()
+    try:
+        start = date.fromisoformat(q["from"]) if "from" in q else today.replace(day=1)
+        end = date.fromisoformat(q["to"]) if "to" in q else today
+    except ValueError as e:
+        raise InvalidRequest(f"from/to must be ISO dates (YYYY-MM-DD): {e}") from None
+    if end < start:
+        raise InvalidRequest(f"'to' ({end}) is before 'from' ({start}).")
+    if end - start > timedelta(days=3660):
+        raise InvalidRequest("A report covers at most ten years; narrow from/to.")
+    return start, end
+
+
+def routes(proxy: Proxy, auth: Authenticator, settler: Any) -> list[Route]:
+    def admin(request: Request) -> None:
+        check_admin_key(api_key_from_headers(request.headers),
+                        proxy.deps.runtime().policy.server.admin_key)
+
+    async def usage_response(request: Request, tenant: str | None) -> RawResponse:
+        start, end = _dates(request)
+        q = request.query_params
+        try:
+            group_by = parse_group_by(q.get("group_by", "tenant,model"))
+        except ValueError as e:
+            raise InvalidRequest(str(e), param="group_by") from None
+        fmt = q.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise InvalidRequest("format must be json or csv.", param="format")
+        policy = proxy.deps.runtime().policy
+        await asyncio.to_thread(settler.ledger_writer.flush, 5.0)
+        report = await asyncio.to_thread(
+            run_report, policy.ledger.url, start, end, tenant=tenant, group_by=group_by,
+            policy=policy, schema=policy.ledger.schema_name)
+        if fmt == "csv":
+            return RawResponse(200, render_csv(report).encode(), content_type=b"text/csv")
+        return RawResponse(200, render_json(report).encode())
+
+    async def guarded(request: Request, fn: Any) -> RawResponse:
+        try:
+            admin(request)
+            return await fn(request)  # type: ignore[no-any-return]
+        except GatewayError as e:
+            return error_response(e)
+
+    async def create_key(request: Request) -> RawResponse:
+        async def go(request: Request) -> RawResponse:
+            body = parse_json_object(await request.body())
+            tenant = body.get("tenant")
+            policy = proxy.deps.runtime().policy
+            if not isinstance(tenant, str) or tenant not in policy.tenants:
+                raise InvalidRequest(f"Unknown tenant {tenant!r}; tenants are declared in the "
+                                     f"policy: {', '.join(sorted(policy.tenants)) or 'none'}.",
+                                     param="tenant")
+            expires = body.get("expires")
+            issued = await auth.create_key(
+                tenant, body.get("name"),
+                parse_expiry(expires) if isinstance(expires, str) else None)
+            out = {"key": issued.key, **issued.record.public()}
+            return RawResponse(201, json.dumps(out, default=str).encode())
+        return await guarded(request, go)
+
+    async def list_keys(request: Request) -> RawResponse:
+        async def go(request: Request) -> RawResponse:
+            keys = await auth.list_keys(request.query_params.get("tenant"))
+            return RawResponse(200, json.dumps({"data": [k.public() for k in keys]},
+                                               default=str).encode())
+        return await guarded(request, go)
+
+    async def revoke_key(request: Request) -> RawResponse:
+        async def go(request: Request) -> RawResponse:
+            rec = await auth.revoke_key(request.path_params["key_id"])
+            return RawResponse(200, json.dumps(rec.public(), default=str).encode())
+        return await guarded(request, go)
+
+    async def admin_usage(request: Request) -> RawResponse:
+        return await guarded(request, lambda r: usage_response(r, r.query_params.get("tenant")))
+
+    async def budget(request: Request) -> RawResponse:
+        async def go(request: Request) -> RawResponse:
+            limiter = proxy.deps.limiter
+            tenant = request.path_params["tenant"]
+            status = await limiter.budget_status(tenant) if limiter is not None else None
+            return RawResponse(200, json.dumps({"tenant": tenant, "budget": status},
+                                               default=str).encode())
+        return await guarded(request, go)
+
+    async def own_usage(request: Request) -> RawResponse:
+        """A tenant's key reads its own usage, never another tenant's."""
+        try:
+            principal = auth.authenticate(api_key_from_headers(request.headers))
+            return await usage_response(request, principal.tenant)
+        except GatewayError as e:
+            return error_response(e)
+
+    return [
+        Route("/admin/keys", create_key, methods=["POST"]),
+        Route("/admin/keys", list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/admin/usage", admin_usage, methods=["GET"]),
+        Route("/admin/budgets/{tenant}", budget, methods=["GET"]),
+        Route("/v1/usage", own_usage, methods=["GET"]),
+    ]

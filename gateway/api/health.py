@@ -1,0 +1,43 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.proxy import Proxy
+from gateway.responses import RawResponse
+
+
+def routes(proxy: Proxy) -> list[Route]:
+    async def health(request: Request) -> RawResponse:
+        return RawResponse(200, b'{"status":"ok"}')
+
+    async def ready(request: Request) -> RawResponse:
+        rt = proxy.deps.runtime()
+        cooling = rt.health.snapshot()
+        unhealthy = proxy.deps.signals.unhealthy_ids()
+        deployments = {
+            d.id: ("cooldown" if cooling.get(d.id) else
+                   "unhealthy" if d.id in unhealthy else
+                   "disabled" if d.weight == 0 else "ok")
+            for route in rt.policy.models.values() for d in route.deployments
+        }
+        ok = any(s == "ok" for s in deployments.values())
+        body = {"status": "ready" if ok else "not_ready", "deployments": deployments}
+        return RawResponse(200 if ok else 503, json.dumps(body).encode())
+
+    async def metrics(request: Request) -> RawResponse:
+        rt = proxy.deps.runtime()
+        m = proxy.deps.metrics
+        for dep, left in rt.health.snapshot().items():
+            m.cooldowns.labels(dep).set(left)
+        return RawResponse(200, m.render(), content_type=b"text/plain; version=0.0.4")
+
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

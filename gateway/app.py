@@ -1,0 +1,162 @@
+"""build_app(policy) -> Starlette. The lifespan opens and closes everything that lives longer
+than a request: upstream pools, the ledger writer, the limiter, signal scrapes, local backends,
+the policy watcher."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from gateway.accounting.settle import Settler
+from gateway.api import admin as admin_api
+from gateway.api import messages as messages_api
+from gateway.api import health as health_api
+from gateway.api import openai as openai_api
+from gateway.api.anthropic_codec import CODEC as ANTHROPIC_CODEC
+from gateway.auth import Authenticator
+from gateway.errors import GatewayError
+from gateway.limits.base import Limiter
+from gateway.observability.logs import configure_logging
+from gateway.observability.metrics import Metrics
+from gateway.policy.models import Policy
+from gateway.policy.reload import PolicyWatcher
+from gateway.proxy import Proxy
+from gateway.responses import error_response
+from gateway.routing.health import Health
+from gateway.routing.signals import SignalCollector, probes_from_policy
+from gateway.runtime import Deps, Runtime
+from gateway.supervisor import LocalBackends
+from gateway.upstream import UpstreamClient
+
+log = logging.getLogger("gateway.app")
+
+
+class _State:
+    """The one mutable reference: the current runtime. Reload swaps it whole."""
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.pools: dict[str, tuple[Any, UpstreamClient]] = {}
+
+    def current(self) -> Runtime:
+        rt = self.runtime
+        if rt is None:
+            raise GatewayError("The gateway is starting; retry in a moment.", status=503,
+                               type="service_unavailable", code="starting")
+        return rt
+
+
+def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
+    configure_logging()
+    state = _State()
+    metrics = Metrics()
+    health = Health(policy.router.circuit_breaker)
+    signals = SignalCollector.from_policy(policy)
+    limiter = _build_limiter(policy, metrics)
+    auth = Authenticator.from_policy(policy)
+    settler = Settler.from_policy(policy, limiter, metrics)
+    deps = Deps(runtime=state.current, auth=auth, limiter=limiter, settler=settler,
+                signals=signals, metrics=metrics, codecs={"anthropic": ANTHROPIC_CODEC})
+    proxy = Proxy(deps)
+    backends = LocalBackends(policy)
+
+    def install(new: Policy) -> None:
+        """Build a runtime for `new` and swap it in; in-flight requests keep the old one."""
+        new = backends.resolve(new)
+        pools = Runtime.clients_for(new, state.pools)
+        rt = Runtime(new, {n: c for n, (_, c) in pools.items()}, health, signals)
+        old_pools = state.pools
+        state.pools = pools
+        state.runtime = rt
+        signals.set_probes(probes_from_policy(new))
+        for name, (cfg, client) in old_pools.items():
+            if pools.get(name, (None, None))[1] is not client:
+                proxy.spawn(client.close())
+
+    async def reload(new: Policy) -> None:
+        await backends.reconcile(new)
+        install(new)
+        auth.set_policy(new)
+        if limiter is not None:
+            limiter.set_policy(new)  # type: ignore[attr-defined]
+        settler.update(new, state.current().prices)
+
+    watcher = PolicyWatcher(policy_path, reload, metrics) if policy_path else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await backends.start()
+        install(policy)
+        await auth.start()
+        await settler.start()
+        signals.start()
+        if watcher is not None:
+            watcher.start()
+        log.info("gateway ready: %d models, %d providers", len(policy.models),
+                 len(policy.providers))
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                await watcher.stop()
+            await signals.stop()
+            await proxy.drain()
+            await settler.close()
+            await auth.close()
+            if limiter is not None:
+                await limiter.close()
+            for _, client in state.pools.values():
+                await client.close()
+            await backends.stop()
+
+    routes: list[BaseRoute] = [
+        *openai_api.routes(proxy),
+        *messages_api.routes(proxy),
+        *health_api.routes(proxy),
+        *admin_api.routes(proxy, auth, settler),
+    ]
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        r = error_response(GatewayError("The gateway hit an internal error; it has been logged. "
+                                        "Retry the request."))
+        return Response(r.body, r.status, media_type="application/json")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        e = GatewayError(f"Unknown path {request.url.path}. The OpenAI-compatible API is under "
+                         "/v1 (chat/completions, completions, embeddings, models).",
+                         status=404, type="invalid_request_error", code="unknown_url")
+        r = error_response(e)
+        return Response(r.body, 404, media_type="application/json")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        e = GatewayError(f"Method {request.method} is not allowed on {request.url.path}.",
+                         status=405, type="invalid_request_error", code="method_not_allowed")
+        r = error_response(e)
+        return Response(r.body, 405, media_type="application/json")
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={Exception: unexpected, 404: not_found,
+                                        405: not_allowed})
+    app.state.proxy = proxy
+    app.state.deps = deps
+    return app
+
+
+def _build_limiter(policy: Policy, metrics: Metrics) -> Limiter | None:
+    if not policy.tenants:
+        return None  # open mode: nothing to limit
+    if policy.state.redis_url:
+        from gateway.limits.redis import RedisLimiter
+
+        return RedisLimiter.from_policy(policy, metrics)
+    from gateway.limits.memory import MemoryLimiter
+
+    return MemoryLimiter.from_policy(policy, metrics)

@@ -1,0 +1,90 @@
+"""`gateway serve | policy check | keys … | usage report …`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+DEFAULT_POLICY = "policies/default.yaml"
+
+
+def _policy_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None,
+                   help=f"policy YAML (default: $GATEWAY_CONFIG or {DEFAULT_POLICY})")
+
+
+def _policy_path(arg: str | None) -> str:
+    import os
+
+    path = arg or os.environ.get("GATEWAY_CONFIG") or DEFAULT_POLICY
+    if not Path(path).exists() and arg is None:
+        # Installed without the repository: fall back to the packaged default.
+        packaged = Path(__file__).parent / "default_policy.yaml"
+        if packaged.exists():
+            return str(packaged)
+    return path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import build_app
+    from gateway.policy.load import PolicyError, load_policy
+
+    path = _policy_path(args.config)
+    try:
+        policy = load_policy(path)
+    except PolicyError as e:
+        print(e, file=sys.stderr)
+        return 2
+    host = args.host or policy.server.host
+    port = args.port or policy.server.port
+    app = build_app(policy, policy_path=path)
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools",
+                log_level=args.log_level, access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy.load import PolicyError, load_policy
+
+    status = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            print(e, file=sys.stderr)
+            print(f"{path}: {len(e.issues)} error(s)", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{path}: OK ({len(policy.providers)} providers, {len(policy.models)} models, "
+              f"{len(policy.tenants)} tenants)")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    _policy_arg(serve)
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=cmd_serve)
+
+    policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_cmd",
+                                                                          required=True)
+    check = policy.add_parser("check", help="validate policy files; non-zero on any error")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_policy_check)
+
+    from gateway import cli_admin
+
+    cli_admin.add_commands(sub, _policy_arg, _policy_path)
+
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    return int(asyncio.run(result) if asyncio.iscoroutine(result) else result)

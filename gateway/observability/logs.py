@@ -1,0 +1,42 @@
+"""Structured (JSON) logs. Never log keys or bodies; format only when the level is on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                  + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging() -> None:
+    """Idempotent: one handler on the `gateway` logger, level from GATEWAY_LOG_LEVEL."""
+    logger = logging.getLogger("gateway")
+    if any(getattr(h, "_gateway", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._gateway = True  # type: ignore[attr-defined]
+    if os.environ.get("GATEWAY_LOG_FORMAT", "json") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper())
+    logger.propagate = False

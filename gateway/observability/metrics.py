@@ -1,0 +1,62 @@
+"""Prometheus metrics. One registry per app (several apps may share a test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("gateway_requests_total", "Requests by public model and status",
+                                ["model", "status"], registry=r)
+        self.latency = Histogram("gateway_request_duration_seconds",
+                                 "End-to-end request latency", ["model"], buckets=_LATENCY,
+                                 registry=r)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds",
+                              "Time to first streamed byte", ["model"], buckets=_LATENCY,
+                              registry=r)
+        self.upstream_errors = Counter("gateway_upstream_errors_total",
+                                       "Failed upstream attempts", ["deployment", "reason"],
+                                       registry=r)
+        self.tokens = Counter("gateway_tokens_total", "Tokens by tenant, model and bucket",
+                              ["tenant", "model", "bucket"], registry=r)
+        self.cost = Counter("gateway_cost_usd_total", "Cost by tenant and model",
+                            ["tenant", "model"], registry=r)
+        self.ledger_pending = Gauge("gateway_ledger_pending_records",
+                                    "Records waiting to be written", registry=r)
+        self.ledger_spilled = Counter("gateway_ledger_spilled_records_total",
+                                      "Records written to the spill file", registry=r)
+        self.limit_store_errors = Counter("gateway_limit_store_errors_total",
+                                          "Limit store (Redis) failures by policy outcome",
+                                          ["outcome"], registry=r)
+        self.budget_alerts = Counter("gateway_budget_alerts_total",
+                                     "Budget alert thresholds crossed", ["tenant", "threshold"],
+                                     registry=r)
+        self.cooldowns = Gauge("gateway_deployment_cooldown_seconds",
+                               "Seconds of cooldown left per deployment", ["deployment"],
+                               registry=r)
+        self.policy_reloads = Counter("gateway_policy_reloads_total", "Policy reloads",
+                                      ["result"], registry=r)
+        self._req_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def request_done(self, model: str, status: int, seconds: float, ttft: float | None) -> None:
+        key = (model, status)
+        children = self._req_children.get(key)
+        if children is None:
+            if len(self._req_children) > 10_000:  # unbounded model names would leak memory
+                model = "other"
+            children = (self.requests.labels(model, str(status)), self.latency.labels(model))
+            self._req_children[key] = children  # type: ignore[assignment]
+        children[0].inc()
+        children[1].observe(seconds)
+        if ttft is not None:
+            self.ttft.labels(model).observe(ttft)
+
+    def upstream_error(self, deployment: str, reason: str) -> None:
+        self.upstream_errors.labels(deployment, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

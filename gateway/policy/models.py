@@ -1,0 +1,287 @@
+"""The policy file, as pydantic models. Every field has a docstring: it feeds docs/policy.md.
+
+Models are frozen and forbid unknown keys, so a typo fails `gateway policy check` with its YAML
+path instead of silently changing routing.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.policy.tenants import TenantConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Timeouts(Strict):
+    connect: float = Field(5.0, gt=0, le=600)
+    """Seconds to open a TCP (and TLS) connection to the upstream."""
+    first_byte: float = Field(60.0, gt=0, le=3600)
+    """Seconds from sending the request to the first byte of the response (time to first token
+    for streams). Past it the attempt counts as a retryable timeout and the next deployment is
+    tried — nothing has reached the client yet."""
+    total: float = Field(600.0, gt=0, le=86400)
+    """Seconds for the whole upstream exchange, stream included."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Timeouts:
+        if self.first_byte > self.total:
+            raise ValueError(
+                f"first_byte ({self.first_byte}) must not exceed total ({self.total}): "
+                "lower first_byte or raise total"
+            )
+        return self
+
+
+class ProviderBase(Strict):
+    base_url: str = ""
+    """Root URL of the upstream API, e.g. `https://api.openai.com/v1` or `http://gpu-a:8000/v1`."""
+    api_key: str | None = None
+    """Upstream API key. Write it as `${ENV_VAR}` (or `${ENV_VAR:-}` for an optional key):
+    keys never live in the policy file itself, and never appear in responses or logs."""
+    api_key_file: str | None = None
+    """Path of a file holding the upstream key (a mounted Kubernetes secret); read at load."""
+    optional: bool = False
+    """When true and the provider has no API key (its variable unset or empty), the provider and
+    every deployment on it are dropped at load instead of failing: the default policy uses this
+    to serve external providers only where their key is set."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra HTTP headers sent with every upstream request (organisation ids, gateway tags)."""
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    """Default timeouts for this provider's deployments."""
+    max_connections: int = Field(256, ge=1, le=100_000)
+    """Pooled keep-alive connections to this provider (one pool per provider)."""
+    drain_on_disconnect: bool = False
+    """When a streaming client disconnects: false cancels the upstream request (frees a
+    self-hosted GPU); true keeps reading to the end so the provider's exact usage is recorded —
+    external providers bill the full generation either way."""
+
+
+class OpenAIProvider(ProviderBase):
+    kind: Literal["openai", "openai-compatible", "vllm"]
+    """`openai` (api.openai.com), `openai-compatible` (Groq, Together, Mistral, DeepSeek,
+    Fireworks, OpenRouter, Ollama, TGI's Messages API…), or `vllm` (a vLLM server: the gateway
+    also asks it for `continuous_usage_stats` and scrapes its `/metrics`)."""
+    supports_stream_usage: bool = True
+    """Whether the upstream understands `stream_options.include_usage`. When false the gateway
+    does not send it and counts stream usage with its tokenizer (source `estimated`)."""
+    metrics_url: str | None = None
+    """Prometheus endpoint with vLLM metric names; defaults to `<base_url without /v1>/metrics`
+    for `kind: vllm`."""
+
+
+class AzureProvider(ProviderBase):
+    kind: Literal["azure"]
+    api_version: str = "2024-10-21"
+    """Azure OpenAI `api-version` query parameter."""
+    auth: Literal["api-key", "entra"] = "api-key"
+    """`api-key`: the key goes in the `api-key` header; `entra`: it is a Microsoft Entra bearer
+    token (from the environment) sent as `Authorization: Bearer`."""
+
+
+class AnthropicProvider(ProviderBase):
+    kind: Literal["anthropic"]
+    anthropic_version: str = "2023-06-01"
+    """Value of the `anthropic-version` header."""
+    default_max_tokens: int = Field(4096, ge=1)
+    """`max_tokens` is required by Anthropic; used when the client sends none."""
+
+
+class GeminiProvider(ProviderBase):
+    kind: Literal["gemini"]
+
+
+class LocalProvider(ProviderBase):
+    kind: Literal["local"]
+    """`gateway serve` starts and supervises a `local-backend` process for this provider."""
+    model: str = "tiny-random"
+    """Model directory or Hugging Face id served by the local backend."""
+    embedding_model: str | None = None
+    """Sentence-embedding model served alongside (`all-MiniLM-L6-v2` ships with the package)."""
+    engine: Literal["auto", "vllm", "torch"] = "auto"
+    """`auto` picks vLLM when it and a GPU are present, torch otherwise."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port for the backend; 0 picks a free one."""
+    args: list[str] = Field(default_factory=list)
+    """Extra arguments passed through to `local-backend serve` (and on to vLLM)."""
+
+
+ProviderConfig = Annotated[
+    OpenAIProvider | AzureProvider | AnthropicProvider | GeminiProvider | LocalProvider,
+    Field(discriminator="kind"),
+]
+
+
+class Price(Strict):
+    """USD per million tokens, for each usage bucket."""
+
+    input: Decimal = Field(Decimal(0), ge=0)
+    """Uncached input tokens."""
+    cache_read: Decimal | None = Field(None, ge=0)
+    """Cached input tokens read; defaults to `input`."""
+    cache_write: Decimal | None = Field(None, ge=0)
+    """Input tokens written to the provider's cache; defaults to `input`."""
+    output: Decimal = Field(Decimal(0), ge=0)
+    """Output tokens."""
+    reasoning: Decimal | None = Field(None, ge=0)
+    """Reasoning tokens; defaults to `output`."""
+    effective_from: str | None = None
+    """ISO date (`2026-01-01`) from which this price applies; a list of prices on one deployment
+    is effective-dated, the latest one not after the request's date wins."""
+
+
+class Deployment(Strict):
+    provider: str
+    """Name of an entry under `providers`."""
+    model: str
+    """The model name the upstream knows (sent in the upstream request's `model`)."""
+    weight: float = Field(1.0, ge=0)
+    """Share of traffic under `weighted` routing; 0 disables the deployment (drain, canary)."""
+    name: str | None = None
+    """Name in headers, metrics and the ledger; defaults to `provider/model`."""
+    timeouts: Timeouts | None = None
+    """Overrides the provider's timeouts for this deployment."""
+    pricing: list[Price] = Field(default_factory=list)
+    """Prices (effective-dated) for cost accounting. Empty: cost 0."""
+    gpu_cost_per_hour: Decimal | None = Field(None, ge=0)
+    """Self-hosted alternative to `pricing`: USD per hour of the backend, allocated to tenants
+    in proportion to the tokens they used on it over the reporting period."""
+
+    @property
+    def id(self) -> str:
+        return self.name or f"{self.provider}/{self.model}"
+
+
+Strategy = Literal["weighted", "least-busy", "latency", "prefix-affinity", "cost"]
+
+
+class ModelRoute(Strict):
+    deployments: list[Deployment] = Field(min_length=1)
+    """Where the model is served. At least one."""
+    strategy: Strategy = "weighted"
+    """How a deployment is chosen: `weighted`, `least-busy`, `latency`, `prefix-affinity`, `cost`."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Other public model names tried, in order, when every deployment of this one failed with
+    a retryable error (connect, timeout, 429, 5xx)."""
+    context_fallbacks: list[str] = Field(default_factory=list)
+    """Models tried when the prompt is too long for this one (context-length error)."""
+    max_attempts: int | None = Field(None, ge=1, le=20)
+    """Upstream attempts for one request across deployments and fallbacks; defaults to
+    `router.max_attempts`."""
+    type: Literal["chat", "embedding", "completion"] = "chat"
+    """What the model serves; informs `/v1/models` and validation."""
+    description: str | None = None
+    """Free text shown in `/v1/models`."""
+
+
+class CircuitBreaker(Strict):
+    failures: int = Field(3, ge=1)
+    """Consecutive retryable failures that put a deployment in cooldown."""
+    cooldown_s: float = Field(30.0, gt=0, le=3600)
+    """Seconds a deployment is skipped after tripping (or the upstream's `Retry-After`, if
+    longer, capped at `max_cooldown_s`). Afterwards one probe request is let through."""
+    max_cooldown_s: float = Field(300.0, gt=0)
+    """Upper bound for a cooldown taken from `Retry-After`."""
+
+
+class Router(Strict):
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Default retry budget: upstream attempts for one request, all deployments and fallbacks
+    included."""
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    """When a failing deployment is taken out of rotation."""
+    health_check_interval_s: float = Field(5.0, gt=0)
+    """Seconds between active `/health` probes and `/metrics` scrapes of self-hosted endpoints."""
+    metrics_stale_s: float = Field(15.0, gt=0)
+    """A scrape older than this is ignored; strategies fall back to the gateway's own counts."""
+    seed: int | None = None
+    """Seed for the weighted strategy's randomness (tests, simulations)."""
+
+
+class Server(Strict):
+    host: str = "127.0.0.1"
+    """Address `gateway serve` binds when `--host` is not given."""
+    port: int = Field(4000, ge=1, le=65535)
+    """Port `gateway serve` listens on when `--port` is not given."""
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    """Request bodies larger than this get 413."""
+    admin_key: str | None = None
+    """Key for `/admin/*` (write it as `${GATEWAY_ADMIN_KEY}`); unset disables the admin API."""
+
+
+class State(Strict):
+    redis_url: str | None = None
+    """`redis://…` shares limits, budgets, circuit state and key revocations across replicas;
+    unset keeps them in process memory (one replica)."""
+    key_prefix: str = "gw:"
+    """Prefix of every Redis key (isolate environments sharing one Redis)."""
+    on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    """When Redis cannot be reached: admit requests unlimited (`fail_open`) or refuse them with
+    503 (`fail_closed`). Either way it is logged and counted in metrics."""
+
+
+class Ledger(Strict):
+    url: str = "sqlite:///var/gateway/ledger.db"
+    """`sqlite:///path` (WAL) or `postgresql://user@host:port/db`."""
+    spill_path: str = "var/gateway/spill.jsonl"
+    """Append-only file records go to while the database is unreachable; replayed on return."""
+    batch_size: int = Field(500, ge=1, le=100_000)
+    """Records written per database transaction at most."""
+    flush_interval_s: float = Field(0.2, gt=0, le=60)
+    """Longest a record waits in memory before it is written."""
+    schema_name: str | None = Field(None, alias="schema")
+    """PostgreSQL schema for the ledger tables (default `public`)."""
+
+
+class Accounting(Strict):
+    default_max_tokens: int = Field(1024, ge=1)
+    """Completion tokens reserved at admission when the request gives no `max_tokens`."""
+    estimate_missing_usage: bool = True
+    """Count tokens with the gateway's tokenizer when a provider reports none (source
+    `estimated`)."""
+
+
+class Observability(Strict):
+    metrics: bool = True
+    """Serve Prometheus metrics at `/metrics`."""
+    tracing: bool = False
+    """Emit OpenTelemetry spans (GenAI semantic conventions); exporter from OTEL_* variables."""
+    log_requests: bool = True
+    """One structured log line per request (never with keys or bodies)."""
+
+
+class Policy(Strict):
+    version: Literal[1] = 1
+    """Schema version of this file."""
+    server: Server = Field(default_factory=Server)
+    """Listening address and request limits."""
+    state: State = Field(default_factory=State)
+    """Where shared counters live."""
+    ledger: Ledger = Field(default_factory=Ledger)
+    """Where usage records are written."""
+    accounting: Accounting = Field(default_factory=Accounting)
+    """Token reservation and estimation."""
+    router: Router = Field(default_factory=Router)
+    """Retries, circuit breaker, health checks."""
+    observability: Observability = Field(default_factory=Observability)
+    """Metrics, traces, logs."""
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    """Upstreams by name."""
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+    """Public model names clients send, each routed to deployments."""
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    """Who may call the gateway. Empty: open mode, every caller is tenant `default` (the
+    embedded default for a laptop; never for a shared deployment)."""
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelRoute]) -> dict[str, ModelRoute]:
+        for name in v:
+            if not name or name != name.strip():
+                raise ValueError(f"model name {name!r} must be non-empty with no outer spaces")
+        return v

@@ -1,0 +1,77 @@
+"""Hot reload: poll the policy file; a good file swaps in whole, a bad one keeps the last good
+policy and says why."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+from gateway.policy.load import PolicyError, load_policy
+from gateway.policy.models import Policy
+
+log = logging.getLogger("gateway.policy")
+
+
+class PolicyWatcher:
+    def __init__(self, path: str, apply: Callable[[Policy], Awaitable[None]], metrics: Any,
+                 interval_s: float = 1.0) -> None:
+        self._path = path
+        self._apply = apply
+        self._metrics = metrics
+        self._interval = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._stamp = self._mtime()
+        self._kick = asyncio.Event()
+
+    def _mtime(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        with suppress(ValueError, NotImplementedError, RuntimeError):
+            # SIGHUP reloads at once (only possible in the main thread).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._kick.set)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self._interval)
+            forced = self._kick.is_set()
+            self._kick.clear()
+            stamp = self._mtime()
+            if stamp is None or (stamp == self._stamp and not forced):
+                continue
+            self._stamp = stamp
+            await self.reload()
+
+    async def reload(self) -> bool:
+        try:
+            policy = await asyncio.to_thread(load_policy, self._path)
+        except PolicyError as e:
+            self._metrics.policy_reloads.labels("rejected").inc()
+            log.error("policy reload rejected; keeping the last good policy:\n%s", e)
+            return False
+        try:
+            await self._apply(policy)
+        except Exception:
+            self._metrics.policy_reloads.labels("failed").inc()
+            log.exception("policy reload failed to apply; keeping the last good policy")
+            return False
+        self._metrics.policy_reloads.labels("ok").inc()
+        log.info("policy reloaded from %s: %d models", self._path, len(policy.models))
+        return True

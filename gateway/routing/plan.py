@@ -1,0 +1,88 @@
+"""The route plan: which deployments one request may try, in order. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.call import Call
+from gateway.errors import ServiceUnavailable
+from gateway.policy.models import ModelRoute, Policy
+from gateway.providers.base import Target
+from gateway.routing.base import NO_SIGNALS, Signals, Strategy
+from gateway.routing.health import Health
+from gateway.routing.registry import make_strategy
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    attempts: tuple[Target, ...]
+    """Primary model's deployments (strategy order), then each fallback model's."""
+    context_fallbacks: tuple[str, ...]
+    """Models to switch to when a deployment says the prompt is too long."""
+    max_attempts: int
+
+
+class Router:
+    """Built once per policy; the per-model strategies keep their own state (cursors, rings)."""
+
+    def __init__(self, policy: Policy, health: Health,
+                 signals: Callable[[], Signals] | None = None,
+                 unhealthy: Callable[[], frozenset[str]] | None = None) -> None:
+        self._policy = policy
+        self._health = health
+        self._signals = signals or (lambda: NO_SIGNALS)
+        self._unhealthy = unhealthy or frozenset
+        self._targets: dict[str, tuple[Target, ...]] = {
+            name: tuple(Target(name, d, d.provider) for d in route.deployments)
+            for name, route in policy.models.items()
+        }
+        self._strategies: dict[str, Strategy] = {
+            name: make_strategy(route.strategy, policy.router.seed)
+            for name, route in policy.models.items()
+        }
+
+    def route(self, model: str) -> ModelRoute:
+        return self._policy.models[model]
+
+    def candidates(self, model: str, unhealthy: frozenset[str]) -> list[Target]:
+        return [t for t in self._targets.get(model, ())
+                if t.deployment.weight > 0 and t.id not in unhealthy
+                and self._health.available(t.id)]
+
+    def order(self, model: str, call: Call, signals: Signals,
+              unhealthy: frozenset[str]) -> list[Target]:
+        cands = self.candidates(model, unhealthy)
+        if len(cands) <= 1:
+            return cands
+        return self._strategies[model].order(cands, signals, call)
+
+    def plan(self, call: Call, models: Sequence[str] | None = None) -> RoutePlan:
+        """Plan for the call's model and its fallbacks (or for ``models``, e.g. the context
+        fallbacks). Raises ServiceUnavailable when every deployment is cooling down."""
+        route = self._policy.models[call.model]
+        names = list(models) if models is not None else [call.model, *route.fallbacks]
+        signals = self._signals()
+        unhealthy = self._unhealthy()
+        attempts: list[Target] = []
+        seen: set[str] = set()
+        for name in names:
+            for t in self.order(name, call, signals, unhealthy):
+                if (name, t.id) not in seen:
+                    seen.add((name, t.id))  # type: ignore[arg-type]
+                    attempts.append(t)
+        max_attempts = route.max_attempts or self._policy.router.max_attempts
+        if not attempts:
+            raise self._all_down(names)
+        return RoutePlan(tuple(attempts), tuple(route.context_fallbacks), max_attempts)
+
+    def _all_down(self, names: Sequence[str]) -> ServiceUnavailable:
+        ids = [t.id for n in names for t in self._targets.get(n, ()) if t.deployment.weight > 0]
+        waits = [self._health.cooling_for(i) for i in ids]
+        wait = max(1, int(min((w for w in waits if w > 0), default=1) + 0.999))
+        return ServiceUnavailable(
+            f"Every deployment of {', '.join(repr(n) for n in names)} is unavailable "
+            f"(cooling down after failures or failing health checks: {', '.join(ids)}). "
+            f"Retry after {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )

@@ -1,0 +1,418 @@
+"""Load signals: per-deployment in-flight counts and smoothed latencies kept on the request
+path, plus a background task that scrapes self-hosted backends' Prometheus `/metrics` (vLLM
+names) and probes their `/health`.
+
+The request path only touches memory: `begin`/`end` bump counters, `snapshot()` returns a
+cached `Signals` rebuilt only when something changed or a scrape went stale. Scrapes run in
+their own task and never delay a request. A scrape that failed, or is older than `stale_s`,
+drops out of the snapshot (`waiting`/`running`/`kv_cache_usage` None), and strategies fall back
+to in-flight counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.policy.models import LocalProvider, OpenAIProvider, Policy
+from gateway.routing.base import EndpointLoad, Signals
+from gateway.upstream import UpstreamClient, UpstreamFailure
+
+log = logging.getLogger(__name__)
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+# vLLM renamed the KV-cache gauge around 0.10 (exporting both for a while); older servers
+# only have the second name. The first one present wins.
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+SCRAPED = (RUNNING, WAITING, *KV_USAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+_ESCAPES = {"n": "\n", "\\": "\\", '"': '"'}
+
+
+def _labels(line: str, pos: int) -> tuple[dict[str, str], int] | None:
+    """Parse `{a="x",b="y"}` starting at the `{` at `pos`; returns labels and the index after
+    the `}`. Quoted values may hold commas, braces, `=` and escaped quotes."""
+    labels: dict[str, str] = {}
+    n = len(line)
+    pos += 1
+    while True:
+        while pos < n and line[pos] in " \t,":
+            pos += 1
+        if pos >= n:
+            return None
+        if line[pos] == "}":
+            return labels, pos + 1
+        eq = line.find("=", pos)
+        if eq < 0:
+            return None
+        name = line[pos:eq].strip()
+        pos = eq + 1
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos >= n or line[pos] != '"':
+            return None
+        pos += 1
+        chars: list[str] = []
+        while True:
+            if pos >= n:
+                return None
+            ch = line[pos]
+            if ch == "\\" and pos + 1 < n:
+                nxt = line[pos + 1]
+                chars.append(_ESCAPES.get(nxt, "\\" + nxt))
+                pos += 2
+            elif ch == '"':
+                pos += 1
+                break
+            else:
+                chars.append(ch)
+                pos += 1
+        labels[name] = "".join(chars)
+
+
+def parse_prometheus(text: str, names: Iterable[str] | None = None) -> list[Sample]:
+    """Samples of a Prometheus (or OpenMetrics) text exposition, optionally only those of the
+    given metric names. Comments, blank and malformed lines are skipped, never raised on: a
+    scrape of a half-upgraded server must not take routing down."""
+    wanted = tuple(names) if names is not None else None
+    out: list[Sample] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        if wanted is not None and not line.startswith(wanted):
+            continue  # cheap pre-filter; the exact name is checked below
+        end = 0
+        while end < len(line) and line[end] not in "{ \t":
+            end += 1
+        name = line[:end]
+        if wanted is not None and name not in wanted:
+            continue
+        labels: dict[str, str] = {}
+        if end < len(line) and line[end] == "{":
+            parsed = _labels(line, end)
+            if parsed is None:
+                continue
+            labels, end = parsed
+        # Value, then an optional timestamp and an OpenMetrics exemplar (`# {...} v`).
+        rest = line[end:].split("#", 1)[0].split()
+        if not rest:
+            continue
+        try:
+            value = float(rest[0])
+        except ValueError:
+            continue
+        out.append(Sample(name, labels, value))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """One scrape of one backend, for the served model."""
+
+    waiting: int | None = None
+    running: int | None = None
+    kv_cache_usage: float | None = None
+
+
+def engine_metrics(text: str, model: str | None = None) -> EngineMetrics:
+    """The scheduler gauges in a vLLM exposition, summed across label sets (data-parallel
+    engines export one series each, labelled `engine="0"`, `"1"`…).
+
+    Only series whose `model_name` is `model` count when any does; otherwise all do (a LoRA
+    request names the adapter while the series name the base model). KV usage is averaged, not
+    summed: it is a fraction of each engine's own cache.
+    """
+    samples = parse_prometheus(text, SCRAPED)
+    if model is not None and any(s.labels.get("model_name") == model for s in samples):
+        samples = [s for s in samples if s.labels.get("model_name", model) == model]
+    sums: dict[str, float] = {}
+    kv: list[float] = []
+    kv_name = next((n for n in KV_USAGE if any(s.name == n for s in samples)), None)
+    for s in samples:
+        if math.isnan(s.value):
+            continue
+        if s.name == kv_name:
+            kv.append(s.value)
+        elif s.name in (RUNNING, WAITING):
+            sums[s.name] = sums.get(s.name, 0.0) + s.value
+    return EngineMetrics(
+        waiting=int(sums[WAITING]) if WAITING in sums else None,
+        running=int(sums[RUNNING]) if RUNNING in sums else None,
+        kv_cache_usage=sum(kv) / len(kv) if kv else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Where one self-hosted deployment is scraped and health-checked."""
+
+    deployment_id: str
+    model: str
+    metrics_url: str | None
+    health_url: str | None
+
+
+def _root(base_url: str) -> str:
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def probes_from_policy(policy: Policy, base_urls: Mapping[str, str] | None = None) -> list[Probe]:
+    """A probe per self-hosted deployment (`vllm` and `local` providers) and per deployment of
+    any provider with an explicit `metrics_url`. `base_urls` overrides provider base URLs known
+    only at run time (a `local` backend's port)."""
+    out: dict[str, Probe] = {}
+    for route in policy.models.values():
+        for d in route.deployments:
+            prov = policy.providers.get(d.provider)
+            if prov is None or d.id in out:
+                continue
+            base = (base_urls or {}).get(d.provider) or prov.base_url
+            explicit = prov.metrics_url if isinstance(prov, OpenAIProvider) else None
+            self_hosted = isinstance(prov, LocalProvider) or (
+                isinstance(prov, OpenAIProvider) and prov.kind == "vllm")
+            if not self_hosted and not explicit:
+                continue
+            root = _root(base) if base else ""
+            metrics = explicit or (f"{root}/metrics" if root else None)
+            health = f"{root}/health" if self_hosted and root else None
+            if metrics or health:
+                out[d.id] = Probe(d.id, d.model, metrics, health)
+    return list(out.values())
+
+
+class _Endpoint:
+    __slots__ = ("health_failures", "in_flight", "kv", "latency", "latency_at", "running",
+                 "scraped_at", "ttft", "waiting")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.latency: float | None = None
+        self.ttft: float | None = None
+        self.latency_at = -math.inf
+        self.waiting: int | None = None
+        self.running: int | None = None
+        self.kv: float | None = None
+        self.scraped_at = -math.inf
+        self.health_failures = 0
+
+
+class SignalCollector:
+    """In-flight counts, smoothed latencies, scraped queue gauges and active health, per
+    deployment id; one per gateway process, built by the app and started in its lifespan."""
+
+    def __init__(
+        self,
+        probes: Sequence[Probe] = (),
+        *,
+        client: UpstreamClient | None = None,
+        interval_s: float = 5.0,
+        stale_s: float = 15.0,
+        timeout_s: float = 2.0,
+        ewma_alpha: float = 0.1,
+        latency_ttl_s: float = 300.0,
+        unhealthy_after: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._probes = list(probes)
+        self._client = client
+        self._own_client = client is None
+        self._interval = interval_s
+        self._stale = stale_s
+        self._timeout = min(timeout_s, interval_s)
+        # Weight of the newest sample. TTFT varies tenfold with prompt length between
+        # requests to one backend; 0.1 averages ~10 of them yet follows a real shift (a
+        # degraded provider) within a few dozen. 0.3 herded the `latency` strategy in the
+        # simulator (TTFT p99 +25%).
+        self._alpha = ewma_alpha
+        # Latency history older than this is forgotten, so the `latency` strategy re-explores
+        # a deployment it stopped using after one slow spell.
+        self._latency_ttl = latency_ttl_s
+        # Consecutive failed /health probes before a deployment is reported unhealthy: one
+        # lost probe (a GC pause, a dropped packet) must not pull a backend.
+        self._unhealthy_after = unhealthy_after
+        self._clock = clock
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._version = 0
+        self._cached: Signals | None = None
+        self._cached_version = -1
+        self._cached_until = -math.inf
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_policy(cls, policy: Policy, *, client: UpstreamClient | None = None,
+                    base_urls: Mapping[str, str] | None = None) -> SignalCollector:
+        return cls(probes_from_policy(policy, base_urls), client=client,
+                   interval_s=policy.router.health_check_interval_s,
+                   stale_s=policy.router.metrics_stale_s)
+
+    def set_probes(self, probes: Sequence[Probe]) -> None:
+        """Swap the probe list (policy reload); counters of known deployments are kept."""
+        self._probes = list(probes)
+        keep = {p.deployment_id for p in self._probes}
+        for did, ep in self._endpoints.items():
+            if did not in keep:
+                ep.health_failures = 0
+                ep.scraped_at = -math.inf
+        self._version += 1
+
+    def _ep(self, deployment_id: str) -> _Endpoint:
+        ep = self._endpoints.get(deployment_id)
+        if ep is None:
+            ep = self._endpoints[deployment_id] = _Endpoint()
+        return ep
+
+    # -- the request path: memory only --------------------------------------------------------
+
+    def begin(self, deployment_id: str) -> None:
+        """An attempt was sent to this deployment."""
+        self._ep(deployment_id).in_flight += 1
+        self._version += 1
+
+    def end(self, deployment_id: str, ok: bool, latency_s: float | None = None,
+            ttft_s: float | None = None) -> None:
+        """The attempt ended. Only successes feed the latency averages: a failure is often
+        fast (an instant 503) and must not make a broken deployment look quick."""
+        ep = self._ep(deployment_id)
+        ep.in_flight = max(0, ep.in_flight - 1)
+        if ok:
+            now = self._clock()
+            fresh = now - ep.latency_at <= self._latency_ttl
+            a = self._alpha
+            if latency_s is not None:
+                ep.latency = (latency_s if ep.latency is None or not fresh
+                              else a * latency_s + (1 - a) * ep.latency)
+            if ttft_s is not None:
+                ep.ttft = (ttft_s if ep.ttft is None or not fresh
+                           else a * ttft_s + (1 - a) * ep.ttft)
+            if latency_s is not None or ttft_s is not None:
+                ep.latency_at = now
+        self._version += 1
+
+    def snapshot(self) -> Signals:
+        """The current signals. Cheap: rebuilt only after a change or when a value goes stale."""
+        now = self._clock()
+        if (self._cached is not None and self._cached_version == self._version
+                and now < self._cached_until):
+            return self._cached
+        loads: dict[str, EndpointLoad] = {}
+        until = math.inf
+        for did, ep in self._endpoints.items():
+            scrape_ok = now - ep.scraped_at <= self._stale
+            lat_ok = now - ep.latency_at <= self._latency_ttl
+            if scrape_ok:
+                until = min(until, ep.scraped_at + self._stale)
+            if lat_ok:
+                until = min(until, ep.latency_at + self._latency_ttl)
+            loads[did] = EndpointLoad(
+                in_flight=ep.in_flight,
+                waiting=ep.waiting if scrape_ok else None,
+                running=ep.running if scrape_ok else None,
+                kv_cache_usage=ep.kv if scrape_ok else None,
+                latency_ewma_s=ep.latency if lat_ok else None,
+                ttft_ewma_s=ep.ttft if lat_ok else None,
+            )
+        self._cached = Signals(loads=loads)
+        self._cached_version = self._version
+        self._cached_until = until
+        return self._cached
+
+    def unhealthy_ids(self) -> frozenset[str]:
+        """Deployments whose last `unhealthy_after` health probes all failed."""
+        return frozenset(did for did, ep in self._endpoints.items()
+                         if ep.health_failures >= self._unhealthy_after)
+
+    # -- the background side ------------------------------------------------------------------
+
+    def observe(self, deployment_id: str, metrics: EngineMetrics | None) -> None:
+        """Record one scrape; None (failed) drops the previous one at once rather than when it
+        goes stale: a backend that stopped answering should not keep looking idle."""
+        ep = self._ep(deployment_id)
+        if metrics is None:
+            ep.waiting = ep.running = ep.kv = None
+            ep.scraped_at = -math.inf
+        else:
+            ep.waiting, ep.running, ep.kv = metrics.waiting, metrics.running, metrics.kv_cache_usage
+            ep.scraped_at = self._clock()
+        self._version += 1
+
+    def observe_health(self, deployment_id: str, ok: bool) -> None:
+        ep = self._ep(deployment_id)
+        ep.health_failures = 0 if ok else ep.health_failures + 1
+        self._version += 1
+
+    async def _scrape(self, client: UpstreamClient, probe: Probe) -> None:
+        if probe.metrics_url:
+            metrics: EngineMetrics | None = None
+            try:
+                status, body = await client.get(probe.metrics_url, self._timeout)
+                if status == 200:
+                    metrics = engine_metrics(body.decode("utf-8", "replace"), probe.model)
+            except UpstreamFailure as e:
+                log.debug("scrape of %s failed: %s", probe.metrics_url, e)
+            self.observe(probe.deployment_id, metrics)
+        if probe.health_url:
+            ok = False
+            try:
+                status, _ = await client.get(probe.health_url, self._timeout)
+                ok = status == 200
+            except UpstreamFailure as e:
+                log.debug("health probe of %s failed: %s", probe.health_url, e)
+            failures = self._ep(probe.deployment_id).health_failures
+            if not ok and failures + 1 == self._unhealthy_after:
+                log.warning("deployment %s failed %d health probes in a row (%s); skipping it",
+                            probe.deployment_id, self._unhealthy_after, probe.health_url)
+            self.observe_health(probe.deployment_id, ok)
+
+    async def scrape_once(self) -> None:
+        """Scrape and probe every endpoint once, concurrently."""
+        if not self._probes:
+            return
+        if self._client is None:
+            self._client = UpstreamClient(max_connections=max(4, len(self._probes) * 2))
+        client = self._client
+        await asyncio.gather(*(self._scrape(client, p) for p in self._probes))
+
+    async def _run(self) -> None:
+        while True:
+            started = self._clock()
+            try:
+                await self.scrape_once()
+            except Exception:  # a bug here must not end scraping for the process's life
+                log.exception("load-signal scrape failed")
+            await asyncio.sleep(max(0.0, self._interval - (self._clock() - started)))
+
+    def start(self) -> None:
+        """Start the background scraper (call from the app's lifespan, inside the loop)."""
+        if self._task is None and self._probes:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="load-signals")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._own_client and self._client is not None:
+            await self._client.close()
+            self._client = None

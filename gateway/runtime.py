@@ -1,0 +1,82 @@
+"""What the request path runs against: the per-policy runtime (swapped whole on reload) and the
+app-lifetime dependencies. Built once in `build_app`; no module singletons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.accounting.estimate import estimate_prompt_tokens
+from gateway.accounting.pricing import PriceBook
+from gateway.call import Call, Principal
+from gateway.limits.base import Estimate, Limiter
+from gateway.policy.models import Policy, ProviderBase
+from gateway.providers.base import Adapter
+from gateway.providers.registry import build_adapter
+from gateway.routing.health import Health
+from gateway.routing.plan import Router
+from gateway.upstream import UpstreamClient
+
+
+class Runtime:
+    """Everything derived from one policy. Requests hold the runtime they started with, so a
+    reload never changes a request mid-flight."""
+
+    def __init__(self, policy: Policy, clients: dict[str, UpstreamClient],
+                 health: Health, signals: Any) -> None:
+        self.policy = policy
+        self.clients = clients
+        self.health = health
+        self.adapters: dict[str, Adapter] = {
+            name: build_adapter(name, cfg) for name, cfg in policy.providers.items()
+        }
+        self.router = Router(policy, health, signals.snapshot, signals.unhealthy_ids)
+        self.prices = PriceBook.from_policy(policy)
+        self._default_max = policy.accounting.default_max_tokens
+        # A request can land on its model's deployments or any fallback's: budgets reserve
+        # the dearest of them all.
+        self._deployments = {
+            name: [d.id for m in (name, *route.fallbacks, *route.context_fallbacks)
+                   for d in policy.models[m].deployments]
+            for name, route in policy.models.items()
+        }
+
+    def estimate(self, call: Call, principal: Principal) -> Estimate:
+        """Worst case for admission: estimated prompt + the completion cap, priced at the
+        dearest deployment the request could land on."""
+        body = call.body
+        prompt = estimate_prompt_tokens(body)
+        if call.endpoint == "embeddings":
+            completion = 0
+        else:
+            cap = body.get("max_completion_tokens") or body.get("max_tokens")
+            completion = cap if isinstance(cap, int) and cap > 0 else self._default_max
+        cost = self.prices.worst_case(self._deployments.get(call.model, []), prompt, completion,
+                                      principal.tenant, datetime.now(UTC))
+        return Estimate(prompt, completion, cost)
+
+    @staticmethod
+    def clients_for(policy: Policy, previous: Mapping[str, tuple[ProviderBase, UpstreamClient]]
+                    ) -> dict[str, tuple[ProviderBase, UpstreamClient]]:
+        """Keep a provider's pool across reloads when its config did not change."""
+        out: dict[str, tuple[ProviderBase, UpstreamClient]] = {}
+        for name, cfg in policy.providers.items():
+            prev = previous.get(name)
+            if prev is not None and prev[0] == cfg:
+                out[name] = prev
+            else:
+                out[name] = (cfg, UpstreamClient(cfg.max_connections, cfg.timeouts))
+        return out
+
+
+@dataclass(slots=True)
+class Deps:
+    runtime: Callable[[], Runtime]
+    auth: Any
+    limiter: Limiter | None
+    settler: Any
+    signals: Any
+    metrics: Any
+    codecs: dict[str, Any]

@@ -1,0 +1,1 @@
+"""Text-generation engines: the torch engine (in process) and the vLLM command line (exec'd)."""

@@ -1,0 +1,165 @@
+"""A fake Azure OpenAI resource: `/openai/deployments/{deployment}/…?api-version=…` and the
+newer `/openai/v1/…` with the deployment in the body's `model`.
+
+Shapes follow the Azure OpenAI REST reference: OpenAI's chat.completion with Azure's additions
+(`prompt_filter_results`, per-choice `content_filter_results`), the underlying model's own name
+in `model` (not the deployment's), and a stream whose first chunk carries only
+`prompt_filter_results` (`choices: []`, `"model": ""`). Errors use Azure's codes: 401 for a
+wrong `api-key`, 404 "Resource not found" without `api-version`, 404 DeploymentNotFound for an
+unknown deployment.
+
+Scripting is `FakeServer`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.base import FakeServer, Fault
+
+_FILTER = {"hate": {"filtered": False, "severity": "safe"},
+           "self_harm": {"filtered": False, "severity": "safe"},
+           "sexual": {"filtered": False, "severity": "safe"},
+           "violence": {"filtered": False, "severity": "safe"}}
+_PROMPT_FILTER = [{"prompt_index": 0, "content_filter_results": _FILTER}]
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class FakeAzure(FakeServer):
+    def __init__(self, name: str = "azure", *, api_key: str = "azure-fake-key-0123456789",
+                 entra_token: str | None = None, deployments: dict[str, str] | None = None,
+                 words: int = 5, prompt_tokens: int = 11, port: int | None = None) -> None:
+        super().__init__(name, port)
+        self.api_key = api_key
+        self.entra_token = entra_token
+        # deployment name → the underlying model it serves
+        self.deployments = deployments or {"gpt4o-prod": "gpt-4o-2024-08-06"}
+        self.words = words
+        self.prompt_tokens = prompt_tokens
+
+    def routes(self, app: web.Application) -> None:
+        for kind in ("chat/completions", "completions", "embeddings"):
+            app.router.add_post(f"/openai/deployments/{{deployment}}/{kind}", self.handle)
+            app.router.add_post(f"/openai/v1/{kind}", self.handle)
+
+    def _error(self, status: int, code: str, message: str) -> web.Response:
+        return web.json_response(error_body(code, message), status=status)
+
+    def _authorized(self, request: web.Request) -> bool:
+        if request.headers.get("api-key") == self.api_key:
+            return True
+        return self.entra_token is not None and \
+            request.headers.get("Authorization") == f"Bearer {self.entra_token}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        self.enter()
+        try:
+            if not self._authorized(request):
+                return self._error(401, "401", "Access denied due to invalid subscription key "
+                                   "or wrong API endpoint. Make sure to provide a valid key for "
+                                   "an active subscription and use a correct regional API "
+                                   "endpoint for your resource.")
+            deployment = request.match_info.get("deployment") or (body or {}).get("model")
+            if "deployment" in request.match_info and not request.query.get("api-version"):
+                return self._error(404, "404", "Resource not found")
+            if deployment not in self.deployments:
+                return self._error(404, "DeploymentNotFound", "The API deployment for this "
+                                   "resource does not exist. If you created the deployment "
+                                   "within the last 5 minutes, please wait a moment and try "
+                                   "again.")
+            fault = self.take_fault()
+            if fault is not None and fault.kind == "fail" and fault.body is None:
+                fault.body = error_body(str(fault.status), f"{self.name} injected failure")
+            pre = await self.apply_pre_fault(fault)
+            if pre is not None:
+                return pre
+            model = self.deployments[deployment]
+            if request.path.endswith("/embeddings"):
+                items = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                return web.json_response({
+                    "object": "list", "model": model,
+                    "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                             for i in range(len(items))],
+                    "usage": {"prompt_tokens": 3 * len(items), "total_tokens": 3 * len(items)}})
+            if body.get("stream"):
+                return await self._stream(request, body, model, fault)
+            text = "".join(self.text())
+            return web.json_response({
+                "id": "chatcmpl-azure", "object": "chat.completion", "created": int(time.time()),
+                "model": model, "system_fingerprint": "fp_azure",
+                "prompt_filter_results": _PROMPT_FILTER,
+                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                             "content_filter_results": _FILTER,
+                             "message": {"role": "assistant", "content": text, "refusal": None}}],
+                "usage": self.usage(len(self.text()))})
+        finally:
+            self.leave()
+
+    def text(self) -> list[str]:
+        return [f"{'Hello' if i == 0 else ' word'}{i}" for i in range(self.words)]
+
+    def usage(self, completion: int) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
+                      fault: Fault | None) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        include = bool((body.get("stream_options") or {}).get("include_usage"))
+        created = int(time.time())
+        words = self.text()
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = "absent") -> bytes:
+            obj: dict[str, Any] = {"id": "chatcmpl-azure", "object": "chat.completion.chunk",
+                                   "created": created, "model": model,
+                                   "system_fingerprint": "fp_azure", "choices": choices}
+            if usage != "absent":
+                obj["usage"] = usage
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None,
+                     "content_filter_results": {} if finish else _FILTER}]
+
+        usage_null = None if include else "absent"
+        events = [b"data: " + json.dumps({"choices": [], "created": 0, "id": "", "model": "",
+                                          "object": "",
+                                          "prompt_filter_results": _PROMPT_FILTER}).encode()
+                  + b"\n\n",
+                  chunk(choice({"role": "assistant", "content": ""}), usage_null)]
+        events += [chunk(choice({"content": w}), usage_null) for w in words]
+        events.append(chunk(choice({}, "stop"), usage_null))
+        if include:
+            events.append(chunk([], self.usage(len(words))))
+        events.append(b"data: [DONE]\n\n")
+        try:
+            for n, ev in enumerate(events):
+                if fault is not None and fault.kind in ("drop", "stall", "sse_error") \
+                        and n == fault.after_chunks:
+                    if fault.kind == "drop":
+                        request.transport.close()  # type: ignore[union-attr]
+                        return resp
+                    if fault.kind == "sse_error":
+                        err = fault.body or error_body("500", "injected mid-stream error")
+                        await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                        return resp
+                    await asyncio.sleep(fault.seconds)
+                await resp.write(ev)
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await resp.write_eof()
+            self.completed_streams += 1
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            self.client_gone += 1
+            raise
+        return resp
