@@ -16,8 +16,8 @@ from starlette.routing import BaseRoute
 
 from gateway.accounting.settle import Settler
 from gateway.api import admin as admin_api
-from gateway.api import messages as messages_api
 from gateway.api import health as health_api
+from gateway.api import messages as messages_api
 from gateway.api import openai as openai_api
 from gateway.api.anthropic_codec import CODEC as ANTHROPIC_CODEC
 from gateway.auth import Authenticator
@@ -76,7 +76,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         state.pools = pools
         state.runtime = rt
         signals.set_probes(probes_from_policy(new))
-        for name, (cfg, client) in old_pools.items():
+        for name, (_cfg, client) in old_pools.items():
             if pools.get(name, (None, None))[1] is not client:
                 proxy.spawn(client.close())
 

@@ -8,6 +8,7 @@ Settlement (limits, cost, ledger) is handed off as a task: the client never wait
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from gateway.errors import (
     UpstreamError,
     sse_error_event,
 )
-from gateway.limits.base import Estimate, Reservation
+from gateway.limits.base import Reservation
 from gateway.providers.base import Classified, ErrorKind, StreamTranslator, Target
 from gateway.responses import RawResponse, error_response
 from gateway.runtime import Deps, Runtime
@@ -89,7 +90,8 @@ class Proxy:
                 record.error_code = e.code
                 record.latency_ms = (time.monotonic() - t0) * 1000
                 self._settle(reservation, record)
-            self.deps.metrics.request_done(call.model, e.status, time.monotonic() - t0, None)
+            label = call.model if call.model in rt.policy.models else "_unknown"
+            self.deps.metrics.request_done(label, e.status, time.monotonic() - t0, None)
             headers = dict(reservation.headers) if reservation else {}
             headers.update(e.headers)
             headers["x-request-id"] = call.request_id
@@ -142,11 +144,13 @@ class Proxy:
             if isinstance(result, _Open):
                 return StreamResponse(self, rt, call, record, reservation, result, codec, headers, t0)
             body, usage_ok = result
+            # A reply without usage is estimated from its text (rare: most providers report).
+            text = None if usage_ok else _reply_text(body)
             if codec is not None:
                 body = codec.reply(body, call)
             record.status = 200
             record.latency_ms = (time.monotonic() - t0) * 1000
-            self._settle(reservation, record)
+            self._settle(reservation, record, text)
             self.deps.metrics.request_done(call.model, 200, time.monotonic() - t0, None)
             return RawResponse(200, body, headers)
         detail = "; ".join(f"{a.deployment}: {a.error}" for a in record.attempts if a.error)
@@ -222,7 +226,7 @@ class Proxy:
                         break
         except (UpstreamFailure, TimeoutError) as e:
             resp.close()
-            reason = "timeout: no first token within %g s" % first_byte \
+            reason = f"timeout: no first token within {first_byte:g} s" \
                 if isinstance(e, TimeoutError | UpstreamTimeout) else f"{type(e).__name__}: {e}"
             self._attempt_failed(record, target, resp.status, reason, started,
                                  translator.usage)
@@ -269,10 +273,11 @@ class Proxy:
 
     # ---- settlement --------------------------------------------------------------------------
 
-    def _settle(self, reservation: Reservation | None, record: RequestRecord) -> None:
+    def _settle(self, reservation: Reservation | None, record: RequestRecord,
+                completion_text: str | None = None) -> None:
         """Hand the finished request to accounting without making the client wait."""
-        task = asyncio.get_running_loop().create_task(
-            self.deps.settler.settle(reservation, record))
+        task = asyncio.get_running_loop().create_task(self.deps.settler.settle(
+            reservation, record, body=record.request_body, completion_text=completion_text))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -290,6 +295,18 @@ class Proxy:
 class _ContextTooLong(Exception):
     def __init__(self, message: str) -> None:
         self.message = message
+
+
+def _reply_text(body: bytes) -> str | None:
+    try:
+        obj = json.loads(body)
+        parts = []
+        for c in obj.get("choices") or []:
+            msg = c.get("message") or {}
+            parts.append(str(msg.get("content") or c.get("text") or ""))
+        return "".join(parts)
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 async def _read_to_eof(resp: UpstreamResponse) -> None:

@@ -97,6 +97,10 @@ def load_backend(options: ServeOptions, *, hub_endpoint: str | None = None) -> B
         prefix_cache_tokens=0 if options.enable_prefix_caching is False else PREFIX_CACHE_TOKENS,
     )
     engine = TorchEngine(model, tokenizer, config, observer=metrics)
+    try:
+        engine.warmup()
+    except TypeError as exc:  # kv_batch's message names the unsupported cache layer
+        raise LaunchError(str(exc)) from exc
     metrics.watch_load(engine.load)
 
     embedding_name = options.embedding_model or DEFAULT_EMBEDDING_MODEL

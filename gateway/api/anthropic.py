@@ -184,6 +184,10 @@ def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(body.get(key), int | float) and not isinstance(body.get(key), bool):
             out[key] = body[key]
     _tools(body, out)
+    fmt = (body.get("output_config") or {}).get("format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):
+        out["response_format"] = {"type": "json_schema",
+                                  "json_schema": {"name": "output", "schema": fmt["schema"]}}
     user = (body.get("metadata") or {}).get("user_id")
     if isinstance(user, str) and user:
         out["user"] = user

@@ -223,9 +223,22 @@ def parse_policy(text: str, file: str = "<policy>", env: Mapping[str, str] | Non
     except ValidationError as e:
         raise PolicyError(file, _pydantic_issues(e, lines, data)) from None
     issues = _cross_check(policy, lines)
+    issues += _pricing_issues(policy)
     if issues:
         raise PolicyError(file, issues)
     return policy
+
+
+def _pricing_issues(policy: Policy) -> list[PolicyIssue]:
+    """Prices are checked by the price book itself (dates, duplicates, override targets)."""
+    from gateway.accounting.pricing import PriceBook, PricingError
+
+    try:
+        PriceBook(policy)
+    except PricingError as e:
+        path, _, msg = str(e).partition(": ")
+        return [PolicyIssue(path, msg or str(e))]
+    return []
 
 
 def _line_for(path: str, lines: dict[tuple[str | int, ...], int]) -> int | None:

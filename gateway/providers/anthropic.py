@@ -260,6 +260,10 @@ def to_messages_request(body: dict[str, Any], model: str,
     if isinstance(body.get("top_p"), int | float):
         out["top_p"] = body["top_p"]
     out.update(_tools(body))
+    fmt = body.get("response_format")
+    schema = (fmt.get("json_schema") or {}).get("schema") if isinstance(fmt, dict) else None
+    if isinstance(schema, dict):  # structured outputs; json_object has no counterpart
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if isinstance(body.get("user"), str) and body["user"]:
         out["metadata"] = {"user_id": body["user"]}
     if body.get("stream"):

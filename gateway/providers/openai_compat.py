@@ -139,7 +139,7 @@ class OpenAICompatAdapter:
         self.config = config
         self._base = config.base_url.rstrip("/")
         self._stream_usage = getattr(config, "supports_stream_usage", True)
-        self._vllm = isinstance(config, OpenAIProvider) and config.kind == "vllm" \
+        self._vllm = (isinstance(config, OpenAIProvider) and config.kind == "vllm") \
             or config.kind == "local"
         headers = {"Content-Type": "application/json", **config.headers}
         if config.api_key:

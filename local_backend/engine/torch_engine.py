@@ -143,6 +143,12 @@ class TorchEngine:
         held = sum(s.num_tokens for s in self._running)
         return EngineLoad(len(self._running), len(self._waiting), min(1.0, held / capacity))
 
+    def warmup(self) -> None:
+        """One throwaway prefill at load time: fails early on an unsupported architecture (its
+        cache is not key/value) and pays torch's first-call costs before the first request."""
+        with torch.inference_mode():
+            self._batch.prefill([0, 0])
+
     async def start(self) -> None:
         self._wake = asyncio.Event()  # bound to the loop that serves, not the one that built us
         self._task = asyncio.create_task(self._run(), name="torch-engine-loop")

@@ -46,7 +46,5 @@ def build_vllm_command(
         if "--enable-lora" not in options.passthrough:
             argv.append("--enable-lora")
         argv += ["--lora-modules", *options.lora_modules]
-    if options.log_level in ("warning", "error", "critical"):
-        argv += ["--uvicorn-log-level", options.log_level]
     argv += list(options.passthrough)
     return argv

@@ -25,9 +25,12 @@ from aiohttp import web
 
 from tests.fakes.base import FakeServer, Fault
 
+# Top-level fields of a Messages request (the SDK's `messages.create` parameters, and the
+# sampling ones older models take).
 _TOP = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
         "top_p", "top_k", "tools", "tool_choice", "metadata", "thinking", "service_tier",
-        "container", "mcp_servers", "context_management", "output_format"}
+        "container", "mcp_servers", "context_management", "output_config", "cache_control",
+        "diagnostics", "inference_geo", "speed", "user_profile_id", "workspace_id"}
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
           500: "api_error", 529: "overloaded_error"}

@@ -128,7 +128,7 @@ class FakeServer:
                 loop.run_until_complete(runner.setup())
                 site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
                 loop.run_until_complete(site.start())
-            except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+            except BaseException as e:
                 errors.append(e)
                 started.set()
                 return

@@ -35,6 +35,11 @@ class FakeOpenAI(FakeServer):
         self.usage_on_last_content_chunk = usage_on_last_content_chunk
         self.omit_usage = omit_usage
         self.prompt_tokens = 11
+        # vLLM /metrics gauges this fake reports (set by tests to simulate queues).
+        self.waiting = 0
+        self.running = 0
+        self.kv_usage = 0.0
+        self.healthy = True
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -42,9 +47,25 @@ class FakeOpenAI(FakeServer):
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="")
+        return web.Response(text="", status=200 if self.healthy else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        # vLLM's exposition: gauges labelled by model_name (engine index on V1).
+        label = 'engine="0",model_name="fake"'
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{{{label}}} {self.running + self.in_flight}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{{{label}}} {self.waiting}\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{{{label}}} {self.kv_usage}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})

@@ -35,7 +35,7 @@ def pair(fakes, gateway, tmp_path):
 
 
 def test_5xx_falls_back_to_next_deployment_with_headers(pair) -> None:
-    a, b, _, gw = pair
+    a, _b, _, gw = pair
     a.fail_next(1, status=503)
     r = post(gw)
     assert r.status_code == 200
@@ -46,7 +46,7 @@ def test_5xx_falls_back_to_next_deployment_with_headers(pair) -> None:
 
 @pytest.mark.parametrize("fault", ["429", "timeout", "reset", "refused"])
 def test_retryable_failures_fall_back(pair, fault) -> None:
-    a, b, _, gw = pair
+    a, _b, _, gw = pair
     if fault == "429":
         a.fail_next(1, status=429, headers={"Retry-After": "1"})
     elif fault == "timeout":
@@ -74,7 +74,7 @@ def test_client_errors_are_returned_not_retried(pair) -> None:
 
 
 def test_context_length_goes_only_to_context_fallbacks(pair) -> None:
-    a, b, big, gw = pair
+    a, b, _big, gw = pair
     a.fail_next(1, status=400, body={"error": {
         "message": "This model's maximum context length is 8192 tokens.",
         "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
@@ -120,7 +120,7 @@ def test_retry_budget_caps_attempts(fakes, gateway, tmp_path) -> None:
 
 
 def test_cooldown_skips_then_probe_recovers(pair) -> None:
-    a, b, _, gw = pair
+    a, _b, _, gw = pair
     a.fail_next(2, status=500)  # circuit_breaker.failures = 2 in simple_policy
     post(gw)
     post(gw)
@@ -136,7 +136,7 @@ def test_cooldown_skips_then_probe_recovers(pair) -> None:
 
 
 def test_retry_after_is_honoured_as_cooldown(pair) -> None:
-    a, b, _, gw = pair
+    a, _b, _, gw = pair
     a.fail_next(1, status=429, headers={"Retry-After": "2"})
     post(gw)
     t = time.monotonic()

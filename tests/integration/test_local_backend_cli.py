@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -85,3 +86,38 @@ def test_unreachable_hub_fails_fast_telling_the_user_to_pass_a_directory(tmp_pat
     assert "local-backend: error:" in err
     assert "Hugging Face Hub at http://127.0.0.1:" in err and "is unreachable" in err
     assert "Pass a local model directory" in err
+
+
+FAKE_VLLM_SERVER = """
+import json, os, sys
+with open(os.environ["FAKE_VLLM_RECORD"], "w") as f:
+    json.dump({"pid": os.getpid(), "argv": sys.argv[1:]}, f)
+"""
+
+
+def test_vllm_engine_execs_vllms_openai_server_with_built_arguments(tmp_path: Path) -> None:
+    # A stand-in for the vllm package (a third-party program we cannot run without a GPU):
+    # it records how it was started, which is all this path is responsible for.
+    server = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    server.mkdir(parents=True)
+    for package in (server.parent.parent, server.parent, server):
+        (package / "__init__.py").write_text("")
+    (server / "api_server.py").write_text(FAKE_VLLM_SERVER)
+    record = tmp_path / "record.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "FAKE_VLLM_RECORD": str(record)}
+    model_dir = tmp_path / "models"
+    proc = subprocess.Popen(
+        _cli("serve", "--engine", "vllm", "--models-dir", str(model_dir), "--port", "9001",
+             "--tensor-parallel-size", "2", "--lora-modules", "sql=/l/sql",
+             "--max-num-batched-tokens", "8192"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()
+    seen = json.loads(record.read_text())
+    assert seen["pid"] == proc.pid  # exec'd in place: the supervisor's pid is vLLM's
+    assert seen["argv"] == [
+        "--model", str(model_dir / "tiny-random"), "--served-model-name", "tiny-random",
+        "--host", "127.0.0.1", "--port", "9001", "--tensor-parallel-size", "2",
+        "--enable-lora", "--lora-modules", "sql=/l/sql", "--max-num-batched-tokens", "8192",
+    ]

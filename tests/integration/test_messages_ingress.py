@@ -18,15 +18,16 @@ from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import Gateway
 from tests.integration.conftest import simple_policy
 
-TOOL = {"name": "get_weather", "description": "Weather for a city",
+TOOL: Any = {"name": "get_weather", "description": "Weather for a city",
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
                          "required": ["city"]}}
 
 
 @pytest.fixture
 def fakes() -> Iterator[tuple[FakeOpenAI, FakeGemini, FakeAnthropic]]:
-    fs = (FakeOpenAI("oa", cached_tokens=3).start(), FakeGemini().start(),
-          FakeAnthropic(cache_read=7).start())
+    fs = (FakeOpenAI("oa", cached_tokens=3), FakeGemini(), FakeAnthropic(cache_read=7))
+    for f in fs:
+        f.start()
     yield fs
     for f in fs:
         f.stop()
@@ -92,17 +93,17 @@ def test_tool_use_streamed_from_gemini(gw: Gateway, fakes: Any) -> None:
     gem.reply_next([{"text": "Checking."},
                     {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}])
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
-    with client(gw).messages.stream(model="gemini", max_tokens=100, tools=[TOOL],  # type: ignore[list-item]
+    with client(gw).messages.stream(model="gemini", max_tokens=100, tools=[TOOL],
                                     messages=messages) as s:
         final = s.get_final_message()
     assert final.stop_reason == "tool_use"
     assert [b.type for b in final.content] == ["text", "tool_use"]
-    use = final.content[1]
+    use: Any = final.content[1]
     assert use.name == "get_weather" and use.input == {"city": "Paris"}  # type: ignore[union-attr]
     messages += [{"role": "assistant", "content": [b.model_dump() for b in final.content]},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
                                                "content": "18C"}]}]
-    m = client(gw).messages.create(model="gemini", max_tokens=100, tools=[TOOL],  # type: ignore[list-item]
+    m = client(gw).messages.create(model="gemini", max_tokens=100, tools=[TOOL],
                                    messages=messages)
     assert m.content[0].type == "text"
     assert gem.requests[-1].body["contents"][1:] == [
@@ -115,7 +116,7 @@ def test_tool_use_streamed_from_gemini(gw: Gateway, fakes: Any) -> None:
 
 def test_tool_use_non_streamed_from_gemini(gw: Gateway, fakes: Any) -> None:
     fakes[1].reply_next([{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}])
-    m = client(gw).messages.create(model="gemini", max_tokens=100, tools=[TOOL],  # type: ignore[list-item]
+    m = client(gw).messages.create(model="gemini", max_tokens=100, tools=[TOOL],
                                    tool_choice={"type": "tool", "name": "get_weather"},
                                    messages=[{"role": "user", "content": "Oslo?"}])
     assert m.stop_reason == "tool_use" and m.content[0].type == "tool_use"
@@ -129,12 +130,13 @@ def test_tool_use_non_streamed_from_gemini(gw: Gateway, fakes: Any) -> None:
 def test_native_create_sends_the_client_body_untranslated(gw: Gateway, fakes: Any) -> None:
     ant = fakes[2]
     body: dict[str, Any] = {
-        "model": "claude", "max_tokens": 50, "top_k": 5,
+        "model": "claude", "max_tokens": 50,
         "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "Hi"}]}
-    m = client(gw).messages.create(**body)
+    # top_k has no OpenAI counterpart: only a native pass-through keeps it.
+    m = client(gw).messages.create(**body, extra_body={"top_k": 5})
     assert m.model == "claude" and m.usage.cache_read_input_tokens == 7
-    assert ant.requests[-1].body == {**body, "model": "claude-sonnet-4-5"}
+    assert ant.requests[-1].body == {**body, "top_k": 5, "model": "claude-sonnet-4-5"}
     assert ant.requests[-1].headers["x-api-key"] == ant.api_key  # ours, not the client's
 
 
@@ -143,7 +145,7 @@ def test_native_stream_and_tool_use(gw: Gateway, fakes: Any) -> None:
     ant.reply_next([{"type": "text", "text": "Let me look."},
                     {"type": "tool_use", "id": "toolu_7", "name": "get_weather",
                      "input": {"city": "Rome"}}], "tool_use")
-    with client(gw).messages.stream(model="claude", max_tokens=100, tools=[TOOL],  # type: ignore[list-item]
+    with client(gw).messages.stream(model="claude", max_tokens=100, tools=[TOOL],
                                     messages=[{"role": "user", "content": "Rome?"}]) as s:
         final = s.get_final_message()
     assert final.model == "claude" and final.stop_reason == "tool_use"

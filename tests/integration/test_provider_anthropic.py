@@ -16,7 +16,7 @@ from tests.harness import Gateway
 from tests.integration.conftest import simple_policy
 
 KEY = "sk-ant-fake-key"
-TOOLS = [{"type": "function", "function": {
+TOOLS: Any = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}]
@@ -24,14 +24,16 @@ TOOLS = [{"type": "function", "function": {
 
 @pytest.fixture
 def ant() -> Iterator[FakeAnthropic]:
-    f = FakeAnthropic(cache_read=40, cache_write=5).start()
+    f = FakeAnthropic(cache_read=40, cache_write=5)
+    f.start()
     yield f
     f.stop()
 
 
 @pytest.fixture
 def gw(ant: FakeAnthropic, tmp_path: Any) -> Iterator[Gateway]:
-    spare = FakeOpenAI("spare").start()
+    spare = FakeOpenAI("spare")
+    spare.start()
     g = Gateway(simple_policy(tmp_path, {
         "ant": {"kind": "anthropic", "base_url": ant.url, "api_key": KEY,
                 "default_max_tokens": 333, "headers": {"anthropic-beta": "x-test"}},
@@ -97,7 +99,7 @@ def test_stream_helper_with_tool_calls_then_the_round_trip(gw: Gateway,
                      "input": {"city": "Oslo"}}], "tool_use")
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris and Oslo?"}]
     with client(gw).chat.completions.stream(model="claude", messages=messages,
-                                            tools=TOOLS) as stream:  # type: ignore[arg-type]
+                                            tools=TOOLS) as stream:
         done = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
         final = stream.get_final_completion()
     assert [json.loads(e.arguments) for e in done] == [{"city": "Paris"}, {"city": "Oslo"}]
@@ -109,7 +111,7 @@ def test_stream_helper_with_tool_calls_then_the_round_trip(gw: Gateway,
     messages += [{"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
                  {"role": "tool", "tool_call_id": "toolu_2", "content": "3C"}]
     r = client(gw).chat.completions.create(model="claude", messages=messages, tools=TOOLS,
-                                           tool_choice="auto")  # type: ignore[arg-type]
+                                           tool_choice="auto")
     assert r.choices[0].message.content
     sent = ant.requests[-1].body
     assert sent["messages"][1:] == [

@@ -19,7 +19,8 @@ KEY = "azure-fake-key-0123456789"
 def az() -> Iterator[FakeAzure]:
     f = FakeAzure(entra_token="entra-token-abcdefghijkl",
                   deployments={"gpt4o-prod": "gpt-4o-2024-08-06",
-                               "embed-prod": "text-embedding-3-small"}).start()
+                               "embed-prod": "text-embedding-3-small"})
+    f.start()
     yield f
     f.stop()
 

@@ -18,8 +18,9 @@ from tests.integration.conftest import simple_policy
 
 @pytest.fixture
 def env(tmp_path: Any) -> Iterator[tuple[Gateway, FakeOpenAI, FakeAnthropic, FakeGemini]]:
-    oa, ant, gem = FakeOpenAI("oa").start(), FakeAnthropic(words=3).start(), \
-        FakeGemini(words=2).start()
+    oa, ant, gem = FakeOpenAI("oa"), FakeAnthropic(words=3), FakeGemini(words=2)
+    for f in (oa, ant, gem):
+        f.start()
     g = Gateway(simple_policy(tmp_path, {
         "oa": {"kind": "openai-compatible", "base_url": oa.url + "/v1"},
         "ant": {"kind": "anthropic", "base_url": ant.url, "api_key": ant.api_key},

@@ -15,7 +15,7 @@ from tests.harness import Gateway
 from tests.integration.conftest import simple_policy
 
 KEY = "AIzaFakeGeminiKey0123456789"
-TOOLS = [{"type": "function", "function": {
+TOOLS: Any = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"], "additionalProperties": False}}}]
@@ -23,7 +23,8 @@ TOOLS = [{"type": "function", "function": {
 
 @pytest.fixture
 def gem() -> Iterator[FakeGemini]:
-    f = FakeGemini(cached_tokens=4, thoughts_tokens=6).start()
+    f = FakeGemini(cached_tokens=4, thoughts_tokens=6)
+    f.start()
     yield f
     f.stop()
 
@@ -94,7 +95,7 @@ def test_stream_helper_function_calls_and_the_round_trip(gw: Gateway, gem: FakeG
                     {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}])
     messages: list[Any] = [{"role": "user", "content": "Paris and Oslo?"}]
     with client(gw).chat.completions.stream(model="gemini", messages=messages,
-                                            tools=TOOLS) as stream:  # type: ignore[arg-type]
+                                            tools=TOOLS) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()
@@ -108,7 +109,7 @@ def test_stream_helper_function_calls_and_the_round_trip(gw: Gateway, gem: FakeG
     messages += [{"role": "tool", "tool_call_id": calls[0].id, "content": '{"temp_c": 18}'},
                  {"role": "tool", "tool_call_id": calls[1].id, "content": "cold"}]
     r = client(gw).chat.completions.create(model="gemini", messages=messages, tools=TOOLS,
-                                           tool_choice="required")  # type: ignore[arg-type]
+                                           tool_choice="required")
     assert r.choices[0].message.content
     sent = gem.requests[-1].body
     assert sent["contents"][1:] == [

@@ -6,13 +6,6 @@ would answer sooner. The base is the smoothed time to first token for streaming 
 streaming user waits for) and the smoothed total latency otherwise, each standing in for the
 other when only one is known.
 
-The first pick is the better of two candidates drawn at random ("power of two choices", as
-Finagle and Linkerd pair it with peak EWMA), not the best of all: averages lag by a request's
-whole duration and differ by noise between equal backends, and sending every request to the
-one that looks best herds the pool onto it (in the simulator, best-of-all doubled the p50 TTFT
-of round-robin). Two choices still send a clearly faster deployment most of the traffic. The
-fallbacks after the first pick are in cost order.
-
 A deployment with no history is explored first while it is idle, so a new or re-admitted
 deployment gets measured instead of starved; once it has requests in flight it is costed at the
 mean of the known ones until its first result lands. History ages out in the signal collector
@@ -21,7 +14,6 @@ mean of the known ones until its first result lands. History ages out in the sig
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from gateway.call import Call
@@ -42,13 +34,10 @@ def _base(load: EndpointLoad, stream: bool) -> float | None:
 
 
 class LowestLatency:
-    """Better of two random candidates by base × (1 + penalty × outstanding); unknown idle
-    deployments before all."""
+    """Lowest base × (1 + penalty × outstanding) first; unknown idle deployments before all."""
 
     def __init__(self, seed: int | None = None, *, queue_penalty: float = QUEUE_PENALTY) -> None:
         self._rotation = Rotation()
-        # Seeded so a run (a test, the simulator) is reproducible; None is seed 0.
-        self._rng = random.Random(seed or 0)
         self._penalty = queue_penalty
 
     def order(self, candidates: Sequence[Target], signals: Signals, call: Call) -> list[Target]:
@@ -69,7 +58,4 @@ class LowestLatency:
                 cost = (fill if b is None else b) * (1.0 + self._penalty * q)
                 scored.append((1, cost, rot.recency(t), t))
         scored.sort(key=lambda s: s[:3])
-        if scored[0][0] == 1 and len(scored) > 2:  # nothing to explore: two choices
-            i, j = self._rng.sample(range(len(scored)), 2)
-            scored.insert(0, scored.pop(min(i, j)))
         return rot.chosen([s[3] for s in scored])

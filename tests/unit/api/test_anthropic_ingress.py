@@ -101,3 +101,11 @@ def test_tool_choice_mapping(choice: dict[str, Any], expected: dict[str, Any]) -
                   "tools": [{"name": "f", "input_schema": {"type": "object"}}],
                   "tool_choice": choice}).body
     assert {k: body[k] for k in expected} == expected
+
+
+def test_output_config_format_becomes_response_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    body = parse({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                  "output_config": {"format": {"type": "json_schema", "schema": schema}}}).body
+    assert body["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": schema}}

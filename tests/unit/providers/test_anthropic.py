@@ -27,7 +27,7 @@ def adapter(**kw: Any) -> AnthropicAdapter:
 TARGET = Target("claude", Deployment(provider="ant", model="claude-sonnet-4-5"), "ant")
 
 
-# ---- requests ------------------------------------------------------------------------------------
+# ---- requests --------------------------------------------------------------------------
 
 def test_request_golden_system_tools_images_and_tool_results() -> None:
     body = load("anthropic/chat_tools.request.json")
@@ -112,7 +112,7 @@ def test_native_request_sends_the_client_body_with_the_upstream_model() -> None:
     assert req.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
 
 
-# ---- replies ---------------------------------------------------------------------------------------
+# ---- replies ---------------------------------------------------------------------------
 
 def test_reply_golden_thinking_text_tool_use_and_cache_usage() -> None:
     body = read("anthropic/reply_tool_use.json")
@@ -153,7 +153,7 @@ def test_thinking_tokens_are_split_out_when_reported() -> None:
     assert json.loads(reply.body)["usage"]["completion_tokens"] == 50
 
 
-# ---- streams ---------------------------------------------------------------------------------------
+# ---- streams ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("piece", [1, 7, 64, 100_000])
 def test_stream_golden_thinking_text_and_two_tool_calls(piece: int) -> None:
@@ -227,7 +227,7 @@ def test_native_stream_holds_message_start_until_content() -> None:
     assert tr.error is not None and tr.error.kind is ErrorKind.RETRYABLE
 
 
-# ---- errors -------------------------------------------------------------------------------------
+# ---- errors ----------------------------------------------------------------------------
 
 def _err(etype: str, message: str) -> bytes:
     return json.dumps({"type": "error", "error": {"type": etype, "message": message},
@@ -264,3 +264,12 @@ def test_classification_reads_retry_after_and_scrubs_secrets() -> None:
     assert c.retry_after == 7.0
     assert KEY not in c.message and "internal.corp" not in c.message
     assert c.type == "rate_limit_error"
+
+
+def test_json_schema_response_format_becomes_output_config() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    out = to_messages_request({"messages": [{"role": "user", "content": "x"}],
+                               "response_format": {"type": "json_schema",
+                                                   "json_schema": {"name": "s", "schema": schema}}},
+                              "m", 10)
+    assert out["output_config"] == {"format": {"type": "json_schema", "schema": schema}}

@@ -10,7 +10,8 @@ from gateway.providers.scrub import scrub
 @pytest.mark.parametrize(("text", "gone", "kept"), [
     ("Incorrect API key provided: sk-proj-abcdEFGH1234_xyz.", "sk-proj-abcdEFGH1234_xyz",
      "Incorrect API key provided"),
-    ("invalid x-api-key sk-ant-api03-AAAABBBBCCCC", "sk-ant-api03-AAAABBBBCCCC", "invalid x-api-key"),
+    ("invalid x-api-key sk-ant-api03-AAAABBBBCCCC", "sk-ant-api03-AAAABBBBCCCC",
+     "invalid x-api-key"),
     ("API key AIzaSyA1234567890abcdefghijklmnop is invalid", "AIzaSyA1234567890abcdefghijklmnop",
      "is invalid"),
     ("GET /v1beta/models?key=abc123secret failed", "abc123secret", "failed"),

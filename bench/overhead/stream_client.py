@@ -1,0 +1,129 @@
+"""Streaming load: `concurrency` aiohttp workers, each posting a streamed chat completion as
+soon as its last one ended, for a fixed time. Per request it records time to the first body
+bytes (TTFT: the first SSE event) and time to the end of the stream.
+
+    python -m bench.overhead.stream_client --url http://127.0.0.1:4000/v1/chat/completions \\
+        --model bench-stream --concurrency 16 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile (what wrk reports too)."""
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, -(-len(sorted_values) * p // 100) - 1))
+    return sorted_values[int(k)]
+
+
+def body_for(model: str) -> bytes:
+    return json.dumps({
+        "model": model, "stream": True, "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Count to twenty."}],
+    }, separators=(",", ":")).encode()
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
+               headers: Mapping[str, str], timeout: float) -> tuple[float, float, int, bool]:
+    t0 = time.perf_counter()
+    ttft = float("nan")
+    events = 0
+    done = False
+    async with session.post(url, data=body, headers=headers,
+                            timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        ok = r.status == 200
+        while True:
+            data = await r.content.readany()
+            if not data:
+                break
+            if events == 0:
+                ttft = time.perf_counter() - t0
+            events += data.count(b"data:")
+            if b"[DONE]" in data:
+                done = True
+    return ttft, time.perf_counter() - t0, events, ok and done
+
+
+async def measure(url: str, model: str, *, concurrency: int, seconds: float,
+                  headers: Mapping[str, str] | None = None,
+                  timeout: float = 30.0) -> dict[str, Any]:
+    """Closed loop for `seconds`; requests that start before the deadline count."""
+    body = body_for(model)
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    ttfts: list[float] = []
+    totals: list[float] = []
+    events = 0
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal events, errors
+        while time.perf_counter() < deadline:
+            try:
+                ttft, total, n, ok = await _one(session, url, body, hdrs, timeout)
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+                await asyncio.sleep(0.01)  # a refused connection must not spin the loop
+                continue
+            if not ok:
+                errors += 1
+                continue
+            ttfts.append(ttft)
+            totals.append(total)
+            events += n
+
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ttfts.sort()
+    totals.sort()
+    ms = 1000.0
+    return {
+        "concurrency": concurrency,
+        "requests": len(ttfts),
+        "errors": errors,
+        "elapsed_s": elapsed,
+        "streams_per_s": len(ttfts) / elapsed if elapsed else 0.0,
+        "events": events,
+        "ttft_ms": {"p50": pct(ttfts, 50) * ms, "p90": pct(ttfts, 90) * ms,
+                    "p99": pct(ttfts, 99) * ms,
+                    "mean": sum(ttfts) / len(ttfts) * ms if ttfts else float("nan")},
+        "total_ms": {"p50": pct(totals, 50) * ms, "p90": pct(totals, 90) * ms,
+                     "p99": pct(totals, 99) * ms,
+                     "mean": sum(totals) / len(totals) * ms if totals else float("nan")},
+    }
+
+
+def run(url: str, model: str, **kw: Any) -> dict[str, Any]:
+    import uvloop
+
+    return uvloop.run(measure(url, model, **kw))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", default="bench-stream")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--api-key", default=None)
+    a = p.parse_args(argv)
+    headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
+    print(json.dumps(run(a.url, a.model, concurrency=a.concurrency, seconds=a.seconds,
+                         headers=headers), indent=2))
+
+
+if __name__ == "__main__":
+    main()

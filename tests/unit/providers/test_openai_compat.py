@@ -1,0 +1,136 @@
+"""The OpenAI-compatible pass-through: request rewriting, usage reading and stripping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.accounting.usage import Usage
+from gateway.call import Call
+from gateway.policy.models import Deployment, OpenAIProvider
+from gateway.providers.base import ErrorKind, Target
+from gateway.providers.openai_compat import OpenAICompatAdapter
+
+
+def adapter(kind: str = "openai", **kw: object) -> OpenAICompatAdapter:
+    cfg = OpenAIProvider(kind=kind, base_url="http://up/v1", api_key="sk-secret-key-123", **kw)
+    return OpenAICompatAdapter("up", cfg)
+
+
+def call(stream: bool = False, include_usage: bool = False, **body: object) -> Call:
+    b = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], **body}
+    if stream:
+        b["stream"] = True
+    if include_usage:
+        b["stream_options"] = {"include_usage": True}
+    raw = json.dumps(b).encode()
+    return Call("chat", "chat", b, raw, stream, "rid", client_include_usage=include_usage)
+
+
+TARGET = Target("chat", Deployment(provider="up", model="llama-up"), "up")
+SAME = Target("chat", Deployment(provider="up", model="chat"), "up")
+
+
+def sse(*objs: object) -> bytes:
+    return b"".join(b"data: " + (o if isinstance(o, bytes) else json.dumps(o).encode()) + b"\n\n"
+                    for o in objs)
+
+
+def chunk(content: str | None, usage: object = "absent", model: str = "llama-up") -> dict:
+    d: dict = {"id": "c", "object": "chat.completion.chunk", "model": model,
+               "choices": [] if content is None else [{"index": 0, "delta": {"content": content},
+                                                       "finish_reason": None}]}
+    if usage != "absent":
+        d["usage"] = usage
+    return d
+
+
+U = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+     "prompt_tokens_details": {"cached_tokens": 3},
+     "completion_tokens_details": {"reasoning_tokens": 1}}
+
+
+def test_request_passes_raw_bytes_when_nothing_changes() -> None:
+    c = call()
+    req = adapter().build_request(c, SAME, False)
+    assert req.body is c.raw
+    assert req.url == "http://up/v1/chat/completions"
+    assert req.headers["Authorization"] == "Bearer sk-secret-key-123"
+
+
+def test_request_rewrites_model_and_asks_for_stream_usage() -> None:
+    req = adapter().build_request(call(stream=True, temperature=0.2), TARGET, False)
+    body = json.loads(req.body)
+    assert body["model"] == "llama-up" and body["temperature"] == 0.2
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_vllm_gets_continuous_usage_stats() -> None:
+    req = adapter("vllm").build_request(call(stream=True), TARGET, False)
+    assert json.loads(req.body)["stream_options"] == {"include_usage": True,
+                                                      "continuous_usage_stats": True}
+
+
+def test_no_stream_options_for_upstreams_without_support() -> None:
+    req = adapter(supports_stream_usage=False).build_request(call(stream=True), SAME, False)
+    assert "stream_options" not in json.loads(req.body)
+
+
+def test_reply_usage_buckets_and_model_rename() -> None:
+    body = json.dumps({"id": "x", "model": "llama-up", "choices": [], "usage": U}).encode()
+    r = adapter().parse_reply(call(), TARGET, body, False)
+    assert json.loads(r.body)["model"] == "chat"
+    assert r.usage == Usage(input_uncached=7, cache_read=3, output=3, reasoning=1)
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_stream_usage_chunk_hidden_unless_asked(include: bool) -> None:
+    s = adapter().stream(call(stream=True, include_usage=include), TARGET, False)
+    raw = sse(chunk("a", None), chunk("b", None), chunk(None, U), b"[DONE]")
+    out = b"".join(s.feed(raw[i:i + 7]) for i in range(0, len(raw), 7)) + s.finish()
+    events = [e for e in out.split(b"\n\n") if e]
+    assert s.done and s.usage == Usage(input_uncached=7, cache_read=3, output=3, reasoning=1)
+    assert events[-1] == b"data: [DONE]"
+    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    assert all(p["model"] == "chat" for p in payloads)
+    if include:
+        assert payloads[-1]["usage"] == U and payloads[0]["usage"] is None
+    else:
+        assert len(payloads) == 2 and all("usage" not in p for p in payloads)
+
+
+def test_usage_on_last_content_chunk_is_read_and_stripped() -> None:
+    s = adapter().stream(call(stream=True), TARGET, False)
+    out = s.feed(sse(chunk("a"), chunk("b", U), b"[DONE]"))
+    payloads = [json.loads(e[6:]) for e in out.split(b"\n\n") if e and e != b"data: [DONE]"]
+    assert [p["choices"][0]["delta"]["content"] for p in payloads] == ["a", "b"]
+    assert all("usage" not in p for p in payloads)
+    assert s.usage is not None and s.usage.total == 14
+
+
+def test_in_stream_error_event_is_classified_not_forwarded() -> None:
+    s = adapter().stream(call(stream=True), SAME, False)
+    out = s.feed(sse(chunk("a", model="chat"), {"error": {"message": "boom", "type": "x"}}))
+    assert b"boom" not in out and s.error is not None
+    assert s.error.kind is ErrorKind.RETRYABLE
+
+
+@pytest.mark.parametrize(("status", "body", "kind"), [
+    (429, b'{"error": {"message": "slow down"}}', ErrorKind.RETRYABLE),
+    (503, b"upstream unavailable", ErrorKind.RETRYABLE),
+    (408, b"", ErrorKind.RETRYABLE),
+    (401, b'{"error": {"message": "bad key sk-secret-key-123"}}', ErrorKind.CONFIG),
+    (400, b'{"error": {"message": "bad", "code": "context_length_exceeded"}}',
+     ErrorKind.CONTEXT_LENGTH),
+    (400, b'{"object": "error", "message": "This model\'s maximum context length is 4096 '
+          b'tokens", "type": "BadRequestError", "code": 400}', ErrorKind.CONTEXT_LENGTH),
+    (400, b'{"error": {"message": "messages is required"}}', ErrorKind.CLIENT),
+    (404, b'{"error": {"message": "no such model"}}', ErrorKind.CLIENT),
+    (422, b'{"detail": "invalid"}', ErrorKind.CLIENT),
+])
+def test_classification(status: int, body: bytes, kind: ErrorKind) -> None:
+    c = adapter().classify(status, body, {"retry-after": "3"})
+    assert c.kind is kind
+    assert "sk-secret-key-123" not in c.message
+    assert c.retry_after == 3.0
