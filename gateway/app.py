@@ -71,7 +71,8 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         """Build a runtime for `new` and swap it in; in-flight requests keep the old one."""
         new = backends.resolve(new)
         pools = Runtime.clients_for(new, state.pools)
-        rt = Runtime(new, {n: c for n, (_, c) in pools.items()}, health, signals)
+        rt = Runtime(new, {n: c for n, (_, c) in pools.items()}, health, signals,
+                     lambda: _unavailable(new, signals, backends))
         old_pools = state.pools
         state.pools = pools
         state.runtime = rt
@@ -147,7 +148,19 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
                                         405: not_allowed})
     app.state.proxy = proxy
     app.state.deps = deps
+    app.state.backends = backends
     return app
+
+
+def _unavailable(policy: Policy, signals: SignalCollector, backends: LocalBackends
+                 ) -> frozenset[str]:
+    """Deployments failing active health checks, or on a local backend still starting."""
+    starting = backends.starting()
+    if not starting:
+        return signals.unhealthy_ids()
+    return signals.unhealthy_ids() | frozenset(
+        d.id for route in policy.models.values() for d in route.deployments
+        if d.provider in starting)
 
 
 def _build_limiter(policy: Policy, metrics: Metrics) -> Limiter | None:

@@ -119,8 +119,21 @@ def add_commands(sub: Any, policy_arg: Callable[[argparse.ArgumentParser], None]
     add_arguments(report)
 
     def do_report(args: argparse.Namespace) -> int:
+        from gateway.accounting.ledger import LedgerUnavailable
+
         policy = _load(path_fn, args.config)
-        sys.stdout.write(run_from_args(args, policy))
+        if args.end < args.start:
+            print(f"--to ({args.end}) is before --from ({args.start}); swap them",
+                  file=sys.stderr)
+            return 2
+        try:
+            text = run_from_args(args, policy)
+        except LedgerUnavailable as e:
+            # A message, not a traceback: the usual cause is a wrong ledger.url or a database
+            # that is down.
+            print(f"cannot read the ledger: {e}", file=sys.stderr)
+            return 1
+        sys.stdout.write(text)
         return 0
 
     report.set_defaults(func=do_report)

@@ -25,14 +25,16 @@ class Runtime:
     reload never changes a request mid-flight."""
 
     def __init__(self, policy: Policy, clients: dict[str, UpstreamClient],
-                 health: Health, signals: Any) -> None:
+                 health: Health, signals: Any,
+                 unavailable: Callable[[], frozenset[str]] | None = None) -> None:
         self.policy = policy
         self.clients = clients
         self.health = health
         self.adapters: dict[str, Adapter] = {
             name: build_adapter(name, cfg) for name, cfg in policy.providers.items()
         }
-        self.router = Router(policy, health, signals.snapshot, signals.unhealthy_ids)
+        self.unavailable = unavailable or signals.unhealthy_ids
+        self.router = Router(policy, health, signals.snapshot, self.unavailable)
         self.prices = PriceBook.from_policy(policy)
         self._default_max = policy.accounting.default_max_tokens
         # A request can land on its model's deployments or any fallback's: budgets reserve

@@ -14,6 +14,8 @@ import logging
 import os
 import socket
 import sys
+
+import aiohttp
 from dataclasses import dataclass, field
 
 from gateway.policy.models import LocalProvider, Policy
@@ -36,6 +38,8 @@ class _Backend:
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     stopping: bool = False
+    # True once /health answered 200 since the last (re)start: readiness is health-gated.
+    healthy: bool = False
     args: list[str] = field(default_factory=list)
 
     @property
@@ -108,7 +112,10 @@ class LocalBackends:
                 log.error("cannot start local backend %s: %s", b.name, e)
                 code: int | None = None
             else:
+                watch = asyncio.get_running_loop().create_task(self._await_health(b))
                 code = await b.proc.wait()
+                watch.cancel()
+            b.healthy = False
             if b.stopping:
                 return
             # A backend that ran for a while before dying gets a fresh backoff.
@@ -119,6 +126,25 @@ class LocalBackends:
                       b.name, code, backoff, b.restarts)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
+
+    async def _await_health(self, b: _Backend) -> None:
+        """Poll the new process's /health until it answers (model loading takes a while)."""
+        url = f"http://127.0.0.1:{b.port}/health"
+        async with aiohttp.ClientSession() as session:
+            while not b.stopping:
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            b.healthy = True
+                            log.info("local backend %s is ready on port %d", b.name, b.port)
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.25)
+
+    def starting(self) -> frozenset[str]:
+        """Providers whose process is not (yet, or no longer) answering /health."""
+        return frozenset(n for n, b in self._backends.items() if not b.healthy)
 
     async def _stop_one(self, b: _Backend) -> None:
         b.stopping = True

@@ -8,6 +8,7 @@ concurrency 64 where aiohttp serves ~4,000 (docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -117,7 +118,9 @@ class UpstreamClient:
         except TimeoutError:
             raise UpstreamTimeout(f"no response within {t.connect + t.first_byte:g} s") from None
         except aiohttp.ClientConnectorError as e:
-            raise UpstreamConnectError(f"cannot connect: {e.os_error.strerror or e}") from None
+            # The OS message names the upstream's address; clients get only the reason.
+            reason = os.strerror(e.os_error.errno) if e.os_error.errno else "connection failed"
+            raise UpstreamConnectError(f"cannot connect: {reason}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 aiohttp.ClientPayloadError, ConnectionResetError) as e:
             raise UpstreamDisconnected(str(e) or type(e).__name__) from None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 
 CREATED = 1_700_000_000
 STATIC = json.dumps({
@@ -117,11 +116,9 @@ class MockSSE:
 async def serve(port: int, chunks: int, delay: float, run_for: float) -> None:
     mock = MockSSE(chunks, delay)
     server = await asyncio.start_server(mock.handle, "127.0.0.1", port, backlog=1024)
-    deadline = time.monotonic() + run_for
     async with server:
         # Bounded: the orchestrator stops it, and it stops itself after --run-for seconds.
-        while time.monotonic() < deadline:
-            await asyncio.sleep(1.0)
+        await asyncio.sleep(run_for)
 
 
 def main(argv: list[str] | None = None) -> None:

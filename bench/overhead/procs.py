@@ -84,6 +84,38 @@ def cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
+def _all_ticks() -> dict[int, int]:
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(entry.name)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+class Background:
+    """CPU used by processes this benchmark did not start, over a measurement: the machine is
+    shared, and another process on the proxy's core shows up as proxy slowness."""
+
+    def __init__(self) -> None:
+        self._mine = set(_tree(os.getpid()))
+        self._start = _all_ticks()
+        self._t0 = time.monotonic()
+
+    def cpu_pct(self) -> float:
+        """Percent of one core (out of 100 × cores) used by everything else since start."""
+        end = _all_ticks()
+        mine = self._mine | set(_tree(os.getpid()))
+        ticks = sum(t - self._start.get(pid, 0) for pid, t in end.items()
+                    if pid not in mine and t >= self._start.get(pid, 0))
+        wall = time.monotonic() - self._t0
+        return 100 * ticks / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else 0.0
+
+
 class Proc:
     def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
         self.name = name
@@ -137,7 +169,7 @@ class Procs:
     def start(self, name: str, argv: Sequence[str], *, cpu: int,
               env: Mapping[str, str] | None = None, cwd: str | None = None) -> Proc:
         log = self.logdir / f"{name}.log"
-        f = open(log, "wb")  # noqa: SIM115 - the child owns it; closed when we exit
+        f = open(log, "wb")  # the child inherits it; our copy is closed below
         popen = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=f,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=dict(env) if env is not None else None, cwd=cwd,

@@ -50,7 +50,9 @@ def _lua_str(s: str) -> str:
 
 
 def write_script(path: Path, body: str = BODY, headers: Mapping[str, str] | None = None) -> Path:
-    lines = [f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in (headers or {}).items()]
+    # The spaces matter: `[[` would open a long string.
+    lines = [f"wrk.headers[ {_lua_str(k)} ] = {_lua_str(v)}"
+             for k, v in (headers or {}).items()]
     path.write_text(LUA.format(body=_lua_str(body), headers="\n".join(lines)))
     return path
 
@@ -71,4 +73,8 @@ def run(url: str, script: Path, *, connections: int, seconds: float,
     res["connections"] = connections
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6) if res["duration_us"] else 0.0
     res["error_count"] = sum(res["errors"].values())
+    if res["error_count"] > 0.01 * max(1, res["requests"]):
+        # Refusals are fast: counting them as throughput would flatter a broken target.
+        raise RuntimeError(f"wrk against {url}: {res['error_count']} errors in "
+                           f"{res['requests']} requests ({res['errors']})")
     return res

@@ -128,8 +128,16 @@ class PostgresLedger:
                     conn.execute(pgsql.SQL("SET search_path TO {}").format(ident))
                 if self.create:
                     conn.execute(SCHEMA)
+                else:
+                    found = conn.execute("SELECT to_regclass('rollups_daily')").fetchone()
         except psycopg.OperationalError as e:
             raise LedgerUnavailable(f"postgres ledger {redact(self.url)}: {e}") from e
+        if not self.create and (found is None or found[0] is None):
+            # Readers never create the ledger (as with SQLite): a mistyped schema or database
+            # says so instead of failing on a missing table.
+            conn.close()
+            raise LedgerUnavailable(f"no ledger tables in postgres ledger {redact(self.url)} "
+                                    f"(schema {self.schema or 'public'})")
         self._conn = conn
 
     def close(self) -> None:

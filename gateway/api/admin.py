@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
 
+from gateway.accounting.ledger import LedgerUnavailable
+from gateway.accounting.pricing import plain
 from gateway.accounting.reports import parse_group_by, render_csv, render_json, run_report
 from gateway.api.parse import parse_json_object
 from gateway.auth import Authenticator, api_key_from_headers, check_admin_key
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from gateway.limits.budget import BudgetStatus
 from gateway.policy.tenants import parse_expiry
 from gateway.proxy import Proxy
 from gateway.responses import RawResponse, error_response
@@ -34,6 +38,14 @@ def _dates(request: Request) -> tuple[date, date]:
     return start, end
 
 
+def _budget_json(s: BudgetStatus) -> dict[str, Any]:
+    # Money as plain decimal strings (never floats), as the usage reports write it.
+    return {"period": s.period, "period_id": s.period_id, "limit_usd": plain(s.limit_usd),
+            "spent_usd": plain(s.spent_usd), "reserved_usd": plain(s.reserved_usd),
+            "remaining_usd": plain(max(s.limit_usd - s.spent_usd - s.reserved_usd, Decimal(0))),
+            "resets_at": s.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
 def routes(proxy: Proxy, auth: Authenticator, settler: Any) -> list[Route]:
     def admin(request: Request) -> None:
         check_admin_key(api_key_from_headers(request.headers),
@@ -51,9 +63,13 @@ def routes(proxy: Proxy, auth: Authenticator, settler: Any) -> list[Route]:
             raise InvalidRequest("format must be json or csv.", param="format")
         policy = proxy.deps.runtime().policy
         await asyncio.to_thread(settler.ledger_writer.flush, 5.0)
-        report = await asyncio.to_thread(
-            run_report, policy.ledger.url, start, end, tenant=tenant, group_by=group_by,
-            policy=policy, schema=policy.ledger.schema_name)
+        try:
+            report = await asyncio.to_thread(
+                run_report, policy.ledger.url, start, end, tenant=tenant, group_by=group_by,
+                policy=policy, schema=policy.ledger.schema_name)
+        except LedgerUnavailable as e:
+            raise ServiceUnavailable(f"The usage ledger cannot be read right now ({e}). "
+                                     "Retry shortly.", headers={"retry-after": "5"}) from None
         if fmt == "csv":
             return RawResponse(200, render_csv(report).encode(), content_type=b"text/csv")
         return RawResponse(200, render_json(report).encode())
@@ -102,9 +118,13 @@ def routes(proxy: Proxy, auth: Authenticator, settler: Any) -> list[Route]:
         async def go(request: Request) -> RawResponse:
             limiter = proxy.deps.limiter
             tenant = request.path_params["tenant"]
-            status = await limiter.budget_status(tenant) if limiter is not None else None
-            return RawResponse(200, json.dumps({"tenant": tenant, "budget": status},
-                                               default=str).encode())
+            tenants = proxy.deps.runtime().policy.tenants
+            if tenant not in tenants:
+                raise NotFound(f"Unknown tenant {tenant!r}; tenants are declared in the policy: "
+                               f"{', '.join(sorted(tenants)) or 'none'}.")
+            status = await limiter.budget_status(tenant) if limiter is not None else []
+            return RawResponse(200, json.dumps(
+                {"tenant": tenant, "budget": [_budget_json(s) for s in status]}).encode())
         return await guarded(request, go)
 
     async def own_usage(request: Request) -> RawResponse:

@@ -18,7 +18,7 @@ def routes(proxy: Proxy) -> list[Route]:
     async def ready(request: Request) -> RawResponse:
         rt = proxy.deps.runtime()
         cooling = rt.health.snapshot()
-        unhealthy = proxy.deps.signals.unhealthy_ids()
+        unhealthy = rt.unavailable()
         deployments = {
             d.id: ("cooldown" if cooling.get(d.id) else
                    "unhealthy" if d.id in unhealthy else

@@ -321,7 +321,7 @@ class AnthropicToOpenAIStream:
     """Anthropic stream events → OpenAI `chat.completion.chunk` SSE, usage read on the way."""
 
     __slots__ = ("_classify", "_created", "_events", "_id", "_include_usage", "_model",
-                 "_pending", "_tools", "_usage", "done", "error")
+                 "_pending", "_tools", "_usage", "chunks", "done", "error")
 
     def __init__(self, public_model: str, include_usage: bool,
                  classify: Callable[[int, bytes], Classified]) -> None:
@@ -338,6 +338,8 @@ class AnthropicToOpenAIStream:
         # `message_start` then an `overloaded_error`, and while nothing has reached the client
         # the proxy can still fall back to another deployment.
         self._pending = b""
+        # Content deltas forwarded: the proxy's output estimate should usage never arrive.
+        self.chunks = 0
         self.done = False
         self.error: Classified | None = None
 
@@ -370,6 +372,7 @@ class AnthropicToOpenAIStream:
     def _event(self, ev: dict[str, Any]) -> bytes | None:
         kind = ev.get("type")
         if kind == "content_block_delta":
+            self.chunks += 1
             delta = ev.get("delta") or {}
             dkind = delta.get("type")
             if dkind == "text_delta" and delta.get("text"):
@@ -423,7 +426,7 @@ class AnthropicToOpenAIStream:
 class NativeStream:
     """Anthropic events passed through to an Anthropic client: `model` renamed, usage read."""
 
-    __slots__ = ("_classify", "_events", "_held", "_model", "_usage", "done", "error")
+    __slots__ = ("_classify", "_events", "_held", "_model", "_usage", "chunks", "done", "error")
 
     def __init__(self, public_model: str, classify: Callable[[int, bytes], Classified]) -> None:
         self._events = SSEEvents()
@@ -432,6 +435,7 @@ class NativeStream:
         self._model = public_model
         self._classify = classify
         self._usage: dict[str, Any] = {}
+        self.chunks = 0
         self.done = False
         self.error: Classified | None = None
 
@@ -448,6 +452,8 @@ class NativeStream:
                 self._held.append(raw)
                 continue
             # Only four event kinds need reading; deltas go through as the bytes they came in.
+            if name == b"content_block_delta":
+                self.chunks += 1
             if name not in (b"message_start", b"message_delta", b"message_stop", b"error"):
                 out.append(raw)
                 continue

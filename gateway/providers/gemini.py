@@ -288,7 +288,7 @@ class GeminiToOpenAIStream:
     """
 
     __slots__ = ("_buf", "_classify", "_created", "_finished", "_id", "_include_usage", "_model",
-                 "_seen", "_tools", "done", "error", "usage")
+                 "_seen", "_tools", "chunks", "done", "error", "usage")
 
     def __init__(self, public_model: str, include_usage: bool,
                  classify: Callable[[int, bytes], Classified]) -> None:
@@ -302,6 +302,8 @@ class GeminiToOpenAIStream:
         self._finished: set[int] = set()
         self._tools: dict[int, int] = {}  # candidate index → tool calls so far
         self.usage: Usage | None = None
+        # Content chunks forwarded: the proxy's output estimate when no usage arrives.
+        self.chunks = 0
         self.done = False
         self.error: Classified | None = None
 
@@ -364,6 +366,7 @@ class GeminiToOpenAIStream:
                 self._finished.add(idx)
             # The finish travels in a chunk of its own with an empty delta, as OpenAI sends it.
             if delta:
+                self.chunks += 1
                 choices.append({"index": idx, "delta": delta, "logprobs": None,
                                 "finish_reason": None})
             if finish:

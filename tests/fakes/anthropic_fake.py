@@ -146,7 +146,7 @@ def validate(body: Any) -> None:
 class FakeAnthropic(FakeServer):
     def __init__(self, name: str = "anthropic", *, api_key: str = "sk-ant-fake-key",
                  words: int = 5, input_tokens: int = 11, cache_read: int = 0,
-                 cache_write: int = 0, max_context: int = 100_000,
+                 cache_write: int = 0, max_context: int = 100_000, omit_usage: bool = False,
                  port: int | None = None) -> None:
         super().__init__(name, port)
         self.api_key = api_key
@@ -155,6 +155,9 @@ class FakeAnthropic(FakeServer):
         self.cache_read = cache_read
         self.cache_write = cache_write
         self.max_context = max_context
+        # Streams only: message_delta without usage (a stream's count then stops at
+        # message_start's, as when a proxy in between strips it).
+        self.omit_usage = omit_usage
         self._replies: deque[tuple[list[dict[str, Any]], str]] = deque()
 
     # ---- scripting ---------------------------------------------------------------------------
@@ -246,10 +249,12 @@ class FakeAnthropic(FakeServer):
             out += [ev("content_block_delta", {"type": "content_block_delta", "index": i,
                                                "delta": d}) for d in deltas]
             out.append(ev("content_block_stop", {"type": "content_block_stop", "index": i}))
-        out.append(ev("message_delta", {"type": "message_delta",
-                                        "delta": {"stop_reason": msg["stop_reason"],
-                                                  "stop_sequence": None},
-                                        "usage": {"output_tokens": msg["usage"]["output_tokens"]}}))
+        delta: dict[str, Any] = {"type": "message_delta",
+                                 "delta": {"stop_reason": msg["stop_reason"],
+                                           "stop_sequence": None}}
+        if not self.omit_usage:
+            delta["usage"] = {"output_tokens": msg["usage"]["output_tokens"]}
+        out.append(ev("message_delta", delta))
         out.append(ev("message_stop", {"type": "message_stop"}))
         return out
 

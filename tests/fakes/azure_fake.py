@@ -36,7 +36,8 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 class FakeAzure(FakeServer):
     def __init__(self, name: str = "azure", *, api_key: str = "azure-fake-key-0123456789",
                  entra_token: str | None = None, deployments: dict[str, str] | None = None,
-                 words: int = 5, prompt_tokens: int = 11, port: int | None = None) -> None:
+                 words: int = 5, prompt_tokens: int = 11, omit_usage: bool = False,
+                 port: int | None = None) -> None:
         super().__init__(name, port)
         self.api_key = api_key
         self.entra_token = entra_token
@@ -44,6 +45,8 @@ class FakeAzure(FakeServer):
         self.deployments = deployments or {"gpt4o-prod": "gpt-4o-2024-08-06"}
         self.words = words
         self.prompt_tokens = prompt_tokens
+        # An older api-version that ignores stream_options: no usage chunk.
+        self.omit_usage = omit_usage
 
     def routes(self, app: web.Application) -> None:
         for kind in ("chat/completions", "completions", "embeddings"):
@@ -115,7 +118,8 @@ class FakeAzure(FakeServer):
                       fault: Fault | None) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        include = bool((body.get("stream_options") or {}).get("include_usage"))
+        include = bool((body.get("stream_options") or {}).get("include_usage")) \
+            and not self.omit_usage
         created = int(time.time())
         words = self.text()
 

@@ -109,7 +109,7 @@ class FakeGemini(FakeServer):
     def __init__(self, name: str = "gemini", *, api_key: str = "AIzaFakeGeminiKey0123456789",
                  words: int = 5, prompt_tokens: int = 11, cached_tokens: int = 0,
                  thoughts_tokens: int = 0, max_context: int = 100_000,
-                 port: int | None = None) -> None:
+                 omit_usage: bool = False, port: int | None = None) -> None:
         super().__init__(name, port)
         self.api_key = api_key
         self.words = words
@@ -117,6 +117,7 @@ class FakeGemini(FakeServer):
         self.cached_tokens = cached_tokens
         self.thoughts_tokens = thoughts_tokens
         self.max_context = max_context
+        self.omit_usage = omit_usage  # no usageMetadata at all
         self._replies: deque[tuple[list[dict[str, Any]], str]] = deque()
 
     def reply_next(self, parts: list[dict[str, Any]], finish_reason: str = "STOP") -> None:
@@ -196,8 +197,11 @@ class FakeGemini(FakeServer):
         cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish:
             cand["finishReason"] = finish
-        return {"candidates": [cand], "usageMetadata": usage, "modelVersion": model,
-                "responseId": "fake-response-id"}
+        out: dict[str, Any] = {"candidates": [cand], "modelVersion": model,
+                               "responseId": "fake-response-id"}
+        if not self.omit_usage:
+            out["usageMetadata"] = usage
+        return out
 
     async def _stream(self, request: web.Request, model: str, parts: list[dict[str, Any]],
                       finish: str, fault: Fault | None) -> web.StreamResponse:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
+from gateway.accounting.ledger import open_ledger
+from gateway.accounting.usage import Usage
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.anthropic_fake import error_body as anthropic_error
+from tests.fakes.base import wait_until
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import Gateway
@@ -44,6 +49,8 @@ def gw(fakes: tuple[FakeOpenAI, FakeGemini, FakeAnthropic], tmp_path: Any) -> It
         "llama": {"deployments": [{"provider": "oa", "model": "llama-3-8b"}]},
         "gemini": {"deployments": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
         "claude": {"deployments": [{"provider": "ant", "model": "claude-sonnet-4-5"}]},
+        "claude-or-llama": {"deployments": [{"provider": "ant", "model": "claude-sonnet-4-5"}],
+                            "fallbacks": ["llama"]},
     }), tmp=tmp_path).start()
     yield g
     g.stop()
@@ -54,6 +61,28 @@ def client(gw: Gateway) -> anthropic.Anthropic:
 
 
 HELLO = "Hello0 word1 word2 word3 word4"
+
+
+def recorded_usage(tmp: Path, request_id: str) -> Usage | None:
+    """The usage the ledger recorded for the serving attempt of one request (written off the
+    request path, so polled)."""
+    found: list[Usage | None] = []
+
+    def look() -> bool:
+        ledger = open_ledger(f"sqlite:///{tmp}/ledger.db")
+        ledger.connect()
+        try:
+            today = datetime.now(UTC).date()
+            for r in ledger.read_records(today - timedelta(days=1), today + timedelta(days=1)):
+                if r.request_id == request_id:
+                    found.append(next(a.usage for a in r.attempts if a.outcome == "ok"))
+                    return True
+            return False
+        finally:
+            ledger.close()
+
+    assert wait_until(look, timeout=10), f"no ledger record for {request_id}"
+    return found[0]
 
 
 # ---- to an OpenAI-compatible backend ---------------------------------------------------------
@@ -84,6 +113,18 @@ def test_stream_on_an_openai_backend(gw: Gateway, fakes: Any) -> None:
     assert final.stop_reason == "end_turn" and final.model == "llama"
     assert final.usage.input_tokens == 8 and final.usage.output_tokens == 5
     assert fakes[0].requests[-1].body["stream_options"] == {"include_usage": True}
+
+
+def test_accounting_reads_the_adapters_usage_not_the_codecs(gw: Gateway, tmp_path: Any) -> None:
+    for model, rid in (("llama", "acct-oa"), ("claude", "acct-native"), ("gemini", "acct-gem")):
+        with client(gw).messages.stream(model=model, max_tokens=64,
+                                        messages=[{"role": "user", "content": "Hi"}],
+                                        extra_headers={"x-request-id": rid}) as s:
+            s.until_done()
+    assert recorded_usage(tmp_path, "acct-oa") == Usage(input_uncached=8, cache_read=3, output=5)
+    native = recorded_usage(tmp_path, "acct-native")
+    assert native is not None and (native.input_uncached, native.cache_read) == (11, 7)
+    assert recorded_usage(tmp_path, "acct-gem") == Usage(input_uncached=11, output=5)
 
 
 # ---- to Gemini: tool use through two translations --------------------------------------------
@@ -199,3 +240,19 @@ def test_mid_stream_failure_is_an_anthropic_error_event(gw: Gateway, fakes: Any)
                                         messages=[{"role": "user", "content": "Hi"}]) as s:
             for _ in s:
                 pass
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_deployment_fails_over_to_a_translated_one(gw: Gateway, fakes: Any,
+                                                          stream: bool) -> None:
+    fakes[2].fail_next(1, 529, anthropic_error(529, "Overloaded", "overloaded_error"))
+    kw: Any = {"model": "claude-or-llama", "max_tokens": 20,
+               "messages": [{"role": "user", "content": "Hi"}]}
+    if stream:
+        with client(gw).messages.stream(**kw) as s:
+            m = s.get_final_message()
+    else:
+        m = client(gw).messages.create(**kw)
+    assert m.model == "claude-or-llama" and m.content[0].type == "text"
+    assert m.content[0].text == HELLO  # type: ignore[union-attr]
+    assert fakes[0].requests[-1].body["model"] == "llama-3-8b"

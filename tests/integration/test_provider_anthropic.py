@@ -10,10 +10,12 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.accounting.usage import Usage
 from tests.fakes.anthropic_fake import FakeAnthropic, error_body
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import Gateway
 from tests.integration.conftest import simple_policy
+from tests.integration.test_messages_ingress import recorded_usage
 
 KEY = "sk-ant-fake-key"
 TOOLS: Any = [{"type": "function", "function": {
@@ -201,3 +203,15 @@ def test_error_event_mid_stream_reaches_the_client_as_an_error(gw: Gateway,
         for _ in client(gw).chat.completions.create(
                 model="claude", messages=[{"role": "user", "content": "x"}], stream=True):
             pass
+
+
+def test_stream_usage_is_recorded_when_the_client_did_not_ask(gw: Gateway, ant: FakeAnthropic,
+                                                              tmp_path: Any) -> None:
+    chunks = list(client(gw).chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Hi"}], stream=True,
+        extra_headers={"x-request-id": "acct-ant-1"}))
+    assert all(c.usage is None for c in chunks)
+    usage = recorded_usage(tmp_path, "acct-ant-1")
+    assert usage is not None and usage.source == "provider"
+    assert (usage.input_uncached, usage.cache_read, usage.cache_write) == (11, 40, 5)
+    assert usage.output > 0 and usage == Usage(11, 40, 5, usage.output)

@@ -153,3 +153,13 @@ def test_a_wrong_gemini_key_is_the_gateways_fault_and_is_not_echoed(gw: Gateway)
         client(gw).chat.completions.create(model="misconfigured",
                                            messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 502 and "AIzaWrong00" not in e.value.response.text
+
+
+def test_stream_without_usage_metadata_still_completes(gw: Gateway, gem: FakeGemini) -> None:
+    gem.omit_usage = True
+    chunks = list(client(gw).chat.completions.create(
+        model="gemini", messages=[{"role": "user", "content": "Hi"}], stream=True,
+        stream_options={"include_usage": True}))
+    # Nothing to report, so no usage chunk: the gateway estimates for its own accounting.
+    assert all(c.usage is None and c.choices for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"

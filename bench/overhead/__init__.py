@@ -1,0 +1,1 @@
+"""Proxy overhead benchmark: `python -m bench.overhead` (see bench/README.md)."""

@@ -1,0 +1,216 @@
+"""`python -m bench.overhead`: proxy overhead on one core — direct vs bare pass-through
+(aiohttp, httpx) vs this gateway (three configurations) vs LiteLLM.
+
+    bench/overhead/run.sh                      # setup (nginx, wrk, LiteLLM venv) + full run
+    .venv/bin/python -m bench.overhead --quick # ~2 minutes, shorter measurements
+    .venv/bin/python -m bench.overhead --targets direct,bare-aiohttp,gateway
+    .venv/bin/python -m bench.overhead --profile gateway-auth   # py-spy under load instead
+
+The proxy under test runs on core 1 (`taskset -c 1`); the mocks (nginx, a raw-asyncio SSE
+server), wrk, the streaming client and this process run on core 0. Only 127.0.0.1 is used.
+Results: a table on stdout, JSON in bench/results/overhead-<time>.json (and -latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.overhead import profile, report, runner, stream_client, wrk
+from bench.overhead.procs import Procs, pin_self
+from bench.overhead.runner import Plan, log
+from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Env
+
+RESULTS = ROOT / "bench" / "results"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    return {"nproc": os.cpu_count(), "cpu": model, "memory_gb": round(mem_kb / 1024 ** 2, 1),
+            "kernel": platform.release()}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("uvicorn", "uvloop", "httptools", "starlette", "aiohttp", "httpx"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "missing"
+    py = LITELLM_VENV / "bin" / "python"
+    if py.exists():
+        r = subprocess.run([str(py), "-c", "import importlib.metadata as m; "
+                            "print(m.version('litellm'))"], capture_output=True, text=True,
+                           timeout=60, check=False)
+        out["litellm"] = r.stdout.strip() or "unknown"
+    for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"])):
+        exe = shutil.which(tool)
+        if exe:
+            r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=10,
+                               check=False)
+            text = (r.stdout + r.stderr).strip().splitlines()
+            out[tool] = text[0] if text else "unknown"
+    return out
+
+
+def preflight(names: list[str]) -> str:
+    missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run bench/overhead/setup.sh "
+                 "(apt-get install -y nginx wrk)")
+    if len(os.sched_getaffinity(0)) < 2 and (os.cpu_count() or 1) < 2:
+        sys.exit("needs 2 cores: the proxy on core 1, load and mocks on core 0")
+    if "litellm" in names and not (LITELLM_VENV / "bin" / "litellm").exists():
+        sys.exit(f"{LITELLM_VENV} is missing: run bench/overhead/setup.sh, "
+                 "or leave litellm out (--targets …)")
+    return shutil.which("nginx") or "nginx"
+
+
+def redis_cleanup(prefix: str) -> int:
+    """Delete the run's Redis keys (its own prefix only; bounded SCAN)."""
+    try:
+        import redis
+    except ImportError:
+        return 0
+    try:
+        r = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        keys = []
+        for i, k in enumerate(r.scan_iter(match=prefix + "*", count=1000)):
+            keys.append(k)
+            if i > 1_000_000:
+                break
+        for j in range(0, len(keys), 1000):
+            r.delete(*keys[j:j + 1000])
+        return len(keys)
+    except redis.RedisError:
+        return 0
+
+
+def run_profile(name: str, env: Env, plan: Plan, seconds: float) -> dict[str, Any]:
+    """py-spy on one target during (b) and during (c); collapsed stacks and a summary."""
+    run = runner.start_target(TARGETS[name], env)
+    out: dict[str, Any] = {"target": name}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        runner._wrk(run.json, env, plan.c_throughput, plan.warmup)
+        runner._stream(run.stream, plan.c_stream, plan.warmup)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for scen in ("b", "c"):
+            ep = run.json if scen == "b" else run.stream
+            if ep.proc is None:
+                break
+            raw = RESULTS / f"profile-{name}-{scen}-{stamp}.txt"
+            log(f"profile {name} ({scen}): py-spy {seconds:g} s")
+            spy = profile.start(ep.proc.pid, seconds + 1, raw)
+            time.sleep(0.5)  # py-spy attached before the load starts
+            if scen == "b":
+                load = runner._wrk(ep, env, plan.c_throughput, seconds)
+                rate = f"{load['rps']:.0f} req/s while sampled"
+            else:
+                load = runner._stream(ep, plan.c_stream, seconds)
+                rate = f"{load['streams_per_s']:.0f} streams/s while sampled"
+            profile.finish(spy, seconds + 1)
+            out[scen] = {"raw": str(raw.relative_to(ROOT)), "load": rate,
+                         **profile.summarize(raw)}
+    finally:
+        for p in run.procs():
+            env.procs.stop(p)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="4 s measurements, 1 s warm-ups, 20,000-request soak")
+    p.add_argument("--seconds", type=float, default=None, help="length of each measurement")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated, from: {', '.join(TARGETS)}")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="rounds per scenario, round-robin over targets; the best is reported")
+    p.add_argument("--soak-requests", type=int, default=None)
+    p.add_argument("--profile", metavar="TARGET", default=None,
+                   help="profile this target with py-spy instead of the comparison")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    a = p.parse_args(argv)
+
+    plan = Plan()
+    if a.quick:
+        plan = replace(plan, seconds=4.0, warmup=1.0, soak_requests=20_000, soak_slice_s=2.0)
+    if a.seconds:
+        plan = replace(plan, seconds=a.seconds)
+    if a.repeat:
+        plan = replace(plan, repeat=a.repeat)
+    if a.soak_requests is not None:
+        plan = replace(plan, soak_requests=a.soak_requests)
+    names = [n.strip() for n in a.targets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        sys.exit(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    if a.profile:
+        names = [a.profile]
+    nginx = preflight(names)
+    pin_self()
+    os.chdir(ROOT)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    procs = Procs(workdir)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    started = time.time()
+    try:
+        log(f"mocks: nginx + mock_sse (core 0); work dir {workdir}")
+        ups = runner.start_mocks(procs, plan, workdir, nginx)
+        env = Env(procs, workdir, ups, REDIS_URL, prefix)
+        if a.profile:
+            prof = run_profile(a.profile, env, plan, plan.seconds)
+            print(json.dumps(prof, indent=2, ensure_ascii=False))
+            return 0
+        results = runner.run_all([TARGETS[n] for n in names], env, plan)
+    finally:
+        procs.stop_all()
+        if any(TARGETS[n].name == "gateway-redis" for n in names):
+            redis_cleanup(prefix)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    derived = runner.derive(results)
+    targets = {n: runner.check_targets(results, derived, n)
+               for n in ("gateway", "gateway-auth", "gateway-redis") if n in results}
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "command": " ".join(["python -m bench.overhead", *(argv or sys.argv[1:])]),
+        "machine": machine(), "versions": versions(),
+        "plan": {**plan.__dict__, "soak_targets": list(plan.soak_targets)},
+        "pinning": {"system_under_test_cpu": 1, "load_and_mocks_cpu": 0},
+        "request_body": wrk.BODY, "stream_body": stream_client.body_for("bench-stream").decode(),
+        "results": results, "derived": derived, "targets": targets,
+    }
+    print(report.render(doc))
+    if not a.no_save:
+        path = runner.save(doc, RESULTS)
+        log(f"results: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""What is measured: each proxy, how it is started (pinned to the system-under-test core) and
+where its client points. Every target routes `bench-model` to the nginx mock and
+`bench-stream` to the SSE mock; the bare pass-throughs have one upstream each, so they are
+started once per upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench.overhead.procs import SUT_CPU, Proc, Procs, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
+BENCH_KEY = "sk-bench-" + "0123456789abcdef" * 2
+# A price on the deployment, so that the gateway's cost accounting runs as it does in production.
+PRICING = [{"input": "0.15", "output": "0.60"}]
+
+
+@dataclass
+class Upstreams:
+    json_base: str    # nginx: static chat completion
+    stream_base: str  # mock_sse: SSE stream
+
+
+@dataclass
+class Endpoint:
+    """Where the load goes, for one process (or no process: direct)."""
+
+    url: str
+    json_model: str = "bench-model"
+    stream_model: str = "bench-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+    proc: Proc | None = None
+    port: int = 0
+
+
+@dataclass
+class Env:
+    procs: Procs
+    workdir: Path
+    upstreams: Upstreams
+    redis_url: str
+    redis_prefix: str
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    label: str
+    # One process serves both upstreams (two models); otherwise it is started per upstream.
+    shared: bool = True
+    ready_timeout: float = 30.0
+
+    def start(self, env: Env, upstream: str | None = None) -> Endpoint:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Direct(Target):
+    def start(self, env: Env, upstream: str | None = None) -> Endpoint:
+        base = upstream or env.upstreams.json_base
+        return Endpoint(base + "/chat/completions")
+
+
+@dataclass(frozen=True)
+class Bare(Target):
+    client: str = "aiohttp"
+
+    def start(self, env: Env, upstream: str | None = None) -> Endpoint:
+        port = free_port()
+        proc = env.procs.start(
+            f"{self.name}-{port}",
+            [env.python, "-m", "bench.overhead.bare_passthrough", "--upstream",
+             upstream or env.upstreams.json_base, "--port", str(port), "--client", self.client],
+            cpu=SUT_CPU, cwd=str(ROOT))
+        return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", proc=proc, port=port)
+
+
+def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path) -> dict:
+    ups = env.upstreams
+    policy: dict = {
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": port},
+        "ledger": {"url": f"sqlite:///{tmp}/ledger.db", "spill_path": f"{tmp}/spill.jsonl"},
+        "providers": {
+            "mock": {"kind": "openai-compatible", "base_url": ups.json_base},
+            "mock-sse": {"kind": "openai-compatible", "base_url": ups.stream_base},
+        },
+        "models": {
+            "bench-model": {"deployments": [{"provider": "mock", "model": "bench-model",
+                                             "pricing": PRICING}]},
+            "bench-stream": {"deployments": [{"provider": "mock-sse", "model": "bench-stream",
+                                              "pricing": PRICING}]},
+        },
+    }
+    if tenants:
+        # Limits high enough never to refuse, so every request pays for the whole admission.
+        policy["tenants"] = {"bench": {
+            "keys": [{"id": "bench-key", "hash": "sha256:" + hashlib.sha256(
+                BENCH_KEY.encode()).hexdigest()}],
+            "limits": {"rpm": 100_000_000, "tpm": 1_000_000_000_000, "concurrency": 100_000},
+            "budget": {"monthly_usd": "100000000", "on_exceed": "block"},
+        }}
+    if redis:
+        policy["state"] = {"redis_url": env.redis_url, "key_prefix": env.redis_prefix}
+    return policy
+
+
+@dataclass(frozen=True)
+class Gateway(Target):
+    tenants: bool = False
+    redis: bool = False
+
+    def start(self, env: Env, upstream: str | None = None) -> Endpoint:
+        port = free_port()
+        tmp = env.workdir / self.name
+        tmp.mkdir(parents=True, exist_ok=True)
+        path = tmp / "policy.yaml"
+        path.write_text(yaml.safe_dump(gateway_policy(env, port, tenants=self.tenants,
+                                                      redis=self.redis, tmp=tmp),
+                                       sort_keys=False))
+        proc = env.procs.start(
+            self.name, [env.python, "-m", "gateway", "serve", "--config", str(path),
+                        "--host", "127.0.0.1", "--port", str(port)],
+            cpu=SUT_CPU, cwd=str(tmp), env={**os.environ, "PYTHONPATH": str(ROOT)})
+        headers = {"Authorization": f"Bearer {BENCH_KEY}"} if self.tenants else {}
+        return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers,
+                        proc=proc, port=port)
+
+
+@dataclass(frozen=True)
+class LiteLLM(Target):
+    def start(self, env: Env, upstream: str | None = None) -> Endpoint:
+        exe = LITELLM_VENV / "bin" / "litellm"
+        if not exe.exists():
+            raise FileNotFoundError(f"{exe} is missing: run bench/overhead/setup.sh")
+        port = free_port()
+        tmp = env.workdir / self.name
+        tmp.mkdir(parents=True, exist_ok=True)
+        ups = env.upstreams
+        config = {
+            "model_list": [
+                {"model_name": "bench-model", "litellm_params": {
+                    "model": "openai/bench-model", "api_base": ups.json_base,
+                    "api_key": "sk-upstream"}},
+                {"model_name": "bench-stream", "litellm_params": {
+                    "model": "openai/bench-stream", "api_base": ups.stream_base,
+                    "api_key": "sk-upstream"}},
+            ],
+            "litellm_settings": {"telemetry": False, "drop_params": True},
+            # No database: the master key is the only key. LiteLLM refuses to start without one.
+            "general_settings": {"master_key": BENCH_KEY},
+        }
+        path = tmp / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        env_vars = {
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+            # Read the bundled model price map instead of fetching it from the internet.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            # ERROR also turns uvicorn's access log off, as the gateway runs.
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+            "DISABLE_ADMIN_UI": "True",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        proc = env.procs.start(
+            self.name, [str(exe), "--config", str(path), "--host", "127.0.0.1", "--port",
+                        str(port), "--num_workers", "1"],
+            cpu=SUT_CPU, cwd=str(tmp), env=env_vars)
+        return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {BENCH_KEY}"}, proc=proc, port=port)
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Direct("direct", "direct (client → mock)", shared=False),
+    Bare("bare-aiohttp", "bare pass-through, aiohttp", shared=False),
+    Bare("bare-httpx", "bare pass-through, httpx", shared=False, client="httpx"),
+    Gateway("gateway", "this gateway (open mode)"),
+    Gateway("gateway-auth", "this gateway + tenants, auth, memory limits", tenants=True),
+    Gateway("gateway-redis", "this gateway + tenants, auth, Redis limits", tenants=True,
+            redis=True),
+    LiteLLM("litellm", "LiteLLM proxy", ready_timeout=120.0),
+)}
+

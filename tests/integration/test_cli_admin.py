@@ -1,0 +1,203 @@
+"""`gateway keys create|list|revoke|hash` and `gateway usage report`, each run as its own process
+(`python -m gateway …`) against a policy file whose ledger and key store are a fresh PostgreSQL
+schema — what an admin types, and what a running gateway then does with it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.accounting.ledger_rows import BUCKETS
+from tests.integration.tenancy_support import (
+    MSG,
+    LedgerDB,
+    StampedFake,
+    fake_provider,
+    pg_schema,
+    policy_key,
+    poll,
+    redis_prefix,
+    run_cli,
+    sdk,
+    tenant_policy,
+    write_policy,
+)
+
+__all__ = ["pg_schema", "redis_prefix"]  # fixtures used by this module
+
+ACME = policy_key("acme-ci")
+GLOBEX = policy_key("globex-1")
+PRICE = {"input": "0.25", "cache_read": "0.125", "output": "1.25"}
+
+
+@pytest.fixture
+def up() -> Any:
+    fake = StampedFake("up").start()
+    yield fake
+    fake.stop()
+
+
+def policy(tmp: Any, schema: str, prefix: str, up: StampedFake) -> dict[str, Any]:
+    return tenant_policy(
+        tmp, schema, prefix, {"up": fake_provider(up)},
+        {"chat": {"deployments": [{"provider": "up", "model": "m", "pricing": [PRICE]}]}},
+        {"acme": {"keys": [ACME.entry()]}, "globex": {"keys": [GLOBEX.entry()]}})
+
+
+@pytest.fixture
+def gw(pg_schema: str, redis_prefix: str, up: StampedFake, tmp_path: Any, gateway: Any) -> Any:
+    # The schema fixture comes first so it is dropped after the gateway flushed and stopped.
+    return gateway(policy(tmp_path, pg_schema, redis_prefix, up))
+
+
+def listed(config: Any, *args: str) -> dict[str, dict[str, Any]]:
+    out = run_cli("keys", "list", *args, config=config).stdout
+    return {k["id"]: k for k in map(json.loads, out.splitlines())}
+
+
+# ---- keys ------------------------------------------------------------------------------------
+
+def test_keys_hash_prints_the_policy_hash() -> None:
+    key = "gw-example-key-for-hashing"
+    out = run_cli("keys", "hash", key).stdout.strip()
+    assert out == "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_keys_create_list_revoke(pg_schema: str, redis_prefix: str, up: StampedFake,
+                                 tmp_path: Any) -> None:
+    config = write_policy(tmp_path, policy(tmp_path, pg_schema, redis_prefix, up))
+    made = run_cli("keys", "create", "--tenant", "acme", "--name", "nightly",
+                   "--expires", "2030-01-31", config=config)
+    key = made.stdout.strip()
+    # The key alone on stdout (scripts capture it), shown once; the id on stderr.
+    assert key.startswith("gw-") and len(key) == 46 and "\n" not in key
+    key_id = made.stderr.split("key id ", 1)[1].split()[0]
+    other = run_cli("keys", "create", "--tenant", "globex", config=config).stdout.strip()
+
+    everyone = listed(config)
+    assert set(everyone) >= {key_id} and len(everyone) == 2
+    rec = everyone[key_id]
+    assert rec == {"id": key_id, "tenant": "acme", "name": "nightly",
+                   "hint": f"{key[:5]}***{key[-2:]}", "source": "store",
+                   "created_at": rec["created_at"],
+                   "expires_at": "2030-02-01T00:00:00Z",  # valid through the 31st, UTC
+                   "revoked_at": None}
+    text = run_cli("keys", "list", config=config).stdout
+    assert key not in text and other not in text and "sha256:" not in text
+    assert set(listed(config, "--tenant", "acme")) == {key_id}
+
+    out = run_cli("keys", "revoke", key_id, config=config)
+    assert out.stdout.strip() == f"revoked {key_id} (tenant acme)"
+    assert listed(config)[key_id]["revoked_at"] is not None
+    # Revoking twice is harmless; an unknown id says how to find the right one.
+    assert run_cli("keys", "revoke", key_id, config=config).returncode == 0
+    bad = run_cli("keys", "revoke", "key_nope", config=config, check=False)
+    assert bad.returncode == 1 and "gateway keys list" in bad.stderr
+
+
+def test_keys_create_refuses_an_unknown_tenant(pg_schema: str, redis_prefix: str,
+                                               up: StampedFake, tmp_path: Any) -> None:
+    config = write_policy(tmp_path, policy(tmp_path, pg_schema, redis_prefix, up))
+    bad = run_cli("keys", "create", "--tenant", "acmee", config=config, check=False)
+    assert bad.returncode == 2
+    assert "unknown tenant 'acmee'" in bad.stderr and "acme, globex" in bad.stderr
+    assert bad.stdout == ""
+
+
+def test_cli_issued_key_works_and_cli_revocation_reaches_a_running_gateway(gw: Any) -> None:
+    key = run_cli("keys", "create", "--tenant", "globex", config=gw.policy_path).stdout.strip()
+    [key_id] = listed(gw.policy_path, "--tenant", "globex")
+    client = sdk(gw.base_url, key)
+
+    def status() -> int:
+        try:
+            client.chat.completions.create(model="chat", messages=MSG)
+            return 200
+        except openai.AuthenticationError as e:
+            return e.status_code
+
+    poll(lambda: status() == 200, timeout=5, what="the CLI-issued key to authenticate")
+    run_cli("keys", "revoke", key_id, config=gw.policy_path)
+    # The CLI wrote the database and published the revocation on Redis.
+    poll(lambda: status() == 401, timeout=3, what="the gateway to refuse the revoked key")
+
+
+# ---- usage report ----------------------------------------------------------------------------
+
+def _range() -> tuple[str, str]:
+    today = datetime.now(UTC).date()
+    return (today - timedelta(days=1)).isoformat(), (today + timedelta(days=1)).isoformat()
+
+
+def test_usage_report_formats_agree_with_the_ledger(gw: Any, pg_schema: str,
+                                                   up: StampedFake) -> None:
+    db = LedgerDB(pg_schema)
+    up.cached_tokens = 4
+    ids = []
+    for n, key in enumerate((ACME, ACME, GLOBEX)):
+        rid = f"cli-{n}-{datetime.now(UTC).timestamp()}"
+        sdk(gw.base_url, key.key).chat.completions.create(model="chat", messages=MSG,
+                                                          extra_headers={"x-request-id": rid})
+        ids.append(rid)
+    for rid in ids:
+        db.wait_request(rid)
+    start, end = _range()
+    span = ("--from", start, "--to", end)
+    # 7 uncached × $0.25 + 4 cached × $0.125 + 5 output × $1.25 per million, per request.
+    one = Decimal("0.0000085")
+    assert db.totals()["cost_usd"] == 3 * one
+
+    doc = json.loads(run_cli("usage", "report", *span, "--format", "json",
+                             config=gw.policy_path).stdout)
+    assert doc["from"] == start and doc["to"] == end and doc["group_by"] == ["tenant", "model"]
+    rows = {r["tenant"]: r for r in doc["rows"]}
+    assert {t: (r["requests"], r["cost_usd"]) for t, r in rows.items()} == \
+        {"acme": (2, "0.000017"), "globex": (1, "0.0000085")}
+    assert rows["acme"]["input_uncached"] == 14 and rows["acme"]["cache_read"] == 8
+    t = db.totals()
+    assert {b: doc["totals"][b] for b in BUCKETS} == {b: t[b] for b in BUCKETS}
+    assert doc["totals"]["cost_usd"] == "0.0000255"  # a plain decimal, never 2.55E-5
+
+    table = list(csv.DictReader(io.StringIO(run_cli(
+        "usage", "report", *span, "--format", "csv", "--group-by", "tenant,day",
+        config=gw.policy_path).stdout)))
+    assert [(r["kind"], r["tenant"], r["day"]) for r in table] == [
+        ("usage", "acme", datetime.now(UTC).date().isoformat()),
+        ("usage", "globex", datetime.now(UTC).date().isoformat()), ("total", "", "")]
+    assert table[-1]["cost_usd"] == "0.0000255" and table[-1]["requests"] == "3"
+
+    text = run_cli("usage", "report", *span, "--tenant", "globex", config=gw.policy_path).stdout
+    lines = text.splitlines()
+    assert lines[0] == f"Usage {start} .. {end} (UTC, inclusive), tenant globex"
+    assert lines[1].split() == ["kind", "tenant", "model", "requests", "input_uncached",
+                                "cache_read", "cache_write", "output", "reasoning",
+                                "total_tokens", "cost_usd"]
+    assert lines[-1].split() == ["total", "1", "7", "4", "0", "5", "0", "16", "0.0000085"]
+    assert "acme" not in text
+
+
+def test_usage_report_refuses_bad_arguments(pg_schema: str, redis_prefix: str,
+                                            up: StampedFake, tmp_path: Any) -> None:
+    config = write_policy(tmp_path, policy(tmp_path, pg_schema, redis_prefix, up))
+    bad = run_cli("usage", "report", "--from", "2026-03-01", "--to", "2026-03-31",
+                  "--group-by", "tenant,colour", config=config, check=False)
+    assert bad.returncode == 2 and "colour" in bad.stderr
+    bad = run_cli("usage", "report", "--from", "2026-03-31", "--to", "2026-03-01",
+                  config=config, check=False)
+    assert bad.returncode == 2 and "swap them" in bad.stderr
+    # No gateway has created this schema's ledger yet: a message, not a traceback (reports
+    # never create a ledger).
+    bad = run_cli("usage", "report", "--from", "2026-03-01", "--to", "2026-03-31",
+                  config=config, check=False)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("cannot read the ledger: no ledger tables") and \
+        pg_schema in bad.stderr
+    assert "Traceback" not in bad.stderr
