@@ -137,16 +137,22 @@ class Proxy:
             headers = {
                 "x-request-id": call.request_id,
                 "x-gateway-deployment": target.id,
-                "x-gateway-attempts": str(len(record.attempts)),
+                # A stream's serving attempt is recorded when it ends, so count it here.
+                "x-gateway-attempts": str(len(record.attempts) + isinstance(result, _Open)),
             }
             if reservation is not None:
                 headers.update(reservation.headers)
+            # A native reply (Anthropic ingress → Anthropic backend) is already in the
+            # client's format; anything else is OpenAI-shaped and goes through the codec.
+            native = call.ingress != "openai" and \
+                rt.adapters[target.provider_name].native_ingress == call.ingress
             if isinstance(result, _Open):
-                return StreamResponse(self, rt, call, record, reservation, result, codec, headers, t0)
+                return StreamResponse(self, rt, call, record, reservation, result, codec,
+                                      headers, t0, translate=not native)
             body, usage_ok = result
             # A reply without usage is estimated from its text (rare: most providers report).
-            text = None if usage_ok else _reply_text(body)
-            if codec is not None:
+            text = None if usage_ok or native else _reply_text(body)
+            if codec is not None and not native:
                 body = codec.reply(body, call)
             record.status = 200
             record.latency_ms = (time.monotonic() - t0) * 1000
@@ -330,8 +336,9 @@ class StreamResponse:
 
     def __init__(self, proxy: Proxy, rt: Runtime, call: Call, record: RequestRecord,
                  reservation: Reservation | None, opened: _Open, codec: Any,
-                 headers: dict[str, str], t0: float) -> None:
+                 headers: dict[str, str], t0: float, translate: bool = True) -> None:
         self.proxy = proxy
+        self.translate = translate
         self.rt = rt
         self.call = call
         self.record = record
@@ -378,7 +385,8 @@ class StreamResponse:
     async def _pump(self, send: Send) -> None:
         o = self.o
         tr = o.translator
-        codec_tr = self.codec.stream(self.call) if self.codec is not None else None
+        codec_tr = self.codec.stream(self.call) \
+            if self.codec is not None and self.translate else None
         outcome: AttemptOutcome = "ok"
         error: GatewayError | None = None
 

@@ -31,7 +31,7 @@ from typing import Any
 from bench.overhead import profile, report, runner, stream_client, wrk
 from bench.overhead.procs import Procs, pin_self
 from bench.overhead.runner import Plan, log
-from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Env
+from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Env, patched
 
 RESULTS = ROOT / "bench" / "results"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-requests", type=int, default=None)
     p.add_argument("--profile", metavar="TARGET", default=None,
                    help="profile this target with py-spy instead of the comparison")
+    p.add_argument("--patched", metavar="DIR", default=None,
+                   help="also run each selected gateway target from DIR/gateway (a modified "
+                        "copy of the package), interleaved with the original")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     a = p.parse_args(argv)
 
@@ -185,16 +188,22 @@ def main(argv: list[str] | None = None) -> int:
             prof = run_profile(a.profile, env, plan, plan.seconds)
             print(json.dumps(prof, indent=2, ensure_ascii=False))
             return 0
-        results = runner.run_all([TARGETS[n] for n in names], env, plan)
+        selected = [TARGETS[n] for n in names]
+        if a.patched:
+            src = str(Path(a.patched).resolve())
+            if not (Path(src) / "gateway" / "__init__.py").exists():
+                sys.exit(f"--patched {a.patched}: no gateway/ package there")
+            selected += [patched(t, src) for t in selected if t.name.startswith("gateway")]
+        results = runner.run_all(selected, env, plan)
     finally:
         procs.stop_all()
-        if any(TARGETS[n].name == "gateway-redis" for n in names):
-            redis_cleanup(prefix)
+        if "gateway-redis" in names:
+            log(f"redis: removed {redis_cleanup(prefix)} keys under {prefix!r}")
         shutil.rmtree(workdir, ignore_errors=True)
 
     derived = runner.derive(results)
     targets = {n: runner.check_targets(results, derived, n)
-               for n in ("gateway", "gateway-auth", "gateway-redis") if n in results}
+               for n in results if n.startswith("gateway")}
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),

@@ -54,7 +54,7 @@ def start(pid: int, seconds: float, out: Path, *, rate: int = 250,
     """py-spy record for `seconds` in the background (subprocesses included)."""
     argv = ["taskset", "-c", str(LOAD_CPU), py_spy(), "record", "--pid", str(pid),
             "--duration", str(max(1, round(seconds))), "--rate", str(rate), "--format", fmt,
-            "--output", str(out), "--nonblocking", "--subprocesses"]
+            "--output", str(out), "--nonblocking", "--threads"]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -69,11 +69,16 @@ def finish(proc: subprocess.Popen[bytes], seconds: float) -> None:
         raise RuntimeError(f"py-spy failed ({proc.returncode}): {err.decode()[-500:]}")
 
 
-def _area(file: str) -> str:
+def _area(func: str, file: str) -> str:
+    if func == "Runner.run" and file.endswith("asyncio/runners.py"):
+        # uvloop's loop is C: time in it (I/O, syscalls, C callbacks) lands on the last Python
+        # frame below it.
+        return "event loop (uvloop C code, syscalls)"
+    path = "/" + file
     for frag, name in AREAS:
-        if frag in file:
+        if frag in path:
             return name
-    return "other" if "/" in file else file or "other"
+    return "other: " + (file.rsplit("/", 1)[-1] or "?")
 
 
 def _short(file: str) -> str:
@@ -108,13 +113,20 @@ def summarize(raw: Path, top: int = 20) -> dict[str, Any]:
     for frames, n in stacks:
         if not frames:
             continue
-        threads[frames[0][0]] += n  # py-spy's first frame names the thread
+        # py-spy's first frames name the process and (--threads) the thread.
+        if frames[0][0].startswith("process "):
+            frames = frames[1:]
+        if frames and frames[0][0].startswith("thread "):
+            threads[frames[0][0]] += n
+            frames = frames[1:]
+        if not frames:
+            continue
         func, file = frames[-1]
         self_fn[f"{func} ({_short(file)})"] += n
-        self_area[_area(file)] += n
+        self_area[_area(func, file)] += n
         seen = set()
         for f, fl in frames:
-            if "/gateway/" in fl:
+            if ("/" + fl).find("/gateway/") >= 0:
                 key = f"{f} ({_short(fl)})"
                 if key not in seen:
                     seen.add(key)

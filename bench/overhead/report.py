@@ -51,12 +51,15 @@ def render(doc: dict[str, Any]) -> str:
             continue
         b, d = r["b_throughput"], der.get(name, {})
         rows.append([r["label"], _f(b["rps"], 0), _f(d.get("rps_vs_bare"), 2, "×"),
-                     _f(d.get("rps_vs_litellm"), 1, "×"),
+                     _f(d.get("rps_vs_litellm"), 1, "×"), _f(d.get("cpu_us_per_request"), 0),
+                     _f(d.get("rps_per_core_from_cpu"), 0),
+                     _f(d.get("cpu_rps_vs_bare"), 2, "×"),
                      _f(b["latency_us"]["p50"] / 1000, 2), _f(b["latency_us"]["p99"] / 1000, 2),
                      str(b["error_count"]), _f(b.get("background_cpu_pct"), 0)])
     out.append(f"\n### (b) Non-streaming, concurrency {plan['c_throughput']}: "
                "requests per second on one core\n")
-    out.append(_table(["target", "req/s", "vs bare", "vs LiteLLM", "p50 ms", "p99 ms",
+    out.append(_table(["target", "req/s", "vs bare", "vs LiteLLM", "proxy CPU µs/req",
+                       "req/s per core (CPU)", "vs bare (CPU)", "p50 ms", "p99 ms",
                        "errors", "bg CPU %"], rows))
 
     rows = []
@@ -69,12 +72,14 @@ def render(doc: dict[str, Any]) -> str:
                      _f(d.get("ttft_overhead_vs_bare"), 2, "×"),
                      _f(c["total_ms"]["p50"], 1), _f(c["total_ms"]["p99"], 1),
                      _f(d.get("total_overhead_p50_ms"), 1), _f(c["streams_per_s"], 0),
+                     _f(d.get("cpu_us_per_stream"), 0),
                      str(c["errors"]), _f(c.get("background_cpu_pct"), 0)])
     out.append(f"\n### (c) Streaming, concurrency {plan['c_stream']} ({plan['chunks']} events, "
                f"{plan['chunk_delay_ms']:g} ms apart): time to first token and total\n")
     out.append(_table(["target", "TTFT p50 ms", "TTFT p99 ms", "TTFT overhead p50 ms",
                        "overhead vs bare", "total p50 ms", "total p99 ms",
-                       "total overhead p50 ms", "streams/s", "errors", "bg CPU %"], rows))
+                       "total overhead p50 ms", "streams/s", "proxy CPU µs/stream", "errors",
+                       "bg CPU %"], rows))
 
     rows = []
     for r in res.values():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -117,10 +117,13 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
 class Gateway(Target):
     tenants: bool = False
     redis: bool = False
+    # A directory holding a modified copy of the `gateway` package, imported ahead of the
+    # project's (`--patched DIR`): a proposed change measured in the same run as the original.
+    src: str | None = None
 
     def start(self, env: Env, upstream: str | None = None) -> Endpoint:
         port = free_port()
-        tmp = env.workdir / self.name
+        tmp = env.workdir / self.name.replace("+", "-")
         tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / "policy.yaml"
         path.write_text(yaml.safe_dump(gateway_policy(env, port, tenants=self.tenants,
@@ -129,7 +132,9 @@ class Gateway(Target):
         proc = env.procs.start(
             self.name, [env.python, "-m", "gateway", "serve", "--config", str(path),
                         "--host", "127.0.0.1", "--port", str(port)],
-            cpu=SUT_CPU, cwd=str(tmp), env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cpu=SUT_CPU, cwd=str(tmp),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (self.src, str(ROOT))
+                                                             if p)})
         headers = {"Authorization": f"Bearer {BENCH_KEY}"} if self.tenants else {}
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers,
                         proc=proc, port=port)
@@ -176,6 +181,13 @@ class LiteLLM(Target):
             cpu=SUT_CPU, cwd=str(tmp), env=env_vars)
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions",
                         headers={"Authorization": f"Bearer {BENCH_KEY}"}, proc=proc, port=port)
+
+
+def patched(t: Target, src: str) -> Target:
+    """The same gateway configuration, run from a modified copy of the package."""
+    if not isinstance(t, Gateway):
+        raise ValueError(f"--patched applies to gateway targets, not {t.name}")
+    return replace(t, name=t.name + "+patched", label=t.label + " [patched]", src=src)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (

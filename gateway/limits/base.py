@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.call import Principal
+
+if TYPE_CHECKING:
+    from gateway.limits.budget import BudgetStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,11 @@ class Limiter(Protocol):
 
     async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
         """Replace the reservation with the actual usage and release concurrency."""
+        ...
+
+    async def budget_status(self, tenant: str) -> list[BudgetStatus]:
+        """The tenant's budgets this period: limit, settled spend, holds in flight, reset
+        (the admin API's `/admin/budgets/{tenant}`)."""
         ...
 
     async def close(self) -> None: ...

@@ -64,9 +64,11 @@ class AttemptSpan:
         """End the attempt now (optional: `RequestSpan.finish` ends attempts left open, with
         the outcome, usage and duration from the ledger record)."""
 
-    def inject(self, headers: dict[str, str]) -> None:
-        """Add `traceparent` for this attempt to upstream request headers (a vLLM server with
-        tracing on then joins the trace)."""
+    def traced_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """`headers` plus `traceparent` for this attempt, as a new dict (adapters share their
+        header dicts between requests: never mutate them). The no-op returns `headers` as is.
+        A vLLM server with tracing on then joins the trace."""
+        return headers
 
 
 class RequestSpan:
@@ -114,8 +116,10 @@ class _Attempt(AttemptSpan):
         _set_outcome(self.span, status, error)
         self.span.end()
 
-    def inject(self, headers: dict[str, str]) -> None:
-        _W3C.inject(headers, context=trace.set_span_in_context(self.span))
+    def traced_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        out = dict(headers)
+        _W3C.inject(out, context=trace.set_span_in_context(self.span))
+        return out
 
     def close_from(self, a: AttemptRecord | None, end_ns: int) -> None:
         """End from the ledger's view of this attempt (or, unmatched, at `end_ns`)."""

@@ -185,8 +185,12 @@ class OpenAICompatAdapter:
         opts = call.body.get("stream_options") or {}
         every = isinstance(opts, dict) and bool(opts.get("continuous_usage_stats"))
         keep = call.client_include_usage or not self._stream_usage
-        return OpenAIStream(ModelRename(target.upstream_model, call.model), keep,
-                            every or not self._stream_usage, lambda s, b: self.classify(s, b, {}))
+        # Usage on content chunks reaches the client when it asked for usage and the provider
+        # puts it there on its own; not when it is there only because we asked vLLM for
+        # continuous stats.
+        every = every or not self._stream_usage or (keep and not self._vllm)
+        return OpenAIStream(ModelRename(target.upstream_model, call.model), keep, every,
+                            lambda s, b: self.classify(s, b, {}))
 
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> Classified:
         message, code, etype, param = _error_fields(body)

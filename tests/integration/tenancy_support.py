@@ -25,6 +25,7 @@ import psycopg
 import pytest
 import redis
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -36,7 +37,7 @@ from tests.harness import ROOT
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_KEY = "gw-admin-" + uuid.uuid4().hex
-MSG = [{"role": "user", "content": "hi"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 MILLION = Decimal(1_000_000)
 
 
@@ -150,6 +151,17 @@ def sdk(base_url: str, key: str, **kw: Any) -> openai.OpenAI:
     kw.setdefault("max_retries", 0)
     kw.setdefault("timeout", 30.0)
     return openai.OpenAI(base_url=base_url, api_key=key, **kw)
+
+
+def message(e: openai.APIStatusError) -> str:
+    """The `error.message` the gateway sent (the SDK's own `message` adds a prefix)."""
+    body = e.body
+    return str(body.get("message")) if isinstance(body, dict) else str(body)
+
+
+def started(fake: FakeOpenAI) -> FakeOpenAI:
+    fake.start()
+    return fake
 
 
 def admin(method: str, url: str, path: str, **kw: Any) -> httpx.Response:

@@ -35,7 +35,6 @@ from tests.fakes.base import wait_until
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import Gateway
 from tests.integration.tenancy_support import (
-    ADMIN_KEY,
     LedgerDB,
     admin,
     fake_provider,
@@ -45,12 +44,13 @@ from tests.integration.tenancy_support import (
     price,
     run_cli,
     sdk,
+    started,
     tenant_policy,
 )
 
 KEY = policy_key("acme-fin", "finance-test")
 PROMPT = "Tell me about the lighthouse keeper who counted every wave."
-MESSAGES = [{"role": "user", "content": PROMPT}]
+MESSAGES: list[dict[str, str]] = [{"role": "user", "content": PROMPT}]
 PROMPT_TOKENS = 11  # what the fakes report
 
 # USD per million tokens, one distinct price list per deployment, with cache and reasoning
@@ -87,7 +87,7 @@ def _deployment(provider: str, model: str) -> dict[str, Any]:
 def env() -> Iterator[Env]:
     schemas, prefixes = fresh_schema(), fresh_prefix()
     schema, prefix = next(schemas), next(prefixes)
-    fakes = {n: FakeOpenAI(n, vllm=(n == "vl")).start() for n in ("oa", "vl", "dr", "flaky", "bk")}
+    fakes = {n: started(FakeOpenAI(n, vllm=(n == "vl"))) for n in ("oa", "vl", "dr", "flaky", "bk")}
     tmp = Path(tempfile.mkdtemp(prefix="gw-acct-"))
     policy = tenant_policy(
         tmp, schema, prefix,
@@ -418,7 +418,7 @@ def test_disconnect_from_vllm_cancels_upstream_and_bills_streamed_tokens(env: En
     # Four events go out (usage 0..3 completion tokens), then the upstream holds the stream:
     # what the gateway read is known exactly when the client leaves.
     env.vl.words = 20
-    env.vl.stall_stream_after(4, seconds=1.0)
+    env.vl.stall_stream_after(4, seconds=1.5)
     rid = new_id("vllm-cancel")
     _read_then_leave(env, _body("vchat", True, False), rid, 4)
     check_ledger(env, rid, "vchat", True, [attempt(
@@ -452,6 +452,6 @@ def test_cli_report_subprocess_equals_the_ledger(env: Env) -> None:
     start, end = _days()
     for fmt, parse in (("json", lambda s: _report_totals(json.loads(s))), ("csv", _csv_totals)):
         out = run_cli("usage", "report", "--from", start, "--to", end, "--format", fmt,
-                      config=env.gw.policy_path, env={"GATEWAY_ADMIN_KEY": ADMIN_KEY})
+                      config=env.gw.policy_path)
         assert parse(out.stdout) == {"requests": t["requests"], "attempts": t["attempts"],
                                      **{b: t[b] for b in BUCKETS}, "cost_usd": t["cost_usd"]}

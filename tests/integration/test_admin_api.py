@@ -7,7 +7,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -22,6 +22,7 @@ from tests.integration.tenancy_support import (
     StampedFake,
     admin,
     fake_provider,
+    message,
     pg_schema,
     policy_key,
     redis_prefix,
@@ -38,7 +39,8 @@ PRICE = {"input": "1000", "output": "2000"}  # $0.021 per request (11 prompt + 5
 
 @pytest.fixture
 def up() -> Any:
-    fake = StampedFake("up").start()
+    fake = StampedFake("up")
+    fake.start()
     yield fake
     fake.stop()
 
@@ -146,7 +148,7 @@ def test_create_list_revoke_keys(gw: Any) -> None:
     assert r.status_code == 200 and r.json()["revoked_at"] is not None
     with pytest.raises(openai.AuthenticationError) as e:
         sdk(gw.base_url, key).chat.completions.create(model="chat", messages=MSG)
-    assert "was revoked" in e.value.body["message"]
+    assert "was revoked" in message(e.value)
     after = {k["id"]: k for k in admin("GET", gw.url, "/admin/keys").json()["data"]}
     assert after[made["id"]]["revoked_at"] == r.json()["revoked_at"]
     # Revoking again is harmless; the other keys still work.
@@ -168,7 +170,7 @@ def test_key_errors_name_the_way_out(gw: Any) -> None:
     assert old["expires_at"].startswith(datetime.now(UTC).date().isoformat())
     with pytest.raises(openai.AuthenticationError) as e:
         sdk(gw.base_url, old["key"]).chat.completions.create(model="chat", messages=MSG)
-    assert "expired" in e.value.body["message"]
+    assert "expired" in message(e.value)
 
 
 # ---- usage -----------------------------------------------------------------------------------
@@ -254,7 +256,8 @@ def test_admin_budget_shows_limit_spend_and_reset(gw: Any, pg_schema: str) -> No
     now = datetime.now(UTC)
     by_period = {b["period"]: b for b in doc["budget"]}
     assert set(by_period) == {"month", "day"}
-    for period, limit in (("month", "50"), ("day", "10")):
+    periods: tuple[tuple[Literal["month", "day"], str], ...] = (("month", "50"), ("day", "10"))
+    for period, limit in periods:
         b = by_period[period]
         assert Decimal(b["limit_usd"]) == Decimal(limit)
         assert Decimal(b["spent_usd"]) == spent  # settled spend equals the ledger's

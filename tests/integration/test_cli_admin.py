@@ -40,7 +40,8 @@ PRICE = {"input": "0.25", "cache_read": "0.125", "output": "1.25"}
 
 @pytest.fixture
 def up() -> Any:
-    fake = StampedFake("up").start()
+    fake = StampedFake("up")
+    fake.start()
     yield fake
     fake.stop()
 

@@ -33,11 +33,13 @@ from tests.integration.tenancy_support import (
     fake_provider,
     fresh_prefix,
     fresh_schema,
+    message,
     pg_schema,
     policy_key,
     poll,
     redis_prefix,
     sdk,
+    started,
     tenant_policy,
 )
 from tests.unit.accounting.factories import TcpProxy
@@ -94,7 +96,7 @@ def _start_all(procs: list[GatewayProcess]) -> None:
 def replicas() -> Iterator[Replicas]:
     schemas, prefixes = fresh_schema(), fresh_prefix()
     schema, prefix = next(schemas), next(prefixes)
-    fakes = {n: FakeOpenAI(n).start() for n in ("rpm_up", "conc_up", "budget_up")}
+    fakes = {n: started(FakeOpenAI(n)) for n in ("rpm_up", "conc_up", "budget_up")}
     tmp = Path(tempfile.mkdtemp(prefix="gw-replicas-"))
 
     def policy(spill: str) -> dict[str, Any]:
@@ -181,15 +183,17 @@ def test_two_replicas_hold_a_tenant_to_its_concurrency(replicas: Replicas) -> No
     assert 1 <= up.max_in_flight <= CONC_LIMIT
     refused = [e for s, e in results if s == 429]
     assert refused, "12 requests at once against 3 slots were all admitted"
-    assert all(f"{CONC_LIMIT} concurrent requests" in e.body["message"] for e in refused)
+    assert all(f"{CONC_LIMIT} concurrent requests" in message(e) for e in refused)
     assert all(e.response.headers["retry-after"] == "1" for e in refused)
     # Every slot comes back when its response settles.
     clients = replicas.clients(CONC.key)
     while up.take_fault() is not None:
         pass
     for c in clients:
-        poll(lambda c=c: _status(lambda: c.chat.completions.create(
-            model="c", messages=MSG))[0] == 200, timeout=5, what="a free slot")
+        def admitted(c: openai.OpenAI = c) -> bool:
+            return _status(lambda: c.chat.completions.create(model="c", messages=MSG))[0] == 200
+
+        poll(admitted, timeout=5, what="a free slot")
 
 
 # ---- budget race -----------------------------------------------------------------------------
@@ -204,7 +208,7 @@ def _cost(prompt: int, output: int) -> Decimal:
 
 def test_budget_race_across_replicas_stays_within_the_documented_overshoot(
         replicas: Replicas) -> None:
-    body = {"model": "b", "messages": MSG, "max_tokens": 1}
+    body: dict[str, Any] = {"model": "b", "messages": MSG, "max_tokens": 1}
     # The reservation w: the admission estimate of the prompt plus max_tokens, at the only
     # deployment's prices; the actual cost a: what the fake reports (11 prompt, 5 output).
     w = _cost(estimate_prompt_tokens(body), 1)
@@ -244,7 +248,8 @@ def test_budget_race_across_replicas_stays_within_the_documented_overshoot(
 
 def test_ledger_outage_mid_run_loses_no_record_and_fails_no_request(
         pg_schema: str, redis_prefix: str, tmp_path: Path) -> None:
-    up = StampedFake("up").start()
+    up = StampedFake("up")
+    up.start()
     proxy = TcpProxy().up()
     key = policy_key("acme-1")
     gw = Gateway(tenant_policy(

@@ -112,12 +112,12 @@ def test_disabled_tracing_hands_out_the_shared_no_op_span_and_exports_nothing(
     assert span is NOOP_REQUEST and not span.recording
     att = span.attempt(target(p, "llama"))
     assert att is NOOP_ATTEMPT
-    headers: dict[str, str] = {}
-    att.inject(headers)
+    headers: dict[str, str] = {"Content-Type": "application/json"}
+    assert att.traced_headers(headers) is headers
     att.end(200)
     span.finish(record(attempt(target(p, "llama"))))
     span.finish(None, status=401, error="invalid_api_key")
-    assert headers == {}
+    assert headers == {"Content-Type": "application/json"}
     assert exported[1].get_finished_spans() == ()
 
 
@@ -215,7 +215,7 @@ def test_connect_failures_get_their_reason_as_error_type(
     assert attrs(att)["gen_ai.provider.name"] == "azure.ai.openai"
 
 
-def test_incoming_traceparent_becomes_the_parent_and_inject_continues_the_trace(
+def test_incoming_traceparent_becomes_the_parent_and_upstream_headers_continue_it(
         exported: tuple[TracerProvider, InMemorySpanExporter]) -> None:
     tracing = tracing_for(exported)
     p = policy()
@@ -223,8 +223,10 @@ def test_incoming_traceparent_becomes_the_parent_and_inject_continues_the_trace(
     incoming = Headers({"TraceParent": f"00-{TRACE_ID}-{PARENT_ID}-01"})  # any case
     span = tracing.request(call(), headers=incoming)
     att = span.attempt(t)
-    upstream: dict[str, str] = {}
-    att.inject(upstream)
+    shared = {"Content-Type": "application/json"}  # an adapter's dict, reused per request
+    upstream = att.traced_headers(shared)
+    assert shared == {"Content-Type": "application/json"}
+    assert upstream["Content-Type"] == "application/json"
     att.end(200)
     span.finish(record(attempt(t)))
     got = spans(exported[1])
