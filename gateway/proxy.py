@@ -465,7 +465,7 @@ class StreamResponse:
         self.record.latency_ms = (time.monotonic() - self.t0) * 1000
         self.proxy._settle(self.reservation, self.record)
         self.proxy.deps.metrics.request_done(self.call.model, 200, time.monotonic() - self.t0,
-                                             self.record.ttft_ms / 1000)
+                                             o.ttft + (o.started - self.t0))
 
     async def _drain_then_settle(self, elapsed: float) -> None:
         """The client left but the provider bills the whole generation: read it for its count."""

@@ -14,9 +14,9 @@ import logging
 import os
 import socket
 import sys
+from dataclasses import dataclass, field
 
 import aiohttp
-from dataclasses import dataclass, field
 
 from gateway.policy.models import LocalProvider, Policy
 

@@ -104,11 +104,13 @@ class UpstreamClient:
         )
         return self._session
 
-    async def send(self, req: UpstreamRequest, timeouts: Timeouts | None = None) -> UpstreamResponse:
+    async def send(self, req: UpstreamRequest,
+                   timeouts: Timeouts | None = None) -> UpstreamResponse:
         """Send and wait for the response headers (bounded by connect + first_byte)."""
         session = self._session or self._open()
         t = timeouts or self._timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect,
+                                        sock_read=t.first_byte)
         try:
             async with asyncio.timeout(t.connect + t.first_byte):
                 resp = await session.request(
@@ -116,7 +118,8 @@ class UpstreamClient:
                     allow_redirects=False,
                 )
         except TimeoutError:
-            raise UpstreamTimeout(f"no response within {t.connect + t.first_byte:g} s") from None
+            wait = t.connect + t.first_byte
+            raise UpstreamTimeout(f"no response within {wait:g} s") from None
         except aiohttp.ClientConnectorError as e:
             # The OS message names the upstream's address; clients get only the reason.
             reason = os.strerror(e.os_error.errno) if e.os_error.errno else "connection failed"

@@ -119,7 +119,8 @@ class GatewayProcess:
             wait_ready(self.url, timeout=30)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"gateway process failed to start:\n{self.log.read_text()}")
+            raise RuntimeError(
+                f"gateway process failed to start:\n{self.log.read_text()}") from None
         return self
 
     def stop(self) -> None:

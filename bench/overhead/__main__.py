@@ -151,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-requests", type=int, default=None)
     p.add_argument("--profile", metavar="TARGET", default=None,
                    help="profile this target with py-spy instead of the comparison")
-    p.add_argument("--patched", metavar="DIR", default=None,
+    p.add_argument("--patched", metavar="NAME=DIR", action="append", default=[],
                    help="also run each selected gateway target from DIR/gateway (a modified "
-                        "copy of the package), interleaved with the original")
+                        "copy of the package) as TARGET+NAME, interleaved with the original; "
+                        "repeatable")
+    p.add_argument("--scenarios", default="a,b,c", help="which of a,b,c to run")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     a = p.parse_args(argv)
 
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, seconds=a.seconds)
     if a.repeat:
         plan = replace(plan, repeat=a.repeat)
+    plan = replace(plan, scenarios=tuple(x.strip() for x in a.scenarios.split(",")))
     if a.soak_requests is not None:
         plan = replace(plan, soak_requests=a.soak_requests)
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
@@ -189,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(prof, indent=2, ensure_ascii=False))
             return 0
         selected = [TARGETS[n] for n in names]
-        if a.patched:
-            src = str(Path(a.patched).resolve())
-            if not (Path(src) / "gateway" / "__init__.py").exists():
-                sys.exit(f"--patched {a.patched}: no gateway/ package there")
-            selected += [patched(t, src) for t in selected if t.name.startswith("gateway")]
+        base = list(selected)
+        for spec in a.patched:
+            tag, _, src = spec.partition("=")
+            if not src or not (Path(src) / "gateway" / "__init__.py").exists():
+                sys.exit(f"--patched {spec}: want NAME=DIR with DIR/gateway/__init__.py")
+            selected += [patched(t, str(Path(src).resolve()), tag) for t in base
+                         if t.name.startswith("gateway")]
         results = runner.run_all(selected, env, plan)
     finally:
         procs.stop_all()

@@ -183,11 +183,11 @@ class LiteLLM(Target):
                         headers={"Authorization": f"Bearer {BENCH_KEY}"}, proc=proc, port=port)
 
 
-def patched(t: Target, src: str) -> Target:
+def patched(t: Target, src: str, tag: str = "patched") -> Target:
     """The same gateway configuration, run from a modified copy of the package."""
     if not isinstance(t, Gateway):
         raise ValueError(f"--patched applies to gateway targets, not {t.name}")
-    return replace(t, name=t.name + "+patched", label=t.label + " [patched]", src=src)
+    return replace(t, name=f"{t.name}+{tag}", label=f"{t.label} [{tag}]", src=src)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (

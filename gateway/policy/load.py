@@ -39,7 +39,8 @@ class PolicyError(Exception):
         super().__init__("\n".join(i.render(file) for i in issues))
 
 
-def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+def _lines(node: yaml.Node, path: tuple[str | int, ...],
+           out: dict[tuple[str | int, ...], int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
@@ -269,5 +270,6 @@ def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> Polic
     try:
         text = p.read_text()
     except OSError as e:
-        raise PolicyError(str(p), [PolicyIssue("", f"cannot read the policy: {e.strerror}")]) from None
+        raise PolicyError(str(p), [PolicyIssue("", f"cannot read the policy: {e.strerror}")]
+                          ) from None
     return parse_policy(text, str(p), env)

@@ -164,7 +164,8 @@ class ModelRoute(Strict):
     deployments: list[Deployment] = Field(min_length=1)
     """Where the model is served. At least one."""
     strategy: Strategy = "weighted"
-    """How a deployment is chosen: `weighted`, `least-busy`, `latency`, `prefix-affinity`, `cost`."""
+    """How a deployment is chosen: `weighted`, `least-busy`, `latency`, `prefix-affinity` or
+    `cost` (docs/routing.md)."""
     fallbacks: list[str] = Field(default_factory=list)
     """Other public model names tried, in order, when every deployment of this one failed with
     a retryable error (connect, timeout, 429, 5xx)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.accounting.usage import Usage, from_openai
 from gateway.call import Call
-from gateway.policy.models import OpenAIProvider, ProviderBase
+from gateway.policy.models import LocalProvider, OpenAIProvider, ProviderBase
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.scrub import scrub
 from gateway.upstream import UpstreamRequest
@@ -140,7 +140,7 @@ class OpenAICompatAdapter:
         self._base = config.base_url.rstrip("/")
         self._stream_usage = getattr(config, "supports_stream_usage", True)
         self._vllm = (isinstance(config, OpenAIProvider) and config.kind == "vllm") \
-            or config.kind == "local"
+            or isinstance(config, LocalProvider)
         headers = {"Content-Type": "application/json", **config.headers}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"

@@ -85,7 +85,8 @@ class FakeOpenAI(FakeServer):
     def usage(self, completion: int) -> dict[str, Any]:
         u: dict[str, Any] = {"prompt_tokens": self.prompt_tokens,
                              "completion_tokens": completion + self.reasoning_tokens,
-                             "total_tokens": self.prompt_tokens + completion + self.reasoning_tokens}
+                             "total_tokens":
+                             self.prompt_tokens + completion + self.reasoning_tokens}
         if self.cached_tokens:
             u["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         if self.reasoning_tokens:

@@ -92,7 +92,8 @@ def test_upstream_error_message_is_scrubbed(fakes, gateway, tmp_path) -> None:
     gw = gateway(simple_policy(tmp_path, {"up": provider(up, api_key=key)},
                                {"chat": {"deployments": [{"provider": "up", "model": "m"}]}}))
     up.fail_next(1, status=400, body={"error": {
-        "message": f"Bad request; your key {key} at {up.url}/v1 is fine", "type": "invalid_request_error",
+        "message": f"Bad request; your key {key} at {up.url}/v1 is fine",
+        "type": "invalid_request_error",
         "param": "messages", "code": "bad"}})
     r = httpx.post(gw.base_url + "/chat/completions",
                    json={"model": "chat", "messages": [{"role": "user", "content": "x"}]})

@@ -42,7 +42,7 @@ def test_least_busy_avoids_endpoint_reporting_a_long_queue(fakes, gateway, tmp_p
 
 
 def test_prefix_affinity_keeps_a_session_on_one_endpoint(fakes, gateway, tmp_path) -> None:
-    fs, gw = pool(fakes, gateway, tmp_path, "prefix-affinity")
+    _fs, gw = pool(fakes, gateway, tmp_path, "prefix-affinity")
     for user in ("alice", "bob", "carol", "dave"):
         got = {served(gw, user=user) for _ in range(10)}
         assert len(got) == 1, (user, got)

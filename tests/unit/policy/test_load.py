@@ -91,14 +91,16 @@ def test_unknown_fallback_model_and_self_fallback() -> None:
 
 
 def test_all_weights_zero_is_an_error() -> None:
-    text = BASE.replace("{provider: gpu-a, model: llama}", "{provider: gpu-a, model: llama, weight: 0}")
+    text = BASE.replace("{provider: gpu-a, model: llama}",
+                        "{provider: gpu-a, model: llama, weight: 0}")
     text = text.replace("weight: 2", "weight: 0")
     (msg,) = errors(text)
     assert "every deployment has weight 0" in msg
 
 
 def test_timeouts_cross_field_names_both_values() -> None:
-    text = BASE.replace("gpu-a: {kind: vllm,", "gpu-a: {kind: vllm, timeouts: {first_byte: 90, total: 30},")
+    text = BASE.replace("gpu-a: {kind: vllm,",
+                        "gpu-a: {kind: vllm, timeouts: {first_byte: 90, total: 30},")
     (msg,) = errors(text)
     assert "first_byte (90.0) must not exceed total (30.0)" in msg
 
