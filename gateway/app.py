@@ -25,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.limits.base import Limiter
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import Tracing
 from gateway.policy.models import Policy
 from gateway.policy.reload import PolicyWatcher
 from gateway.proxy import Proxy
@@ -63,7 +64,8 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     auth = Authenticator.from_policy(policy)
     settler = Settler.from_policy(policy, limiter, metrics)
     deps = Deps(runtime=state.current, auth=auth, limiter=limiter, settler=settler,
-                signals=signals, metrics=metrics, codecs={"anthropic": ANTHROPIC_CODEC})
+                signals=signals, metrics=metrics, codecs={"anthropic": ANTHROPIC_CODEC},
+                tracing=Tracing.from_policy(policy))
     proxy = Proxy(deps)
     backends = LocalBackends(policy)
 
@@ -88,6 +90,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         if limiter is not None:
             limiter.set_policy(new)  # type: ignore[attr-defined]
         settler.update(new, state.current().prices)
+        deps.tracing.update(new)
 
     watcher = PolicyWatcher(policy_path, reload, metrics) if policy_path else None
 
@@ -110,6 +113,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
             await signals.stop()
             await proxy.drain()
             await settler.close()
+            deps.tracing.shutdown()  # after drain: settle tasks end their spans first
             await auth.close()
             if limiter is not None:
                 await limiter.close()
@@ -163,9 +167,10 @@ def _unavailable(policy: Policy, signals: SignalCollector, backends: LocalBacken
         if d.provider in starting)
 
 
-def _build_limiter(policy: Policy, metrics: Metrics) -> Limiter | None:
-    if not policy.tenants:
-        return None  # open mode: nothing to limit
+def _build_limiter(policy: Policy, metrics: Metrics) -> Limiter:
+    """Built even in open mode, so tenants added by a reload are limited at once (the proxy
+    skips admission while the policy has no tenants). Changing `state.redis_url` needs a
+    restart."""
     if policy.state.redis_url:
         from gateway.limits.redis import RedisLimiter
 

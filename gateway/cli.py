@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
 DEFAULT_POLICY = "policies/default.yaml"
 
@@ -18,13 +17,7 @@ def _policy_arg(p: argparse.ArgumentParser) -> None:
 def _policy_path(arg: str | None) -> str:
     import os
 
-    path = arg or os.environ.get("GATEWAY_CONFIG") or DEFAULT_POLICY
-    if not Path(path).exists() and arg is None:
-        # Installed without the repository: fall back to the packaged default.
-        packaged = Path(__file__).parent / "default_policy.yaml"
-        if packaged.exists():
-            return str(packaged)
-    return path
+    return arg or os.environ.get("GATEWAY_CONFIG") or DEFAULT_POLICY
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or policy.server.port
     app = build_app(policy, policy_path=path)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools",
-                log_level=args.log_level, access_log=False, timeout_graceful_shutdown=30)
+                log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=args.graceful_timeout)
     return 0
 
 
@@ -72,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     _policy_arg(serve)
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--log-level", default="warning", help="uvicorn's own log level")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0,
+                       help="seconds to let running requests (long streams) finish on shutdown")
     serve.set_defaults(func=cmd_serve)
 
     policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_cmd",

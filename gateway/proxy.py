@@ -26,6 +26,8 @@ from gateway.errors import (
     sse_error_event,
 )
 from gateway.limits.base import Reservation
+from gateway.observability.logs import log_request
+from gateway.observability.tracing import RequestSpan
 from gateway.providers.base import Classified, ErrorKind, StreamTranslator, Target
 from gateway.responses import RawResponse, error_response
 from gateway.runtime import Deps, Runtime
@@ -73,6 +75,7 @@ class Proxy:
         principal: Principal | None = None
         reservation: Reservation | None = None
         record: RequestRecord | None = None
+        span = self.deps.tracing.request(call)
         try:
             principal = self.deps.auth.authenticate(call.api_key)
             record = self._record(call, principal, ts)
@@ -80,16 +83,18 @@ class Proxy:
             if route is None:
                 raise ModelNotFound(self._unknown_model_message(rt, call.model, principal))
             self.deps.auth.check_model(principal, call.model, list(rt.policy.models))
-            if self.deps.limiter is not None:
+            if self.deps.limiter is not None and rt.policy.tenants:
                 reservation = await self.deps.limiter.admit(
                     principal, call.model, rt.estimate(call, principal))
-            return await self._serve(rt, call, record, reservation, codec, t0)
+            return await self._serve(rt, call, record, reservation, codec, t0, span)
         except GatewayError as e:
             if record is not None:
                 record.status = e.status
                 record.error_code = e.code
                 record.latency_ms = (time.monotonic() - t0) * 1000
-                self._settle(reservation, record)
+                self._settle(reservation, record, span=span)
+            else:
+                span.finish(None, status=e.status, error=e.code)
             label = call.model if call.model in rt.policy.models else "_unknown"
             self.deps.metrics.request_done(label, e.status, time.monotonic() - t0, None)
             headers = dict(reservation.headers) if reservation else {}
@@ -112,7 +117,7 @@ class Proxy:
     # ---- attempts ----------------------------------------------------------------------------
 
     async def _serve(self, rt: Runtime, call: Call, record: RequestRecord,
-                     reservation: Reservation | None, codec: Any, t0: float
+                     reservation: Reservation | None, codec: Any, t0: float, span: RequestSpan
                      ) -> RawResponse | StreamResponse:
         plan = rt.router.plan(call)
         queue = list(plan.attempts)
@@ -123,7 +128,7 @@ class Proxy:
             target = queue.pop(0)
             tried.append(target.id)
             try:
-                result = await self._attempt(rt, call, target, record)
+                result = await self._attempt(rt, call, target, record, span)
             except _Retry as r:
                 rt.health.failure(target.id, r.retry_after)
                 last = UpstreamError(r.reason)
@@ -148,7 +153,7 @@ class Proxy:
                 rt.adapters[target.provider_name].native_ingress == call.ingress
             if isinstance(result, _Open):
                 return StreamResponse(self, rt, call, record, reservation, result, codec,
-                                      headers, t0, translate=not native)
+                                      headers, t0, translate=not native, span=span)
             body, usage_ok = result
             # A reply without usage is estimated from its text (rare: most providers report).
             text = None if usage_ok or native else _reply_text(body)
@@ -156,7 +161,7 @@ class Proxy:
                 body = codec.reply(body, call)
             record.status = 200
             record.latency_ms = (time.monotonic() - t0) * 1000
-            self._settle(reservation, record, text)
+            self._settle(reservation, record, text, span)
             self.deps.metrics.request_done(call.model, 200, time.monotonic() - t0, None)
             return RawResponse(200, body, headers)
         detail = "; ".join(f"{a.deployment}: {a.error}" for a in record.attempts if a.error)
@@ -166,13 +171,15 @@ class Proxy:
             code="all_deployments_failed",
         )
 
-    async def _attempt(self, rt: Runtime, call: Call, target: Target, record: RequestRecord
-                       ) -> tuple[bytes, bool] | _Open:
+    async def _attempt(self, rt: Runtime, call: Call, target: Target, record: RequestRecord,
+                       span: RequestSpan) -> tuple[bytes, bool] | _Open:
         adapter = rt.adapters[target.provider_name]
         provider = rt.policy.providers[target.provider_name]
         timeouts = target.deployment.timeouts or provider.timeouts
         native = call.ingress != "openai" and adapter.native_ingress == call.ingress
         req = adapter.build_request(call, target, native)
+        # Ended by span.finish(record), from the attempt's ledger record.
+        req.headers = span.attempt(target, provider).traced_headers(req.headers)
         signals = self.deps.signals
         signals.begin(target.id)
         started = time.monotonic()
@@ -280,12 +287,23 @@ class Proxy:
     # ---- settlement --------------------------------------------------------------------------
 
     def _settle(self, reservation: Reservation | None, record: RequestRecord,
-                completion_text: str | None = None) -> None:
+                completion_text: str | None = None, span: RequestSpan | None = None) -> None:
         """Hand the finished request to accounting without making the client wait."""
-        task = asyncio.get_running_loop().create_task(self.deps.settler.settle(
-            reservation, record, body=record.request_body, completion_text=completion_text))
+        task = asyncio.get_running_loop().create_task(self._settle_and_trace(
+            reservation, record, completion_text, span))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _settle_and_trace(self, reservation: Reservation | None, record: RequestRecord,
+                                completion_text: str | None, span: RequestSpan | None) -> None:
+        await self.deps.settler.settle(reservation, record, body=record.request_body,
+                                       completion_text=completion_text)
+        if span is not None:
+            # After settlement: the span carries the settled usage (estimates) and cost.
+            span.finish(record)
+        if log.isEnabledFor(logging.INFO) and \
+                self.deps.runtime().policy.observability.log_requests:
+            log_request(record)
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -336,8 +354,10 @@ class StreamResponse:
 
     def __init__(self, proxy: Proxy, rt: Runtime, call: Call, record: RequestRecord,
                  reservation: Reservation | None, opened: _Open, codec: Any,
-                 headers: dict[str, str], t0: float, translate: bool = True) -> None:
+                 headers: dict[str, str], t0: float, translate: bool = True,
+                 span: RequestSpan | None = None) -> None:
         self.proxy = proxy
+        self.span = span
         self.translate = translate
         self.rt = rt
         self.call = call
@@ -463,7 +483,7 @@ class StreamResponse:
             elapsed * 1000, streamed_chunks=chunks,
             error=None if outcome in ("ok", "cancelled", "drained") else self.record.error_code))
         self.record.latency_ms = (time.monotonic() - self.t0) * 1000
-        self.proxy._settle(self.reservation, self.record)
+        self.proxy._settle(self.reservation, self.record, span=self.span)
         self.proxy.deps.metrics.request_done(self.call.model, 200, time.monotonic() - self.t0,
                                              o.ttft + (o.started - self.t0))
 

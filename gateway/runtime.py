@@ -4,7 +4,7 @@ app-lifetime dependencies. Built once in `build_app`; no module singletons."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from gateway.accounting.estimate import estimate_prompt_tokens
 from gateway.accounting.pricing import PriceBook
 from gateway.call import Call, Principal
 from gateway.limits.base import Estimate, Limiter
+from gateway.observability.tracing import Tracing
 from gateway.policy.models import Policy, ProviderBase
 from gateway.providers.base import Adapter
 from gateway.providers.registry import build_adapter
@@ -82,3 +83,4 @@ class Deps:
     signals: Any
     metrics: Any
     codecs: dict[str, Any]
+    tracing: Tracing = field(default_factory=Tracing)

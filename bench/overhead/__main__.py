@@ -31,7 +31,7 @@ from typing import Any
 from bench.overhead import profile, report, runner, stream_client, wrk
 from bench.overhead.procs import Procs, pin_self
 from bench.overhead.runner import Plan, log
-from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Env, patched
+from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Env, Target, patched
 
 RESULTS = ROOT / "bench" / "results"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -106,9 +106,10 @@ def redis_cleanup(prefix: str) -> int:
         return 0
 
 
-def run_profile(name: str, env: Env, plan: Plan, seconds: float) -> dict[str, Any]:
+def run_profile(target: Target, env: Env, plan: Plan, seconds: float) -> dict[str, Any]:
     """py-spy on one target during (b) and during (c); collapsed stacks and a summary."""
-    run = runner.start_target(TARGETS[name], env)
+    name = target.name
+    run = runner.start_target(target, env)
     out: dict[str, Any] = {"target": name}
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -175,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
     if a.profile:
         names = [a.profile]
+    selected = [TARGETS[n] for n in names]
+    for spec in a.patched:
+        tag, _, src = spec.partition("=")
+        if not src or not (Path(src) / "gateway" / "__init__.py").exists():
+            sys.exit(f"--patched {spec}: want NAME=DIR with DIR/gateway/__init__.py")
+        src = str(Path(src).resolve())
+        selected += [patched(t, src, tag) for t in selected[:len(names)]
+                     if t.name.startswith("gateway")]
     nginx = preflight(names)
     pin_self()
     os.chdir(ROOT)
@@ -188,17 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         ups = runner.start_mocks(procs, plan, workdir, nginx)
         env = Env(procs, workdir, ups, REDIS_URL, prefix)
         if a.profile:
-            prof = run_profile(a.profile, env, plan, plan.seconds)
-            print(json.dumps(prof, indent=2, ensure_ascii=False))
+            for t in selected:  # the target, then its patched variants
+                prof = run_profile(t, env, plan, plan.seconds)
+                print(json.dumps(prof, indent=2, ensure_ascii=False))
             return 0
-        selected = [TARGETS[n] for n in names]
-        base = list(selected)
-        for spec in a.patched:
-            tag, _, src = spec.partition("=")
-            if not src or not (Path(src) / "gateway" / "__init__.py").exists():
-                sys.exit(f"--patched {spec}: want NAME=DIR with DIR/gateway/__init__.py")
-            selected += [patched(t, str(Path(src).resolve()), tag) for t in base
-                         if t.name.startswith("gateway")]
         results = runner.run_all(selected, env, plan)
     finally:
         procs.stop_all()

@@ -93,7 +93,7 @@ class Settler:
     async def close(self) -> None:
         """Flush every queued record to the ledger (or the spill file) and stop the writer."""
         await self.ledger_writer.aclose()
-        self._observe()
+        self.observe()
 
     def update(self, policy: Policy, price_book: PriceBook | None = None) -> None:
         """Swap in a reloaded policy: requests settling from now on use its prices.
@@ -144,7 +144,7 @@ class Settler:
             self._failed("ledger", record)
         self.settled += 1
         try:
-            self._observe(record)
+            self.observe(record)
         except Exception:
             self._failed("metrics", record)
 
@@ -180,7 +180,8 @@ class Settler:
             output = a.streamed_chunks
         return Usage(input_uncached=prompt, output=output, source="estimated")
 
-    def _observe(self, record: RequestRecord | None = None) -> None:
+    def observe(self, record: RequestRecord | None = None) -> None:
+        """Update token, cost and ledger metrics (also called by /metrics when idle)."""
         m = self.metrics
         if m is None:
             return

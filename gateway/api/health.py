@@ -19,21 +19,32 @@ def routes(proxy: Proxy) -> list[Route]:
         rt = proxy.deps.runtime()
         cooling = rt.health.snapshot()
         unhealthy = rt.unavailable()
+        auth_ready = proxy.deps.auth.ready
         deployments = {
             d.id: ("cooldown" if cooling.get(d.id) else
                    "unhealthy" if d.id in unhealthy else
                    "disabled" if d.weight == 0 else "ok")
             for route in rt.policy.models.values() for d in route.deployments
         }
-        ok = any(s == "ok" for s in deployments.values())
-        body = {"status": "ready" if ok else "not_ready", "deployments": deployments}
+        # Ready: a policy is loaded (we are here), issued keys are loaded, and at least one
+        # deployment can take traffic.
+        ok = auth_ready and any(s == "ok" for s in deployments.values())
+        body = {"status": "ready" if ok else "not_ready", "keys_loaded": auth_ready,
+                "deployments": deployments}
         return RawResponse(200 if ok else 503, json.dumps(body).encode())
 
     async def metrics(request: Request) -> RawResponse:
         rt = proxy.deps.runtime()
+        if not rt.policy.observability.metrics:
+            return RawResponse(404, b'{"error": {"message": "metrics are disabled '
+                               b'(observability.metrics)", "type": "invalid_request_error", '
+                               b'"param": null, "code": "metrics_disabled"}}')
         m = proxy.deps.metrics
-        for dep, left in rt.health.snapshot().items():
-            m.cooldowns.labels(dep).set(left)
+        cooling = rt.health.snapshot()
+        for route in rt.policy.models.values():
+            for d in route.deployments:
+                m.cooldowns.labels(d.id).set(cooling.get(d.id, 0.0))
+        proxy.deps.settler.observe()
         return RawResponse(200, m.render(), content_type=b"text/plain; version=0.0.4")
 
     return [

@@ -85,4 +85,14 @@ def openai_call(endpoint: Endpoint, raw: bytes, request: Request) -> Call:
         endpoint=endpoint, model=model, body=body, raw=raw, stream=stream,
         request_id=request_id(request), api_key=api_key(request),
         client_include_usage=include_usage, session=session,
+        headers=_trace_headers(request),
     )
+
+
+def _trace_headers(request: Request) -> dict[str, str]:
+    """W3C trace context, for tracing (the Anthropic ingress keeps every header)."""
+    tp = request.headers.get("traceparent")
+    if tp is None:
+        return {}
+    ts = request.headers.get("tracestate")
+    return {"traceparent": tp, "tracestate": ts} if ts else {"traceparent": tp}

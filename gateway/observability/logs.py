@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,3 +41,24 @@ def configure_logging() -> None:
     logger.addHandler(handler)
     logger.setLevel(os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper())
     logger.propagate = False
+
+
+_requests = logging.getLogger("gateway.requests")
+
+
+def log_request(record: Any) -> None:
+    """One line per finished request (after settlement, off the request path). Never keys or
+    bodies: the key id, not the key."""
+    usage = [a.usage for a in record.attempts if a.usage is not None]
+    _requests.info("request", extra={"fields": {
+        "request_id": record.request_id, "tenant": record.tenant, "key_id": record.key_id,
+        "model": record.model, "endpoint": record.endpoint, "stream": record.stream,
+        "status": record.status, "error_code": record.error_code,
+        "latency_ms": round(record.latency_ms, 2),
+        "ttft_ms": round(record.ttft_ms, 2) if record.ttft_ms is not None else None,
+        "attempts": [f"{a.deployment}:{a.outcome}" for a in record.attempts],
+        "prompt_tokens": sum(u.prompt_tokens for u in usage),
+        "completion_tokens": sum(u.completion_tokens for u in usage),
+        "cost_usd": str(record.cost_usd),
+        "client_disconnected": record.client_disconnected,
+    }})

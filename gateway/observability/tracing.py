@@ -144,10 +144,12 @@ class _Attempt(AttemptSpan):
 
 
 class _Request(RequestSpan):
-    __slots__ = ("_attempts", "_done", "_op", "_start_ns", "_tracing", "span")
+    __slots__ = ("_attempts", "_done", "_op", "_start_ns", "_tracer", "_tracing", "span")
 
-    def __init__(self, tracing: Tracing, span: Span, op: str, start_ns: int) -> None:
+    def __init__(self, tracing: Tracing, tracer: trace.Tracer, span: Span, op: str,
+                 start_ns: int) -> None:
         self._tracing = tracing
+        self._tracer = tracer
         self.span = span
         self._op = op
         self._start_ns = start_ns
@@ -161,21 +163,12 @@ class _Request(RequestSpan):
     def attempt(self, target: Target, provider: Any = None) -> AttemptSpan:
         if self._done:
             return NOOP_ATTEMPT
-        system, host, port = self._tracing.provider_info(target.provider_name, provider)
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": self._op,
-            "gen_ai.provider.name": system,
-            "gen_ai.system": system,  # the older name of gen_ai.provider.name
-            "gen_ai.request.model": target.upstream_model,
-            "gateway.deployment": target.id,
-            "gateway.attempt": len(self._attempts) + 1,
-        }
-        if host:
-            attrs["server.address"] = host
-            if port:
-                attrs["server.port"] = port
+        attrs = _provider_attributes(self._tracing.provider_info(target.provider_name, provider))
+        attrs.update({"gen_ai.operation.name": self._op,
+                      "gen_ai.request.model": target.upstream_model,
+                      "gateway.deployment": target.id, "gateway.attempt": len(self._attempts) + 1})
         start = time.time_ns()
-        span = self._tracing.tracer.start_span(
+        span = self._tracer.start_span(
             f"{self._op} {target.upstream_model}", context=trace.set_span_in_context(self.span),
             kind=SpanKind.CLIENT, attributes=attrs, start_time=start)
         a = _Attempt(span, target.id, start)
@@ -223,14 +216,9 @@ class _Request(RequestSpan):
         }
         served = _served_by(record.attempts)
         if served is not None:
-            system, host, port = self._tracing.provider_info(served.provider, None)
-            attrs.update({"gateway.deployment": served.deployment,
-                          "gen_ai.response.model": served.upstream_model,
-                          "gen_ai.provider.name": system, "gen_ai.system": system})
-            if host:
-                attrs["server.address"] = host
-                if port:
-                    attrs["server.port"] = port
+            attrs.update(_provider_attributes(self._tracing.provider_info(served.provider, None)))
+            attrs["gateway.deployment"] = served.deployment
+            attrs["gen_ai.response.model"] = served.upstream_model
         usage = _sum_usage(record.attempts)
         if usage is not None:
             attrs.update(_usage_attributes(usage))
@@ -274,11 +262,6 @@ class Tracing:
     def enabled(self) -> bool:
         return self._enabled
 
-    @property
-    def tracer(self) -> trace.Tracer:
-        assert self._tracer is not None
-        return self._tracer
-
     def update(self, policy: Policy) -> None:
         """A reloaded policy: switch tracing on or off, forget provider addresses. The
         exporter is built once, the first time tracing is on."""
@@ -311,9 +294,10 @@ class Tracing:
             if isinstance(v, int | float) and not isinstance(v, bool):
                 attrs[name] = v
         start = time.time_ns()
-        span = self.tracer.start_span(f"{op} {call.model}", context=_parent(headers),
-                                      kind=SpanKind.SERVER, attributes=attrs, start_time=start)
-        return _Request(self, span, op, start)
+        assert self._tracer is not None
+        span = self._tracer.start_span(f"{op} {call.model}", context=_parent(headers),
+                                       kind=SpanKind.SERVER, attributes=attrs, start_time=start)
+        return _Request(self, self._tracer, span, op, start)
 
     def provider_info(self, name: str, provider: Any) -> tuple[str, str | None, int | None]:
         """(gen_ai.provider.name, server.address, server.port) of a provider, cached."""
@@ -392,8 +376,8 @@ _SOURCES = ("provider", "provider_partial", "estimated")
 
 
 def _sum_usage(attempts: Sequence[AttemptRecord]) -> Usage | None:
-    """Every token the request consumed, failed mid-stream attempts included (they are billed;
-    the ledger counts them too)."""
+    """Every token the request consumed, failed mid-stream attempts included (billed, and
+    counted by the ledger too)."""
     used = [a.usage for a in attempts if a.usage is not None]
     if not used:
         return None
@@ -410,6 +394,17 @@ def _sum_usage(attempts: Sequence[AttemptRecord]) -> Usage | None:
     )
 
 
+def _provider_attributes(info: tuple[str, str | None, int | None]) -> dict[str, Any]:
+    system, host, port = info
+    # gen_ai.system is the older name of gen_ai.provider.name, still read by older dashboards.
+    attrs: dict[str, Any] = {"gen_ai.provider.name": system, "gen_ai.system": system}
+    if host:
+        attrs["server.address"] = host
+        if port:
+            attrs["server.port"] = port
+    return attrs
+
+
 def _usage_attributes(u: Usage) -> dict[str, Any]:
     attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": u.prompt_tokens,
                              "gen_ai.usage.output_tokens": u.completion_tokens,
@@ -424,8 +419,7 @@ def _usage_attributes(u: Usage) -> dict[str, Any]:
 
 
 def _error_type(status: int | None, error: str | None) -> str | None:
-    """A low-cardinality `error.type`: the HTTP status, or the failure's reason word
-    (`connect_error`, `timeout`) — never the message."""
+    # Low cardinality: the HTTP status, or the reason word (`connect_error`), never the message.
     if status is not None and status >= 400:
         return str(status)
     if error:
@@ -446,14 +440,10 @@ def _set_outcome(span: Span, status: int | None, error: str | None) -> None:
 
 
 def exporters_from_env(env: Mapping[str, str] | None = None) -> list[Any]:
-    """Span exporters named by the standard variables.
-
-    `OTEL_TRACES_EXPORTER` (comma-separated; default `otlp`): `otlp` needs the
-    `opentelemetry-exporter-otlp` package (protocol from `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
-    or `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`, the default, or `grpc`; endpoint,
-    headers and timeouts are read by the exporter itself); `console` writes spans to stdout;
-    `none` disables. `OTEL_SDK_DISABLED=true` disables everything.
-    """
+    """Span exporters named by `OTEL_TRACES_EXPORTER` (comma-separated, default `otlp`):
+    `otlp` if `opentelemetry-exporter-otlp` is installed (protocol from `OTEL_EXPORTER_OTLP_
+    [TRACES_]PROTOCOL`, `http/protobuf` or `grpc`; the exporter reads its endpoint and headers
+    itself), `console`, `none`. `OTEL_SDK_DISABLED=true` disables everything."""
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []

@@ -15,15 +15,13 @@ stall_stream_after, error_event_after) plus `reply_next(content, stop_reason)`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Fault
+from tests.fakes.base import FakeServer, hello_words
 
 # Top-level fields of a Messages request (the SDK's `messages.create` parameters, and the
 # sampling ones older models take).
@@ -143,6 +141,11 @@ def validate(body: Any) -> None:
             raise Invalid("tool_choice.tool.name: Field required")
 
 
+def _event(name: str, obj: dict[str, Any]) -> bytes:
+    """One named SSE event, as every Anthropic stream event is."""
+    return f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode()
+
+
 class FakeAnthropic(FakeServer):
     def __init__(self, name: str = "anthropic", *, api_key: str = "sk-ant-fake-key",
                  words: int = 5, input_tokens: int = 11, cache_read: int = 0,
@@ -158,21 +161,18 @@ class FakeAnthropic(FakeServer):
         # Streams only: message_delta without usage (a stream's count then stops at
         # message_start's, as when a proxy in between strips it).
         self.omit_usage = omit_usage
-        self._replies: deque[tuple[list[dict[str, Any]], str]] = deque()
 
     # ---- scripting ---------------------------------------------------------------------------
 
     def reply_next(self, content: list[dict[str, Any]], stop_reason: str = "end_turn") -> None:
         """The next successful reply has these content blocks (text, tool_use, thinking)."""
-        with self._lock:
-            self._replies.append((content, stop_reason))
+        self.queue_reply((content, stop_reason))
 
     def _reply(self) -> tuple[list[dict[str, Any]], str]:
-        with self._lock:
-            if self._replies:
-                return self._replies.popleft()
-        text = "".join(f"{'Hello' if i == 0 else ' word'}{i}" for i in range(self.words))
-        return [{"type": "text", "text": text}], "end_turn"
+        reply: tuple[list[dict[str, Any]], str] | None = self.next_reply()
+        if reply is not None:
+            return reply
+        return [{"type": "text", "text": "".join(hello_words(self.words))}], "end_turn"
 
     def usage(self, output: int) -> dict[str, Any]:
         return {"input_tokens": self.input_tokens, "cache_creation_input_tokens": self.cache_write,
@@ -186,6 +186,9 @@ class FakeAnthropic(FakeServer):
     def _error(self, status: int, message: str, etype: str | None = None) -> web.Response:
         return web.json_response(error_body(status, message, etype), status=status)
 
+    def fail_body(self, status: int) -> Any:
+        return error_body(status, f"{self.name} injected failure")
+
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
         self.enter()
@@ -195,8 +198,6 @@ class FakeAnthropic(FakeServer):
             if not request.headers.get("anthropic-version"):
                 return self._error(400, "anthropic-version: header is required")
             fault = self.take_fault()
-            if fault is not None and fault.kind == "fail" and fault.body is None:
-                fault.body = error_body(fault.status, f"{self.name} injected failure")
             pre = await self.apply_pre_fault(fault)
             if pre is not None:
                 return pre
@@ -214,19 +215,21 @@ class FakeAnthropic(FakeServer):
                    "model": body["model"], "content": content, "stop_reason": stop,
                    "stop_sequence": None, "usage": self.usage(output)}
             if body.get("stream"):
-                return await self._stream(request, msg, fault)
+                return await self.stream(
+                    request, self._events(msg), fault,
+                    error_body(529, "Overloaded", "overloaded_error"),
+                    frame=lambda err: _event("error", err),
+                    headers={"Content-Type": "text/event-stream; charset=utf-8",
+                             "Cache-Control": "no-cache"})
             return web.json_response(msg)
         finally:
             self.leave()
 
     def _events(self, msg: dict[str, Any]) -> list[bytes]:
-        def ev(name: str, obj: dict[str, Any]) -> bytes:
-            return f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode()
-
         start = {**msg, "content": [], "stop_reason": None,
                  "usage": {**msg["usage"], "output_tokens": 1}}
-        out = [ev("message_start", {"type": "message_start", "message": start}),
-               ev("ping", {"type": "ping"})]
+        out = [_event("message_start", {"type": "message_start", "message": start}),
+               _event("ping", {"type": "ping"})]
         for i, block in enumerate(msg["content"]):
             kind = block["type"]
             if kind == "text":
@@ -244,44 +247,16 @@ class FakeAnthropic(FakeServer):
                 cut = len(js) // 2
                 deltas = [{"type": "input_json_delta", "partial_json": p}
                           for p in ("", js[:cut], js[cut:])]
-            out.append(ev("content_block_start", {"type": "content_block_start", "index": i,
-                                                  "content_block": first}))
-            out += [ev("content_block_delta", {"type": "content_block_delta", "index": i,
-                                               "delta": d}) for d in deltas]
-            out.append(ev("content_block_stop", {"type": "content_block_stop", "index": i}))
+            out.append(_event("content_block_start", {"type": "content_block_start", "index": i,
+                                                      "content_block": first}))
+            out += [_event("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": d}) for d in deltas]
+            out.append(_event("content_block_stop", {"type": "content_block_stop", "index": i}))
         delta: dict[str, Any] = {"type": "message_delta",
                                  "delta": {"stop_reason": msg["stop_reason"],
                                            "stop_sequence": None}}
         if not self.omit_usage:
             delta["usage"] = {"output_tokens": msg["usage"]["output_tokens"]}
-        out.append(ev("message_delta", delta))
-        out.append(ev("message_stop", {"type": "message_stop"}))
+        out.append(_event("message_delta", delta))
+        out.append(_event("message_stop", {"type": "message_stop"}))
         return out
-
-    async def _stream(self, request: web.Request, msg: dict[str, Any],
-                      fault: Fault | None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        try:
-            for n, event in enumerate(self._events(msg)):
-                if fault is not None and fault.kind in ("drop", "stall", "sse_error") \
-                        and n == fault.after_chunks:
-                    if fault.kind == "drop":
-                        request.transport.close()  # type: ignore[union-attr]
-                        return resp
-                    if fault.kind == "sse_error":
-                        err = fault.body or error_body(529, "Overloaded", "overloaded_error")
-                        await resp.write(b"event: error\ndata: " + json.dumps(err).encode()
-                                         + b"\n\n")
-                        return resp
-                    await asyncio.sleep(fault.seconds)
-                await resp.write(event)
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
-            await resp.write_eof()
-            self.completed_streams += 1
-        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
-            self.client_gone += 1
-            raise
-        return resp

@@ -13,14 +13,12 @@ Scripting is `FakeServer`'s.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Fault
+from tests.fakes.base import FakeServer, data_event, hello_words
 
 _FILTER = {"hate": {"filtered": False, "severity": "safe"},
            "self_harm": {"filtered": False, "severity": "safe"},
@@ -56,6 +54,9 @@ class FakeAzure(FakeServer):
     def _error(self, status: int, code: str, message: str) -> web.Response:
         return web.json_response(error_body(code, message), status=status)
 
+    def fail_body(self, status: int) -> Any:
+        return error_body(str(status), f"{self.name} injected failure")
+
     def _authorized(self, request: web.Request) -> bool:
         if request.headers.get("api-key") == self.api_key:
             return True
@@ -80,8 +81,6 @@ class FakeAzure(FakeServer):
                                    "within the last 5 minutes, please wait a moment and try "
                                    "again.")
             fault = self.take_fault()
-            if fault is not None and fault.kind == "fail" and fault.body is None:
-                fault.body = error_body(str(fault.status), f"{self.name} injected failure")
             pre = await self.apply_pre_fault(fault)
             if pre is not None:
                 return pre
@@ -94,7 +93,8 @@ class FakeAzure(FakeServer):
                              for i in range(len(items))],
                     "usage": {"prompt_tokens": 3 * len(items), "total_tokens": 3 * len(items)}})
             if body.get("stream"):
-                return await self._stream(request, body, model, fault)
+                return await self.stream(request, self._events(body, model), fault,
+                                         error_body("500", "injected mid-stream error"))
             text = "".join(self.text())
             return web.json_response({
                 "id": "chatcmpl-azure", "object": "chat.completion", "created": int(time.time()),
@@ -108,16 +108,13 @@ class FakeAzure(FakeServer):
             self.leave()
 
     def text(self) -> list[str]:
-        return [f"{'Hello' if i == 0 else ' word'}{i}" for i in range(self.words)]
+        return hello_words(self.words)
 
     def usage(self, completion: int) -> dict[str, Any]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion}
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
-                      fault: Fault | None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+    def _events(self, body: dict[str, Any], model: str) -> list[bytes]:
         include = bool((body.get("stream_options") or {}).get("include_usage")) \
             and not self.omit_usage
         created = int(time.time())
@@ -129,41 +126,19 @@ class FakeAzure(FakeServer):
                                    "system_fingerprint": "fp_azure", "choices": choices}
             if usage != "absent":
                 obj["usage"] = usage
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+            return data_event(obj)
 
         def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
             return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None,
                      "content_filter_results": {} if finish else _FILTER}]
 
         usage_null = None if include else "absent"
-        events = [b"data: " + json.dumps({"choices": [], "created": 0, "id": "", "model": "",
-                                          "object": "",
-                                          "prompt_filter_results": _PROMPT_FILTER}).encode()
-                  + b"\n\n",
+        events = [data_event({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                              "prompt_filter_results": _PROMPT_FILTER}),
                   chunk(choice({"role": "assistant", "content": ""}), usage_null)]
         events += [chunk(choice({"content": w}), usage_null) for w in words]
         events.append(chunk(choice({}, "stop"), usage_null))
         if include:
             events.append(chunk([], self.usage(len(words))))
         events.append(b"data: [DONE]\n\n")
-        try:
-            for n, ev in enumerate(events):
-                if fault is not None and fault.kind in ("drop", "stall", "sse_error") \
-                        and n == fault.after_chunks:
-                    if fault.kind == "drop":
-                        request.transport.close()  # type: ignore[union-attr]
-                        return resp
-                    if fault.kind == "sse_error":
-                        err = fault.body or error_body("500", "injected mid-stream error")
-                        await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                        return resp
-                    await asyncio.sleep(fault.seconds)
-                await resp.write(ev)
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
-            await resp.write_eof()
-            self.completed_streams += 1
-        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
-            self.client_gone += 1
-            raise
-        return resp
+        return events

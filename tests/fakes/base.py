@@ -10,6 +10,10 @@ and consumed one per request, in order:
     fake.stop() / fake.start()            # refuse connections, then come back on the same port
 
 `fake.requests` records (path, headers, parsed JSON body) of every request received.
+
+Subclasses answer in their provider's shape through three hooks shared here: `fail_body` (the
+body of an injected failure), `stream` (an SSE reply that acts out drop/stall/error faults) and
+the reply queue behind each fake's `reply_next`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +49,19 @@ class Recorded:
     query: dict[str, str] = field(default_factory=dict)
 
 
+SSE_HEADERS = {"Content-Type": "text/event-stream"}
+
+
+def data_event(obj: Any, end: bytes = b"\n\n") -> bytes:
+    """One `data:` SSE event holding `obj` as JSON."""
+    return b"data: " + json.dumps(obj).encode() + end
+
+
+def hello_words(n: int) -> list[str]:
+    """The text every fake answers with by default, one piece per token: "Hello0 word1 …"."""
+    return [f"{'Hello' if i == 0 else ' word'}{i}" for i in range(n)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,6 +74,8 @@ class FakeServer:
         self.port = port or free_port()
         self.requests: list[Recorded] = []
         self._faults: deque[Fault] = deque()
+        # Scripted replies (`reply_next` of the fakes that take them), consumed in order.
+        self._replies: deque[Any] = deque()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -99,6 +119,15 @@ class FakeServer:
     def take_fault(self) -> Fault | None:
         with self._lock:
             return self._faults.popleft() if self._faults else None
+
+    def queue_reply(self, reply: Any) -> None:
+        with self._lock:
+            self._replies.append(reply)
+
+    def next_reply(self) -> Any:
+        """The next scripted reply, or None when none is queued."""
+        with self._lock:
+            return self._replies.popleft() if self._replies else None
 
     def bodies(self, path_suffix: str = "") -> list[Any]:
         return [r.body for r in self.requests if r.path.endswith(path_suffix)]
@@ -172,14 +201,18 @@ class FakeServer:
                                       dict(request.query)))
         return body
 
+    def fail_body(self, status: int) -> Any:
+        """The body of a `fail_next` failure queued without one: OpenAI's error shape here,
+        each provider's own in its fake."""
+        return {"error": {"message": f"{self.name} injected failure", "type": "server_error",
+                          "param": None, "code": None}}
+
     async def apply_pre_fault(self, fault: Fault | None) -> web.Response | None:
         """Faults that act before the response starts."""
         if fault is None:
             return None
         if fault.kind == "fail":
-            body = fault.body if fault.body is not None else {
-                "error": {"message": f"{self.name} injected failure", "type": "server_error",
-                          "param": None, "code": None}}
+            body = fault.body if fault.body is not None else self.fail_body(fault.status)
             text = body if isinstance(body, str) else json.dumps(body)
             return web.Response(status=fault.status, text=text, headers=fault.headers,
                                 content_type="application/json")
@@ -188,6 +221,35 @@ class FakeServer:
         elif fault.kind == "hang":
             await asyncio.sleep(3600)
         return None
+
+    async def stream(self, request: web.Request, events: Sequence[bytes], fault: Fault | None,
+                     error: Any, *, frame: Callable[[Any], bytes] = data_event,
+                     headers: Mapping[str, str] = SSE_HEADERS) -> web.StreamResponse:
+        """Send `events` as one SSE reply, acting out a mid-stream fault when it is due: before
+        event `fault.after_chunks` the connection drops, stalls, or gets one error event
+        (`frame(fault.body or error)`) and ends."""
+        resp = web.StreamResponse(headers=dict(headers))
+        await resp.prepare(request)
+        try:
+            for n, event in enumerate(events):
+                if fault is not None and fault.kind in ("drop", "stall", "sse_error") \
+                        and n == fault.after_chunks:
+                    if fault.kind == "drop":
+                        request.transport.close()  # type: ignore[union-attr]
+                        return resp
+                    if fault.kind == "sse_error":
+                        await resp.write(frame(fault.body or error))
+                        return resp
+                    await asyncio.sleep(fault.seconds)
+                await resp.write(event)
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await resp.write_eof()
+            self.completed_streams += 1
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            self.client_gone += 1
+            raise
+        return resp
 
     def enter(self) -> None:
         self.in_flight += 1

@@ -16,14 +16,12 @@ Scripting is `FakeServer`'s plus `reply_next(parts, finish_reason)`.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Fault
+from tests.fakes.base import FakeServer, data_event, hello_words
 
 _TOP = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig",
         "safetySettings", "cachedContent"}
@@ -118,18 +116,16 @@ class FakeGemini(FakeServer):
         self.thoughts_tokens = thoughts_tokens
         self.max_context = max_context
         self.omit_usage = omit_usage  # no usageMetadata at all
-        self._replies: deque[tuple[list[dict[str, Any]], str]] = deque()
 
     def reply_next(self, parts: list[dict[str, Any]], finish_reason: str = "STOP") -> None:
         """The next successful reply has these parts (text, functionCall, thought)."""
-        with self._lock:
-            self._replies.append((parts, finish_reason))
+        self.queue_reply((parts, finish_reason))
 
     def _reply(self) -> tuple[list[dict[str, Any]], str]:
-        with self._lock:
-            if self._replies:
-                return self._replies.popleft()
-        return [{"text": f"{'Hello' if i == 0 else ' word'}{i}"} for i in range(self.words)], "STOP"
+        reply: tuple[list[dict[str, Any]], str] | None = self.next_reply()
+        if reply is not None:
+            return reply
+        return [{"text": w} for w in hello_words(self.words)], "STOP"
 
     def usage(self, candidates: int, final: bool = True) -> dict[str, Any]:
         u: dict[str, Any] = {"promptTokenCount": self.prompt_tokens}
@@ -150,6 +146,9 @@ class FakeGemini(FakeServer):
                details: list[Any] | None = None) -> web.Response:
         return web.json_response(error_body(code, message, status, details), status=code)
 
+    def fail_body(self, status: int) -> Any:
+        return error_body(status, f"{self.name} injected failure")
+
     async def models(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
         model, _, method = request.match_info["call"].partition(":")
@@ -166,8 +165,6 @@ class FakeGemini(FakeServer):
                                              "reason": "API_KEY_INVALID",
                                              "domain": "googleapis.com"}])
             fault = self.take_fault()
-            if fault is not None and fault.kind == "fail" and fault.body is None:
-                fault.body = error_body(fault.status, f"{self.name} injected failure")
             pre = await self.apply_pre_fault(fault)
             if pre is not None:
                 return pre
@@ -187,7 +184,11 @@ class FakeGemini(FakeServer):
             if method == "streamGenerateContent":
                 if request.query.get("alt") != "sse":
                     return self._error(400, "this fake streams only with ?alt=sse")
-                return await self._stream(request, model, parts, finish, fault)
+                # Gemini separates its events with CRLF CRLF.
+                return await self.stream(
+                    request, self._events(model, parts, finish), fault,
+                    error_body(503, "The model is overloaded."),
+                    frame=lambda obj: data_event(obj, b"\r\n\r\n"))
             return web.json_response(self._response(model, parts, finish, self.usage(len(parts))))
         finally:
             self.leave()
@@ -203,34 +204,15 @@ class FakeGemini(FakeServer):
             out["usageMetadata"] = usage
         return out
 
-    async def _stream(self, request: web.Request, model: str, parts: list[dict[str, Any]],
-                      finish: str, fault: Fault | None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        try:
-            for n, part in enumerate(parts):
-                last = n == len(parts) - 1
-                obj = self._response(model, [part], finish if last else None,
-                                     self.usage(len(parts) if last else n + 1, final=last))
-                if fault is not None and fault.kind in ("drop", "stall", "sse_error") \
-                        and n == fault.after_chunks:
-                    if fault.kind == "drop":
-                        request.transport.close()  # type: ignore[union-attr]
-                        return resp
-                    if fault.kind == "sse_error":
-                        err = fault.body or error_body(503, "The model is overloaded.")
-                        await resp.write(b"data: " + json.dumps(err).encode() + b"\r\n\r\n")
-                        return resp
-                    await asyncio.sleep(fault.seconds)
-                await resp.write(b"data: " + json.dumps(obj).encode() + b"\r\n\r\n")
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
-            await resp.write_eof()
-            self.completed_streams += 1
-        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
-            self.client_gone += 1
-            raise
-        return resp
+    def _events(self, model: str, parts: list[dict[str, Any]], finish: str) -> list[bytes]:
+        """One event per part; the last carries the finish reason and the full usage."""
+        out = []
+        for n, part in enumerate(parts):
+            last = n == len(parts) - 1
+            obj = self._response(model, [part], finish if last else None,
+                                 self.usage(len(parts) if last else n + 1, final=last))
+            out.append(data_event(obj, b"\r\n\r\n"))
+        return out
 
     def _embed(self, body: dict[str, Any]) -> web.Response:
         reqs = body.get("requests")
