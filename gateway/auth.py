@@ -248,9 +248,14 @@ class Authenticator:
         text = data.decode() if isinstance(data, bytes) else str(data)
         event, _, key_id = text.partition(":")
         if event == "revoke":
-            # Refuse at once; the refresh woken below confirms it from the store.
-            self._entries = {h: e for h, e in self._entries.items()
-                             if e.principal.key_id != key_id or h in self._policy_entries}
+            # Refuse at once, and say why (the client sees "was revoked" whichever of the
+            # message and the store poll arrives first); the refresh woken below confirms it.
+            gone = {h for h, e in self._entries.items()
+                    if e.principal.key_id == key_id and h not in self._policy_entries}
+            record = self._records.get(key_id)
+            if gone and record is not None:
+                self._revoked = {**self._revoked, **{h: record for h in gone}}
+            self._entries = {h: e for h, e in self._entries.items() if h not in gone}
         self._wake.set()
 
     def _log_error(self, what: str, exc: Exception) -> None:

@@ -13,13 +13,22 @@ A ``Ledger`` is used by one thread at a time (the writer thread, or a report); t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.accounting.ledger_rows import BUCKETS, ROLLUP_KEY, ROLLUP_VALUES
+from gateway.accounting.ledger_rows import (
+    ATTEMPT_COLUMNS,
+    BUCKETS,
+    REQUEST_COLUMNS,
+    ROLLUP_KEY,
+    ROLLUP_VALUES,
+    day_of,
+    dedupe,
+    record_from_rows,
+)
 from gateway.accounting.records import RequestRecord
 
 GROUPS = ("tenant", "model", "provider", "deployment", "day")
@@ -109,6 +118,45 @@ def open_ledger(url: str, schema: str | None = None, *, create: bool = True) -> 
 
 
 # ---------------------------------------------------------------------------------------------
+# The tables, declared once; each backend names its own column types (``schema_sql``): money
+# is exact in both (TEXT holding a decimal in SQLite, NUMERIC in PostgreSQL).
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id {text} PRIMARY KEY, ts {time} NOT NULL, day {day} NOT NULL,
+    tenant {text} NOT NULL, key_id {text} NOT NULL, model {text} NOT NULL,
+    endpoint {text} NOT NULL, stream {bool} NOT NULL, status {int} NOT NULL,
+    latency_ms {real} NOT NULL, ttft_ms {real}, error_code {text},
+    client_disconnected {bool} NOT NULL, attempts {int} NOT NULL, cost_usd {money} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_day_tenant ON requests (day, tenant);
+CREATE TABLE IF NOT EXISTS attempts (
+    request_id {text} NOT NULL, idx {int} NOT NULL, deployment {text} NOT NULL,
+    provider {text} NOT NULL, upstream_model {text} NOT NULL, outcome {text} NOT NULL,
+    status {int}, input_uncached {count} NOT NULL, cache_read {count} NOT NULL,
+    cache_write {count} NOT NULL, output {count} NOT NULL, reasoning {count} NOT NULL,
+    usage_source {text}, cost_usd {money} NOT NULL, duration_ms {real} NOT NULL,
+    error {text},
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE IF NOT EXISTS rollups_daily (
+    day {day} NOT NULL, tenant {text} NOT NULL, model {text} NOT NULL,
+    deployment {text} NOT NULL, provider {text} NOT NULL, requests {count} NOT NULL,
+    errors {count} NOT NULL, attempts {count} NOT NULL, input_uncached {count} NOT NULL,
+    cache_read {count} NOT NULL, cache_write {count} NOT NULL, output {count} NOT NULL,
+    reasoning {count} NOT NULL, cost_usd {money} NOT NULL,
+    PRIMARY KEY (day, tenant, model, deployment, provider)
+);
+"""
+
+
+def schema_sql(types: Mapping[str, str]) -> str:
+    """The CREATE statements with a backend's column types for text, time (a timestamp), day,
+    bool, int, count (a 64-bit sum), real and money."""
+    return _SCHEMA.format_map(types)
+
+
+# ---------------------------------------------------------------------------------------------
 # SQL shared by both backends. ``ph`` is the placeholder ("?" or "%s"); ``dec_sum`` the exact
 # decimal sum (SQLite: a Python aggregate over TEXT; PostgreSQL: SUM over NUMERIC).
 
@@ -192,3 +240,122 @@ def totals_row(group: dict[str, Any], values: Sequence[Any]) -> dict[str, Any]:
         else:
             out[name] = int(v or 0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What both backends do the same way, over their own transaction, query and bind primitives.
+
+
+class SQLLedger:
+    """The reads, the cost update and the rollup rebuild of a SQL ledger, written once.
+
+    A backend sets its SQL dialect (placeholder, exact decimal sum, zero cost literal) and
+    provides `_run` (one transaction, errors mapped to LedgerUnavailable), `_query`,
+    `_execute`/`_executemany` (parameters bound as it stores them) and `_insert`.
+    """
+
+    ph: ClassVar[str]
+    dec_sum: ClassVar[str]
+    zero: ClassVar[str]
+    _conn: Any = None
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def _query(self, q: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _execute(self, conn: Any, q: str, params: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def _executemany(self, conn: Any, q: str, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def _insert(self, conn: Any, records: list[RequestRecord]) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, records: Sequence[RequestRecord]) -> int:
+        return int(self._run(self._insert, dedupe(records)))
+
+    def update_costs(self, records: Sequence[RequestRecord]) -> None:
+        if not records:
+            return
+        days = [day_of(r) for r in records]
+        ph = self.ph
+
+        def apply(conn: Any) -> None:
+            self._executemany(
+                conn, f"UPDATE attempts SET cost_usd = {ph} WHERE request_id = {ph} AND idx = {ph}",
+                [(a.cost_usd, r.request_id, i) for r in records for i, a in enumerate(r.attempts)],
+            )
+            self._executemany(conn, f"UPDATE requests SET cost_usd = {ph} WHERE request_id = {ph}",
+                              [(r.cost_usd, r.request_id) for r in records])
+            self._rebuild(conn, min(days), max(days))
+
+        self._run(apply)
+
+    def rebuild_rollups(self, start: date, end: date) -> None:
+        self._run(self._rebuild, start, end)
+
+    def _rebuild(self, conn: Any, start: date, end: date) -> None:
+        self._execute(conn, f"DELETE FROM rollups_daily WHERE {_where(self.ph, None)}",
+                      (start, end))
+        self._execute(conn, rebuild_sql(self.ph, self.dec_sum, self.zero), (start, end))
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _grouped(self, q: str, start: date, end: date, tenant: str | None,
+                 group_by: Sequence[str]) -> list[dict[str, Any]]:
+        out = []
+        for row in self._query(q, _span(start, end, tenant)):
+            group = dict(zip(group_by, row[: len(group_by)], strict=True))
+            if isinstance(group.get("day"), str):  # SQLite keeps days as ISO text
+                group["day"] = date.fromisoformat(group["day"])
+            out.append(totals_row(group, row[len(group_by):]))
+        return out
+
+    def rollup_totals(self, start: date, end: date, tenant: str | None,
+                      group_by: Sequence[str]) -> list[dict[str, Any]]:
+        q = rollup_sql(group_by, tenant, self.ph, self.dec_sum)
+        return self._grouped(q, start, end, tenant, group_by)
+
+    def direct_totals(self, start: date, end: date, tenant: str | None,
+                      group_by: Sequence[str]) -> list[dict[str, Any]]:
+        q = direct_sql(group_by, tenant, self.ph, self.dec_sum, self.zero)
+        return self._grouped(q, start, end, tenant, group_by)
+
+    def deployment_tokens(self, start: date, end: date,
+                          deployments: Sequence[str]) -> dict[tuple[str, str], int]:
+        if not deployments:
+            return {}
+        rows = self._query(tokens_sql(len(deployments), self.ph), [start, end, *deployments])
+        return {(d, t): int(n or 0) for d, t, n in rows}
+
+    def read_records(self, start: date, end: date,
+                     tenant: str | None = None) -> Iterator[RequestRecord]:
+        where = _where(self.ph, tenant, "r.")
+        params = _span(start, end, tenant)
+        reqs = self._query(
+            f"SELECT {', '.join('r.' + c for c in REQUEST_COLUMNS)} FROM requests r "
+            f"WHERE {where} ORDER BY r.ts, r.request_id", params)
+        atts: dict[str, list[dict[str, Any]]] = {}
+        for row in self._query(
+            f"SELECT {', '.join('a.' + c for c in ATTEMPT_COLUMNS)} FROM attempts a "
+            f"JOIN requests r ON r.request_id = a.request_id WHERE {where}", params):
+            d = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
+            atts.setdefault(d["request_id"], []).append(d)
+        for row in reqs:
+            d = dict(zip(REQUEST_COLUMNS, row, strict=True))
+            yield record_from_rows(d, atts.get(d["request_id"], []))
+
+
+def _span(start: date, end: date, tenant: str | None) -> list[Any]:
+    """The parameters of `_where`."""
+    return [start, end] + ([tenant] if tenant is not None else [])

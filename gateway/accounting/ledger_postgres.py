@@ -8,56 +8,28 @@ the new ones, and the rollup deltas of the new ones (``ON CONFLICT DO UPDATE`` a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from datetime import date
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
-from gateway.accounting import ledger as sql
-from gateway.accounting.ledger import LedgerUnavailable, redact
+from gateway.accounting.ledger import LedgerUnavailable, SQLLedger, redact, schema_sql
 from gateway.accounting.ledger_rows import (
     ATTEMPT_COLUMNS,
     REQUEST_COLUMNS,
     ROLLUP_KEY,
     ROLLUP_VALUES,
     attempt_rows,
-    day_of,
-    dedupe,
-    record_from_rows,
     request_row,
-    rollup_deltas,
+    rollup_rows,
     text,
 )
 from gateway.accounting.records import RequestRecord
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id text PRIMARY KEY, ts timestamptz NOT NULL, day date NOT NULL,
-    tenant text NOT NULL, key_id text NOT NULL, model text NOT NULL, endpoint text NOT NULL,
-    stream boolean NOT NULL, status integer NOT NULL, latency_ms double precision NOT NULL,
-    ttft_ms double precision, error_code text, client_disconnected boolean NOT NULL,
-    attempts integer NOT NULL, cost_usd numeric NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_day_tenant ON requests (day, tenant);
-CREATE TABLE IF NOT EXISTS attempts (
-    request_id text NOT NULL, idx integer NOT NULL, deployment text NOT NULL,
-    provider text NOT NULL, upstream_model text NOT NULL, outcome text NOT NULL, status integer,
-    input_uncached bigint NOT NULL, cache_read bigint NOT NULL, cache_write bigint NOT NULL,
-    output bigint NOT NULL, reasoning bigint NOT NULL, usage_source text,
-    cost_usd numeric NOT NULL, duration_ms double precision NOT NULL, error text,
-    PRIMARY KEY (request_id, idx)
-);
-CREATE TABLE IF NOT EXISTS rollups_daily (
-    day date NOT NULL, tenant text NOT NULL, model text NOT NULL, deployment text NOT NULL,
-    provider text NOT NULL, requests bigint NOT NULL, errors bigint NOT NULL,
-    attempts bigint NOT NULL, input_uncached bigint NOT NULL, cache_read bigint NOT NULL,
-    cache_write bigint NOT NULL, output bigint NOT NULL, reasoning bigint NOT NULL,
-    cost_usd numeric NOT NULL,
-    PRIMARY KEY (day, tenant, model, deployment, provider)
-);
-"""
+SCHEMA = schema_sql({"text": "text", "time": "timestamptz", "day": "date", "bool": "boolean",
+                     "int": "integer", "count": "bigint", "real": "double precision",
+                     "money": "numeric"})
 
 _REQUEST_TYPES = (
     "text", "timestamptz", "date", "text", "text", "text", "text", "boolean", "integer",
@@ -101,7 +73,11 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-class PostgresLedger:
+class PostgresLedger(SQLLedger):
+    ph = "%s"
+    dec_sum = "SUM"
+    zero = "0"
+
     def __init__(self, url: str, *, schema: str | None = None, create: bool = True,
                  connect_timeout_s: int = 3) -> None:
         self.url = url
@@ -140,12 +116,7 @@ class PostgresLedger:
                                     f"(schema {self.schema or 'public'})")
         self._conn = conn
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _run(self, fn: Any, *args: Any) -> Any:
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(conn, *args)`` in one transaction; map psycopg's errors once.
 
         A lost connection is dropped so the next call reconnects; a serialization failure or
@@ -168,10 +139,15 @@ class PostgresLedger:
 
         return list(self._run(run))
 
-    # -- writes -------------------------------------------------------------------------------
+    def _execute(self, conn: psycopg.Connection[Any], q: str, params: Sequence[Any]) -> None:
+        conn.execute(q, params)  # type: ignore[arg-type]
 
-    def write(self, records: Sequence[RequestRecord]) -> int:
-        return int(self._run(self._insert, dedupe(records)))
+    def _executemany(self, conn: psycopg.Connection[Any], q: str,
+                     rows: list[tuple[Any, ...]]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(q, rows)  # type: ignore[arg-type]
+
+    # -- writes -------------------------------------------------------------------------------
 
     @staticmethod
     def _insert(conn: psycopg.Connection[Any], records: list[RequestRecord]) -> int:
@@ -186,81 +162,6 @@ class PostgresLedger:
         att_rows = [row for r in new for row in attempt_rows(r)]
         if att_rows:
             conn.execute(INSERT_ATTEMPTS, _columns(att_rows, len(ATTEMPT_COLUMNS)))
-        deltas = [(*k, *(getattr(d, c) for c in ROLLUP_VALUES)) for k, d in rollup_deltas(new)]
-        conn.execute(UPSERT_ROLLUPS, _columns(deltas, len(ROLLUP_KEY) + len(ROLLUP_VALUES)))
+        conn.execute(UPSERT_ROLLUPS,
+                     _columns(rollup_rows(new), len(ROLLUP_KEY) + len(ROLLUP_VALUES)))
         return len(new)
-
-    def update_costs(self, records: Sequence[RequestRecord]) -> None:
-        if not records:
-            return
-        days = [day_of(r) for r in records]
-
-        def apply(conn: psycopg.Connection[Any]) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE attempts SET cost_usd = %s WHERE request_id = %s AND idx = %s",
-                    [(a.cost_usd, r.request_id, i)
-                     for r in records for i, a in enumerate(r.attempts)],
-                )
-                cur.executemany(
-                    "UPDATE requests SET cost_usd = %s WHERE request_id = %s",
-                    [(r.cost_usd, r.request_id) for r in records],
-                )
-            self._rebuild(conn, min(days), max(days))
-
-        self._run(apply)
-
-    def rebuild_rollups(self, start: date, end: date) -> None:
-        self._run(self._rebuild, start, end)
-
-    @staticmethod
-    def _rebuild(conn: psycopg.Connection[Any], start: date, end: date) -> None:
-        conn.execute("DELETE FROM rollups_daily WHERE day >= %s AND day <= %s", (start, end))
-        conn.execute(sql.rebuild_sql("%s", "SUM", "0"), (start, end))  # type: ignore[arg-type]
-
-    # -- reads --------------------------------------------------------------------------------
-
-    def _grouped(self, q: str, start: date, end: date, tenant: str | None,
-                 group_by: Sequence[str]) -> list[dict[str, Any]]:
-        params: list[Any] = [start, end] + ([tenant] if tenant is not None else [])
-        return [
-            sql.totals_row(dict(zip(group_by, row[: len(group_by)], strict=True)),
-                           row[len(group_by):])
-            for row in self._query(q, params)
-        ]
-
-    def rollup_totals(self, start: date, end: date, tenant: str | None,
-                      group_by: Sequence[str]) -> list[dict[str, Any]]:
-        q = sql.rollup_sql(group_by, tenant, "%s", "SUM")
-        return self._grouped(q, start, end, tenant, group_by)
-
-    def direct_totals(self, start: date, end: date, tenant: str | None,
-                      group_by: Sequence[str]) -> list[dict[str, Any]]:
-        q = sql.direct_sql(group_by, tenant, "%s", "SUM", "0")
-        return self._grouped(q, start, end, tenant, group_by)
-
-    def deployment_tokens(self, start: date, end: date,
-                          deployments: Sequence[str]) -> dict[tuple[str, str], int]:
-        if not deployments:
-            return {}
-        rows = self._query(sql.tokens_sql(len(deployments), "%s"), [start, end, *deployments])
-        return {(d, t): int(n or 0) for d, t, n in rows}
-
-    def read_records(self, start: date, end: date,
-                     tenant: str | None = None) -> Iterator[RequestRecord]:
-        where = "r.day >= %s AND r.day <= %s"
-        if tenant is not None:
-            where += " AND r.tenant = %s"
-        params: list[Any] = [start, end] + ([tenant] if tenant is not None else [])
-        reqs = self._query(
-            f"SELECT {', '.join('r.' + c for c in REQUEST_COLUMNS)} FROM requests r "
-            f"WHERE {where} ORDER BY r.ts, r.request_id", params)
-        atts: dict[str, list[dict[str, Any]]] = {}
-        for row in self._query(
-            f"SELECT {', '.join('a.' + c for c in ATTEMPT_COLUMNS)} FROM attempts a "
-            f"JOIN requests r ON r.request_id = a.request_id WHERE {where}", params):
-            d = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
-            atts.setdefault(d["request_id"], []).append(d)
-        for row in reqs:
-            d = dict(zip(REQUEST_COLUMNS, row, strict=True))
-            yield record_from_rows(d, atts.get(d["request_id"], []))

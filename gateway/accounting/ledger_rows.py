@@ -93,6 +93,11 @@ def rollup_deltas(records: Iterable[RequestRecord]) -> list[tuple[RollupKey, Rol
     return sorted(acc.items(), key=lambda kv: kv[0])
 
 
+def rollup_rows(records: Iterable[RequestRecord]) -> list[tuple[Any, ...]]:
+    """`rollup_deltas` as rows of the ROLLUP_KEY then ROLLUP_VALUES columns, in key order."""
+    return [(*key, *(getattr(d, c) for c in ROLLUP_VALUES)) for key, d in rollup_deltas(records)]
+
+
 def request_row(rec: RequestRecord) -> tuple[Any, ...]:
     return (
         text(rec.request_id), as_utc(rec.ts), day_of(rec), text(rec.tenant), text(rec.key_id),

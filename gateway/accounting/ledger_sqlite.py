@@ -9,56 +9,29 @@ text order is time order.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from gateway.accounting import ledger as sql
-from gateway.accounting.ledger import LedgerUnavailable
+from gateway.accounting.ledger import LedgerUnavailable, SQLLedger, schema_sql
 from gateway.accounting.ledger_rows import (
     ATTEMPT_COLUMNS,
     REQUEST_COLUMNS,
     ROLLUP_KEY,
     ROLLUP_VALUES,
     attempt_rows,
-    day_of,
-    dedupe,
-    record_from_rows,
     request_row,
-    rollup_deltas,
+    rollup_rows,
     text,
 )
 from gateway.accounting.pricing import EXACT, plain
 from gateway.accounting.records import RequestRecord
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY, ts TEXT NOT NULL, day TEXT NOT NULL, tenant TEXT NOT NULL,
-    key_id TEXT NOT NULL, model TEXT NOT NULL, endpoint TEXT NOT NULL, stream INTEGER NOT NULL,
-    status INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL, error_code TEXT,
-    client_disconnected INTEGER NOT NULL, attempts INTEGER NOT NULL, cost_usd TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_day_tenant ON requests (day, tenant);
-CREATE TABLE IF NOT EXISTS attempts (
-    request_id TEXT NOT NULL, idx INTEGER NOT NULL, deployment TEXT NOT NULL,
-    provider TEXT NOT NULL, upstream_model TEXT NOT NULL, outcome TEXT NOT NULL, status INTEGER,
-    input_uncached INTEGER NOT NULL, cache_read INTEGER NOT NULL, cache_write INTEGER NOT NULL,
-    output INTEGER NOT NULL, reasoning INTEGER NOT NULL, usage_source TEXT,
-    cost_usd TEXT NOT NULL, duration_ms REAL NOT NULL, error TEXT,
-    PRIMARY KEY (request_id, idx)
-);
-CREATE TABLE IF NOT EXISTS rollups_daily (
-    day TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, deployment TEXT NOT NULL,
-    provider TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
-    attempts INTEGER NOT NULL, input_uncached INTEGER NOT NULL, cache_read INTEGER NOT NULL,
-    cache_write INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
-    cost_usd TEXT NOT NULL,
-    PRIMARY KEY (day, tenant, model, deployment, provider)
-);
-"""
+SCHEMA = schema_sql({"text": "TEXT", "time": "TEXT", "day": "TEXT", "bool": "INTEGER",
+                     "int": "INTEGER", "count": "INTEGER", "real": "REAL", "money": "TEXT"})
 
 
 def _marks(n: int) -> str:
@@ -117,7 +90,11 @@ def path_of(url: str) -> str:
     return p[1:] if p.startswith("/") else p
 
 
-class SQLiteLedger:
+class SQLiteLedger(SQLLedger):
+    ph = "?"
+    dec_sum = "dec_sum"
+    zero = "'0'"
+
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         self.path = path_of(url)
@@ -149,11 +126,6 @@ class SQLiteLedger:
             raise LedgerUnavailable(f"sqlite ledger {self.path}: {e}") from e
         self._conn = conn
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     def _tx(self) -> sqlite3.Connection:
         self.connect()
         assert self._conn is not None
@@ -162,7 +134,7 @@ class SQLiteLedger:
         self._conn.execute("BEGIN IMMEDIATE")
         return self._conn
 
-    def _run(self, fn: Any, *args: Any) -> Any:
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(conn, *args)`` in one write transaction; map SQLite's errors once."""
         try:
             conn = self._tx()
@@ -187,13 +159,16 @@ class SQLiteLedger:
         except sqlite3.OperationalError as e:
             raise LedgerUnavailable(f"sqlite ledger {self.path}: {e}") from e
 
+    def _execute(self, conn: sqlite3.Connection, q: str, params: Sequence[Any]) -> None:
+        conn.execute(q, [_sq(p) for p in params])
+
+    def _executemany(self, conn: sqlite3.Connection, q: str,
+                     rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(q, [tuple(map(_sq, row)) for row in rows])
+
     # -- writes -------------------------------------------------------------------------------
 
-    def write(self, records: Sequence[RequestRecord]) -> int:
-        return int(self._run(self._insert, dedupe(records)))
-
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, records: list[RequestRecord]) -> int:
+    def _insert(self, conn: sqlite3.Connection, records: list[RequestRecord]) -> int:
         existing: set[str] = set()
         ids = [text(r.request_id) for r in records]
         for i in range(0, len(ids), 500):
@@ -203,88 +178,7 @@ class SQLiteLedger:
         new = [r for r in records if text(r.request_id) not in existing]
         if not new:
             return 0
-        conn.executemany(INSERT_REQUEST, [tuple(map(_sq, request_row(r))) for r in new])
-        conn.executemany(
-            INSERT_ATTEMPT, [tuple(map(_sq, row)) for r in new for row in attempt_rows(r)]
-        )
-        conn.executemany(UPSERT_ROLLUP, [
-            (*map(_sq, key), *(_sq(getattr(d, c)) for c in ROLLUP_VALUES))
-            for key, d in rollup_deltas(new)
-        ])
+        self._executemany(conn, INSERT_REQUEST, [request_row(r) for r in new])
+        self._executemany(conn, INSERT_ATTEMPT, [row for r in new for row in attempt_rows(r)])
+        self._executemany(conn, UPSERT_ROLLUP, rollup_rows(new))
         return len(new)
-
-    def update_costs(self, records: Sequence[RequestRecord]) -> None:
-        if not records:
-            return
-        days = [day_of(r) for r in records]
-
-        def apply(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE attempts SET cost_usd = ? WHERE request_id = ? AND idx = ?",
-                [(plain(a.cost_usd), r.request_id, i)
-                 for r in records for i, a in enumerate(r.attempts)],
-            )
-            conn.executemany(
-                "UPDATE requests SET cost_usd = ? WHERE request_id = ?",
-                [(plain(r.cost_usd), r.request_id) for r in records],
-            )
-            self._rebuild(conn, min(days), max(days))
-
-        self._run(apply)
-
-    def rebuild_rollups(self, start: date, end: date) -> None:
-        self._run(self._rebuild, start, end)
-
-    @staticmethod
-    def _rebuild(conn: sqlite3.Connection, start: date, end: date) -> None:
-        span = (start.isoformat(), end.isoformat())
-        conn.execute("DELETE FROM rollups_daily WHERE day >= ? AND day <= ?", span)
-        conn.execute(sql.rebuild_sql("?", "dec_sum", "'0'"), span)
-
-    # -- reads --------------------------------------------------------------------------------
-
-    def _grouped(self, q: str, start: date, end: date, tenant: str | None,
-                 group_by: Sequence[str]) -> list[dict[str, Any]]:
-        params: list[Any] = [start, end] + ([tenant] if tenant is not None else [])
-        out = []
-        for row in self._query(q, params):
-            group = dict(zip(group_by, row[: len(group_by)], strict=True))
-            if "day" in group:
-                group["day"] = date.fromisoformat(group["day"])
-            out.append(sql.totals_row(group, row[len(group_by):]))
-        return out
-
-    def rollup_totals(self, start: date, end: date, tenant: str | None,
-                      group_by: Sequence[str]) -> list[dict[str, Any]]:
-        q = sql.rollup_sql(group_by, tenant, "?", "dec_sum")
-        return self._grouped(q, start, end, tenant, group_by)
-
-    def direct_totals(self, start: date, end: date, tenant: str | None,
-                      group_by: Sequence[str]) -> list[dict[str, Any]]:
-        q = sql.direct_sql(group_by, tenant, "?", "dec_sum", "'0'")
-        return self._grouped(q, start, end, tenant, group_by)
-
-    def deployment_tokens(self, start: date, end: date,
-                          deployments: Sequence[str]) -> dict[tuple[str, str], int]:
-        if not deployments:
-            return {}
-        rows = self._query(sql.tokens_sql(len(deployments), "?"), [start, end, *deployments])
-        return {(d, t): int(n or 0) for d, t, n in rows}
-
-    def read_records(self, start: date, end: date,
-                     tenant: str | None = None) -> Iterator[RequestRecord]:
-        where = "day >= ? AND day <= ?" + (" AND tenant = ?" if tenant is not None else "")
-        params: list[Any] = [start, end] + ([tenant] if tenant is not None else [])
-        reqs = self._query(
-            f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE {where} "
-            "ORDER BY ts, request_id", params)
-        atts: dict[str, list[dict[str, Any]]] = {}
-        for row in self._query(
-            f"SELECT {', '.join('a.' + c for c in ATTEMPT_COLUMNS)} FROM attempts a "
-            f"JOIN requests r ON r.request_id = a.request_id WHERE "
-            f"{where.replace('day', 'r.day').replace('tenant', 'r.tenant')}", params):
-            d = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
-            atts.setdefault(d["request_id"], []).append(d)
-        for row in reqs:
-            d = dict(zip(REQUEST_COLUMNS, row, strict=True))
-            yield record_from_rows(d, atts.get(d["request_id"], []))

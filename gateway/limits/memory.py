@@ -25,7 +25,7 @@ from gateway.call import Principal
 from gateway.limits import budget as b
 from gateway.limits.base import Estimate, Reservation
 from gateway.limits.headers import RateState, rate_headers, rate_limited
-from gateway.limits.rules import WINDOW_S, BudgetRule, Hold, RateRule, Rules
+from gateway.limits.rules import WINDOW_S, BudgetRule, Hold, RateRule, Rules, take_hold
 from gateway.policy.models import Policy
 from gateway.policy.tenants import TenantConfig
 
@@ -46,6 +46,25 @@ def lease_for(policy: Policy) -> float:
     attempts = max([policy.router.max_attempts,
                     *(r.max_attempts or 0 for r in policy.models.values())])
     return min(3600.0, max(totals) * attempts + 60.0)
+
+
+# The two below are shared with the Redis backend: both answer with the same reservation and
+# the same budget status.
+
+def admitted(reservation: Reservation, hold: Hold, states: list[RateState]) -> Reservation:
+    """`reservation` holding what its admission took, with the headers the client gets."""
+    reservation.handle = hold
+    reservation.headers = rate_headers(states)
+    if hold.budget_exceeded:
+        reservation.headers[b.EXCEEDED_HEADER] = "true"
+    return reservation
+
+
+def budget_status(rule: BudgetRule, pid: str, spent_nano: int, reserved_nano: int,
+                  wall: datetime) -> b.BudgetStatus:
+    return b.BudgetStatus(rule.tenant, rule.period, pid, rule.limit_usd, b.from_nano(spent_nano),
+                          b.from_nano(reserved_nano), b.period_end(rule.period, wall))
+
 
 _EPS = 1e-9
 
@@ -165,11 +184,7 @@ class MemoryLimiter:
         for st in budgets:
             st.holds[hold.id] = (cost_nano, now + self._lease_s)
             st.reserved += cost_nano
-        reservation.handle = hold
-        reservation.headers = rate_headers(states)
-        if exceeded:
-            reservation.headers[b.EXCEEDED_HEADER] = "true"
-        return reservation
+        return admitted(reservation, hold, states)
 
     def _check_rate(self, rule: RateRule, now: float,
                     estimate: Estimate) -> tuple[RateState, float]:
@@ -182,11 +197,8 @@ class MemoryLimiter:
         return st
 
     async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
-        if reservation.settled:
-            return
-        reservation.settled = True
-        hold = reservation.handle
-        if not isinstance(hold, Hold):
+        hold = take_hold(reservation)
+        if hold is None:
             return
         now = self._clock()
         plan = hold.plan
@@ -227,9 +239,7 @@ class MemoryLimiter:
         for rule in self._rules.budgets(tenant):
             pid = b.period_id(rule.period, wall)
             st = self._budget(rule, pid, now)
-            out.append(b.BudgetStatus(tenant, rule.period, pid, rule.limit_usd,
-                                      b.from_nano(st.spent), b.from_nano(st.reserved),
-                                      b.period_end(rule.period, wall)))
+            out.append(budget_status(rule, pid, st.spent, st.reserved, wall))
         return out
 
     async def close(self) -> None:

@@ -34,9 +34,9 @@ from gateway.call import Principal
 from gateway.errors import ServiceUnavailable
 from gateway.limits import budget as b
 from gateway.limits.base import Estimate, Reservation
-from gateway.limits.headers import RateState, rate_headers, rate_limited
-from gateway.limits.memory import DEFAULT_LEASE_S, lease_for
-from gateway.limits.rules import BudgetRule, Hold, Plan, Rules
+from gateway.limits.headers import RateState, rate_limited
+from gateway.limits.memory import DEFAULT_LEASE_S, admitted, budget_status, lease_for
+from gateway.limits.rules import BudgetRule, Hold, Plan, Rules, take_hold
 from gateway.policy.models import Policy
 from gateway.policy.tenants import TenantConfig
 
@@ -210,7 +210,7 @@ class RedisLimiter:
             raise
         except (TimeoutError, RedisError, OSError) as e:
             return self._store_down(reservation, hold, e)
-        return self._admitted(reservation, hold, [int(v) for v in out], wall)
+        return self._decided(reservation, hold, [int(v) for v in out], wall)
 
     def _release_orphan(self, done: asyncio.Future[Any], reservation: Reservation,
                         hold: Hold) -> None:
@@ -221,8 +221,10 @@ class RedisLimiter:
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
 
-    def _admitted(self, reservation: Reservation, hold: Hold, out: list[int],
-                  wall: datetime) -> Reservation:
+    def _decided(self, reservation: Reservation, hold: Hold, out: list[int],
+                 wall: datetime) -> Reservation:
+        """admit.lua's reply (a status, then fields per rate, slot and budget) as the
+        reservation, or the refusal it says."""
         plan = hold.plan
         status, pos = out[0], 2
         states: list[RateState] = []
@@ -247,11 +249,7 @@ class RedisLimiter:
         if status != 1:
             raise rate_limited(states, refused_slot)
         hold.budget_exceeded = exceeded
-        reservation.handle = hold
-        reservation.headers = rate_headers(states)
-        if exceeded:
-            reservation.headers[b.EXCEEDED_HEADER] = "true"
-        return reservation
+        return admitted(reservation, hold, states)
 
     def _store_down(self, reservation: Reservation, hold: Hold,
                     exc: Exception | None) -> Reservation:
@@ -290,11 +288,8 @@ class RedisLimiter:
     # -- settlement ------------------------------------------------------------------------
 
     async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
-        if reservation.settled:
-            return
-        reservation.settled = True
-        hold = reservation.handle
-        if not isinstance(hold, Hold):
+        hold = take_hold(reservation)
+        if hold is None:
             return
         plan = hold.plan
         p = self._prepare(plan)
@@ -340,10 +335,7 @@ class RedisLimiter:
             pid = b.period_id(rule.period, wall)
             spent, reserved = await self._redis.hmget(self._budget_keys(rule, pid)[0],
                                                       ["spent", "reserved"])
-            out.append(b.BudgetStatus(tenant, rule.period, pid, rule.limit_usd,
-                                      b.from_nano(int(spent or 0)),
-                                      b.from_nano(int(reserved or 0)),
-                                      b.period_end(rule.period, wall)))
+            out.append(budget_status(rule, pid, int(spent or 0), int(reserved or 0), wall))
         return out
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Literal
 
 from gateway.call import Principal
+from gateway.limits.base import Reservation
 from gateway.policy.tenants import KeyConfig, RateLimits, TenantConfig
 
 RateKind = Literal["rpm", "tpm"]
@@ -132,6 +133,16 @@ class Hold:
     budget_exceeded: bool = False
     # Admitted by fail_open while the shared store was unreachable: nothing was reserved.
     unlimited: bool = False
+
+
+def take_hold(reservation: Reservation) -> Hold | None:
+    """Mark `reservation` settled and return its hold: None when it was settled already (a
+    reservation settles exactly once) or admitted without bookkeeping."""
+    if reservation.settled:
+        return None
+    reservation.settled = True
+    hold = reservation.handle
+    return hold if isinstance(hold, Hold) else None
 
 
 def _scope_rules(scope: Scope, limits: RateLimits | None,

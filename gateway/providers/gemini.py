@@ -1,13 +1,12 @@
 """Google Gemini API (https://ai.google.dev/api/generate-content) ↔ OpenAI chat completions and
-embeddings. Gemini has no ingress of its own here: every call is translated, streams included."""
+embeddings. Gemini has no ingress of its own here: every call is translated, streams included.
+The request side is `gemini_request.py`; replies, streams, errors and the adapter are here."""
 
 from __future__ import annotations
 
 import base64
 import json
-import mimetypes
 import struct
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,7 +16,10 @@ from gateway.call import Call, Ingress
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.policy.models import GeminiProvider
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
-from gateway.providers.scrub import scrub
+from gateway.providers.gemini_request import embed_request, to_gemini_request
+from gateway.providers.http_errors import body_text, client_message, error_kind, parse_retry_after
+from gateway.providers.openai_shape import assistant_message, completion
+from gateway.providers.sse import ChunkWriter, SSEEvents, compact_json
 from gateway.upstream import UpstreamRequest
 
 # https://ai.google.dev/api/generate-content#FinishReason
@@ -25,10 +27,6 @@ _SAFETY = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "I
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **{r: "content_filter" for r in _SAFETY}}
 _CONTEXT_MARKERS = ("input token count", "exceeds the maximum number of tokens",
                     "token count exceeds", "context window", "too many tokens")
-
-
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def usage_of(meta: Any) -> Usage | None:
@@ -45,185 +43,6 @@ def usage_of(meta: Any) -> Usage | None:
     return Usage(input_uncached=n("promptTokenCount") - cached + n("toolUsePromptTokenCount"),
                  cache_read=cached, output=n("candidatesTokenCount"),
                  reasoning=n("thoughtsTokenCount"))
-
-
-# ---- OpenAI request → Gemini request ---------------------------------------------------------
-
-def _bad(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
-
-
-def _media(url: str, param: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        head, _, data = url.partition(",")
-        if ";base64" not in head or not data:
-            raise _bad("image data URLs must be base64 (data:image/png;base64,…)", param)
-        return {"inlineData": {"mimeType": head[5:].split(";")[0], "data": data}}
-    if url.startswith(("http://", "https://", "gs://")):
-        mime = mimetypes.guess_type(url.split("?")[0])[0] or "image/jpeg"
-        return {"fileData": {"mimeType": mime, "fileUri": url}}
-    raise _bad("image_url.url must be an http(s) URL or a base64 data URL", param)
-
-
-def _parts(content: Any, param: str) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise _bad("content must be a string or a list of content parts", param)
-    out: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            if part.get(kind):
-                out.append({"text": part[kind]})
-        elif kind == "image_url":
-            img = part.get("image_url")
-            url = img.get("url", "") if isinstance(img, dict) else str(img or "")
-            out.append(_media(url, f"{param}[{j}]"))
-        elif kind == "file" and isinstance(part.get("file"), dict) \
-                and str(part["file"].get("file_data", "")).startswith("data:"):
-            out.append(_media(part["file"]["file_data"], f"{param}[{j}]"))
-        else:
-            raise _bad(f"content part type {kind!r} is not supported by Gemini models",
-                       f"{param}[{j}]")
-    return out
-
-
-def _function_call(call: Any, param: str) -> tuple[str, dict[str, Any]]:
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(fn, dict) or not fn.get("name"):
-        raise _bad("tool_calls entries need function.name", param)
-    try:
-        args = json.loads(fn.get("arguments") or "{}")
-    except ValueError:
-        args = None
-    if not isinstance(args, dict):
-        raise _bad("function.arguments must be a JSON object", f"{param}.function.arguments")
-    part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": args}}
-    # Gemini 3 wants the thought signature of a function call back; it travels to the client
-    # as `extra_content.google.thought_signature`, as on Google's own OpenAI-compatible API.
-    sig = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-    if sig:
-        part["thoughtSignature"] = sig
-    return fn["name"], part
-
-
-def _function_response(content: Any) -> dict[str, Any]:
-    """`functionResponse.response` must be a JSON object; other output goes under `output`."""
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if isinstance(content, str):
-        try:
-            parsed = json.loads(content)
-        except ValueError:
-            parsed = content
-        return parsed if isinstance(parsed, dict) else {"output": parsed}
-    return {"output": content}
-
-
-def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """OpenAI messages → (system parts, contents), consecutive same-role turns merged."""
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages must be a non-empty list", "messages")
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
-    names: dict[str, str] = {}  # tool_call id → function name: functionResponse needs the name
-    for i, m in enumerate(messages):
-        p = f"messages[{i}]"
-        role = m.get("role") if isinstance(m, dict) else None
-        if role in ("system", "developer"):
-            system.extend(_parts(m.get("content"), f"{p}.content"))
-            continue
-        if role == "user":
-            parts, grole = _parts(m.get("content"), f"{p}.content"), "user"
-        elif role == "assistant":
-            parts, grole = _parts(m.get("content"), f"{p}.content"), "model"
-            for j, c in enumerate(m.get("tool_calls") or []):
-                name, part = _function_call(c, f"{p}.tool_calls[{j}]")
-                names[str(c.get("id"))] = name
-                parts.append(part)
-        elif role == "tool":
-            name = names.get(str(m.get("tool_call_id"))) or m.get("name")
-            if not name:
-                raise _bad("tool message answers no earlier tool call (unknown tool_call_id)",
-                           f"{p}.tool_call_id")
-            parts = [{"functionResponse": {"name": name,
-                                           "response": _function_response(m.get("content"))}}]
-            grole = "user"
-        else:
-            raise _bad(f"role {role!r} is not supported by Gemini models", f"{p}.role")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == grole:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": grole, "parts": parts})
-    return system, contents
-
-
-def _tools(body: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    decls = []
-    for i, t in enumerate(body.get("tools") or []):
-        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise _bad("only function tools are supported by Gemini models", f"tools[{i}]")
-        decl: dict[str, Any] = {"name": fn["name"], "description": fn.get("description") or ""}
-        if fn.get("parameters"):
-            # The JSON Schema field, not `parameters` (an OpenAPI subset that rejects common
-            # JSON Schema keys such as additionalProperties).
-            decl["parametersJsonSchema"] = fn["parameters"]
-        decls.append(decl)
-    if decls:
-        out["tools"] = [{"functionDeclarations": decls}]
-    choice = body.get("tool_choice")
-    mode = {"auto": "AUTO", "none": "NONE", "required": "ANY"}.get(choice) \
-        if isinstance(choice, str) else None
-    config: dict[str, Any] = {}
-    if mode:
-        config["mode"] = mode
-    elif isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if not name:
-            raise _bad("tool_choice must name a function", "tool_choice")
-        config = {"mode": "ANY", "allowedFunctionNames": [name]}
-    if config and decls:
-        out["toolConfig"] = {"functionCallingConfig": config}
-    return out
-
-
-_GEN = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"),
-        ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
-        ("seed", "seed"))
-
-
-def to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat completions request → a Gemini GenerateContentRequest."""
-    system, contents = _contents(body.get("messages"))
-    out: dict[str, Any] = {"contents": contents}
-    if system:
-        out["systemInstruction"] = {"parts": system}
-    out.update(_tools(body))
-    gen: dict[str, Any] = {ours: body[theirs] for theirs, ours in _GEN
-                           if isinstance(body.get(theirs), int | float)
-                           and not isinstance(body.get(theirs), bool)}
-    cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(cap, int):
-        gen["maxOutputTokens"] = cap
-    stop = body.get("stop")
-    if stop:
-        gen["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
-        gen["responseMimeType"] = "application/json"
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if schema:
-            gen["responseJsonSchema"] = schema
-    if gen:
-        out["generationConfig"] = gen
-    return out
 
 
 # ---- Gemini reply → OpenAI reply ---------------------------------------------------------------
@@ -258,27 +77,14 @@ def chat_completion(resp: dict[str, Any], public_model: str) -> dict[str, Any]:
                 calls.append(_tool_call(part))
             elif "text" in part:
                 (thoughts if part.get("thought") else texts).append(part["text"])
-        message: dict[str, Any] = {"role": "assistant",
-                                   "content": "".join(texts) if texts or not calls else None,
-                                   "refusal": None}
-        if calls:
-            message["tool_calls"] = calls
-        if thoughts:
-            message["reasoning_content"] = "".join(thoughts)
-        choices.append({"index": cand.get("index", k), "message": message, "logprobs": None,
+        choices.append({"index": cand.get("index", k),
+                        "message": assistant_message(texts, thoughts, calls), "logprobs": None,
                         "finish_reason": _finish(cand, bool(calls))})
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
         choices = [{"index": 0, "message": {"role": "assistant", "content": "", "refusal": None},
                     "logprobs": None, "finish_reason": "content_filter"}]
-    out: dict[str, Any] = {
-        "id": resp.get("responseId") or "chatcmpl-" + uuid.uuid4().hex,
-        "object": "chat.completion", "created": int(time.time()), "model": public_model,
-        "choices": choices,
-    }
-    usage = usage_of(resp.get("usageMetadata"))
-    if usage is not None:
-        out["usage"] = usage.to_openai()
-    return out
+    return completion(resp.get("responseId") or "chatcmpl-" + uuid.uuid4().hex, public_model,
+                      choices, usage_of(resp.get("usageMetadata")))
 
 
 class GeminiToOpenAIStream:
@@ -287,17 +93,15 @@ class GeminiToOpenAIStream:
     Gemini's stream has no terminator: it is complete once every candidate has a finishReason.
     """
 
-    __slots__ = ("_buf", "_classify", "_created", "_finished", "_id", "_include_usage", "_model",
-                 "_seen", "_tools", "chunks", "done", "error", "usage")
+    __slots__ = ("_classify", "_events", "_finished", "_include_usage", "_out", "_seen", "_tools",
+                 "chunks", "done", "error", "usage")
 
     def __init__(self, public_model: str, include_usage: bool,
                  classify: Callable[[int, bytes], Classified]) -> None:
-        self._buf = b""
-        self._model = public_model
+        self._events = SSEEvents()
+        self._out = ChunkWriter(public_model, "chatcmpl-" + uuid.uuid4().hex)
         self._include_usage = include_usage
         self._classify = classify
-        self._id = "chatcmpl-" + uuid.uuid4().hex
-        self._created = int(time.time())
         self._seen: set[int] = set()
         self._finished: set[int] = set()
         self._tools: dict[int, int] = {}  # candidate index → tool calls so far
@@ -307,24 +111,9 @@ class GeminiToOpenAIStream:
         self.done = False
         self.error: Classified | None = None
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
-        return b"data: " + _json({"id": self._id, "object": "chat.completion.chunk",
-                                  "created": self._created, "model": self._model,
-                                  "choices": choices}) + b"\n\n"
-
     def feed(self, data: bytes) -> bytes:
-        buf = self._buf + data if self._buf else data
-        if b"\r\n" in buf:  # Gemini separates events with CRLF CRLF
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
-            return b""
-        self._buf = buf[end + 2:]
         out = []
-        for event in buf[:end].split(b"\n\n"):
-            payload = b"\n".join(ln[5:].lstrip(b" ") for ln in event.split(b"\n")
-                                 if ln.startswith(b"data:"))
+        for _, payload, _ in self._events.feed(data):
             try:
                 obj = json.loads(payload) if payload else None
             except ValueError:
@@ -340,7 +129,7 @@ class GeminiToOpenAIStream:
             self.error = self._classify(code if isinstance(code, int) else 500, payload)
             return b""
         if obj.get("responseId") and not self._seen:
-            self._id = obj["responseId"]
+            self._out.id = obj["responseId"]
         usage = usage_of(obj.get("usageMetadata"))
         if usage is not None:
             self.usage = usage
@@ -378,15 +167,11 @@ class GeminiToOpenAIStream:
             self.done = True
         if self._seen and self._finished >= self._seen:
             self.done = True
-        return (self._chunk(choices) if choices else b"") + (self._chunk(finals) if finals else b"")
+        chunk = self._out.chunk
+        return (chunk(choices) if choices else b"") + (chunk(finals) if finals else b"")
 
     def finish(self) -> bytes:
-        tail = b""
-        if self._include_usage and self.usage is not None:
-            tail = b"data: " + _json({"id": self._id, "object": "chat.completion.chunk",
-                                      "created": self._created, "model": self._model,
-                                      "choices": [], "usage": self.usage.to_openai()}) + b"\n\n"
-        return tail + b"data: [DONE]\n\n"
+        return self._out.end(self.usage, self._include_usage)
 
 
 # ---- the adapter -------------------------------------------------------------------------------
@@ -409,14 +194,14 @@ class GeminiAdapter:
         model = target.upstream_model.removeprefix("models/")
         if call.endpoint == "embeddings":
             return UpstreamRequest(f"{self._base}/models/{model}:batchEmbedContents",
-                                   _json(embed_request(call.body, model)), self._headers)
+                                   compact_json(embed_request(call.body, model)), self._headers)
         if call.endpoint != "chat":
             raise InvalidRequest(f"Model {call.model!r} is served by Gemini, which has no "
                                  "/v1/completions endpoint; use /v1/chat/completions.",
                                  param="model")
         method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
         return UpstreamRequest(f"{self._base}/models/{model}:{method}",
-                               _json(to_gemini_request(call.body)), self._headers)
+                               compact_json(to_gemini_request(call.body)), self._headers)
 
     def parse_reply(self, call: Call, target: Target, body: bytes, native: bool) -> Reply:
         try:
@@ -426,9 +211,9 @@ class GeminiAdapter:
         if not isinstance(resp, dict):
             raise UpstreamError(f"{self.name} returned a reply that is not JSON")
         if call.endpoint == "embeddings":
-            return Reply(_json(embed_reply(resp, call)), None)
+            return Reply(compact_json(embed_reply(resp, call)), None)
         out = chat_completion(resp, call.model)
-        return Reply(_json(out), usage_of(resp.get("usageMetadata")))
+        return Reply(compact_json(out), usage_of(resp.get("usageMetadata")))
 
     def stream(self, call: Call, target: Target, native: bool) -> GeminiToOpenAIStream:
         return GeminiToOpenAIStream(call.model, call.client_include_usage,
@@ -436,22 +221,16 @@ class GeminiAdapter:
 
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> Classified:
         err = _error(body)
-        message = scrub(str(err.get("message") or ""), self._secrets) \
-            or f"upstream returned HTTP {status}"
+        message = client_message(str(err.get("message") or ""), self._secrets, status)
         gstatus = err.get("status") if isinstance(err.get("status"), str) else None
-        code = gstatus
         low = message.lower()
         if status == 400 and ("API_KEY_INVALID" in body.decode("utf-8", "replace")
                               or "api key not valid" in low):
             kind = ErrorKind.CONFIG  # Gemini reports a bad key as 400 INVALID_ARGUMENT
-        elif status in (400, 413) and any(m in low for m in _CONTEXT_MARKERS):
-            kind, code = ErrorKind.CONTEXT_LENGTH, "context_length_exceeded"
-        elif status in (408, 429) or status >= 500:
-            kind = ErrorKind.RETRYABLE
-        elif status in (401, 403):
-            kind = ErrorKind.CONFIG
         else:
-            kind = ErrorKind.CLIENT
+            # No 409 among the retryable: Gemini has no conflict error to wait out.
+            kind = error_kind(status, low, _CONTEXT_MARKERS, retry_statuses=(408, 429))
+        code = "context_length_exceeded" if kind is ErrorKind.CONTEXT_LENGTH else gstatus
         etype = "invalid_request_error" if kind is ErrorKind.CLIENT else gstatus
         return Classified(kind, status, message, code, etype, None, _retry_after(err, headers))
 
@@ -462,7 +241,7 @@ def _error(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
     except ValueError:
-        return {"message": body[:500].decode("utf-8", "replace").strip()}
+        return {"message": body_text(body)}
     if isinstance(obj, list) and obj:
         obj = obj[0]
     err = obj.get("error") if isinstance(obj, dict) else None
@@ -478,29 +257,10 @@ def _retry_after(err: dict[str, Any], headers: Mapping[str, str]) -> float | Non
                 return float(delay[:-1])
             except ValueError:
                 pass
-    v = headers.get("retry-after") or headers.get("Retry-After")
-    try:
-        return float(v) if v else None
-    except ValueError:
-        return None
+    return parse_retry_after(headers)
 
 
 # ---- embeddings --------------------------------------------------------------------------------
-
-def embed_request(body: dict[str, Any], model: str) -> dict[str, Any]:
-    inputs = body.get("input")
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not isinstance(inputs, list) or not all(isinstance(s, str) for s in inputs):
-        raise _bad("Gemini embeddings take text input (a string or a list of strings)", "input")
-    reqs = []
-    for s in inputs:
-        r: dict[str, Any] = {"model": f"models/{model}", "content": {"parts": [{"text": s}]}}
-        if isinstance(body.get("dimensions"), int):
-            r["outputDimensionality"] = body["dimensions"]
-        reqs.append(r)
-    return {"requests": reqs}
-
 
 def embed_reply(resp: dict[str, Any], call: Call) -> dict[str, Any]:
     b64 = call.body.get("encoding_format") == "base64"

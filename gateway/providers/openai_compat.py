@@ -16,6 +16,7 @@ from gateway.accounting.usage import Usage, from_openai
 from gateway.call import Call
 from gateway.policy.models import LocalProvider, OpenAIProvider, ProviderBase
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
+from gateway.providers.http_errors import parse_retry_after
 from gateway.providers.scrub import scrub
 from gateway.upstream import UpstreamRequest
 
@@ -195,7 +196,7 @@ class OpenAICompatAdapter:
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> Classified:
         message, code, etype, param = _error_fields(body)
         message = scrub(message, self._secrets) or f"upstream returned HTTP {status}"
-        retry_after = _retry_after(headers)
+        retry_after = parse_retry_after(headers, ms_header=True)
         low = (message + " " + (code or "")).lower()
         if status in (400, 413, 422) and any(m in low for m in _CONTEXT_MARKERS):
             kind = ErrorKind.CONTEXT_LENGTH
@@ -224,19 +225,3 @@ def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]
     if isinstance(obj, dict) and "message" in obj:  # vLLM's older ErrorResponse shape
         return str(obj["message"]), None, obj.get("type"), None
     return body[:500].decode("utf-8", "replace"), None, None, None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    v = headers.get("retry-after-ms") or headers.get("Retry-After-Ms")
-    if v:
-        try:
-            return float(v) / 1000
-        except ValueError:
-            pass
-    v = headers.get("retry-after") or headers.get("Retry-After")
-    if v:
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    return None

@@ -9,14 +9,13 @@ with its "maximum context length" 400.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer
+from tests.fakes.base import FakeServer, data_event, hello_words
 
 
 class FakeOpenAI(FakeServer):
@@ -80,7 +79,7 @@ class FakeOpenAI(FakeServer):
         return None
 
     def text(self) -> list[str]:
-        return [f"{'Hello' if i == 0 else ' word'}{i}" for i in range(self.words)]
+        return hello_words(self.words)
 
     def usage(self, completion: int) -> dict[str, Any]:
         u: dict[str, Any] = {"prompt_tokens": self.prompt_tokens,
@@ -154,8 +153,6 @@ class FakeOpenAI(FakeServer):
 
     async def _stream(self, request: web.Request, body: dict[str, Any], kind: str,
                       fault: Any) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
         opts = body.get("stream_options") or {}
         include = bool(opts.get("include_usage")) and not self.omit_usage
         continuous = self.vllm and bool(opts.get("continuous_usage_stats")) and not self.omit_usage
@@ -178,45 +175,25 @@ class FakeOpenAI(FakeServer):
                        "model": model, "choices": choices}
             if usage != "absent":
                 obj["usage"] = usage
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+            return data_event(obj)
 
-        try:
-            events: list[bytes] = []
-            null_usage: Any = None if include else "absent"
-            if kind == "chat":
-                events.append(chunk(0, {"role": "assistant", "content": ""}, None,
-                                     self.usage(0) if continuous else null_usage))
-            for i, w in enumerate(words):
-                last = i == len(words) - 1
-                usage: Any = null_usage
-                if continuous or (last and self.usage_on_last_content_chunk and include):
-                    usage = self.usage(i + 1)
-                events.append(chunk(i, {"content": w}, "stop" if last else None, usage))
-            if include and not self.usage_on_last_content_chunk:
-                events.append(chunk(0, None, None, self.usage(len(words))))
-            events.append(b"data: [DONE]\n\n")
-            for n, ev in enumerate(events):
-                if fault is not None and fault.kind in ("drop", "stall", "sse_error") \
-                        and n == fault.after_chunks:
-                    if fault.kind == "drop":
-                        request.transport.close()  # type: ignore[union-attr]
-                        return resp
-                    if fault.kind == "sse_error":
-                        err = fault.body or {"error": {"message": "injected mid-stream error",
-                                                       "type": "server_error", "param": None,
-                                                       "code": None}}
-                        await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                        return resp
-                    await asyncio.sleep(fault.seconds)
-                await resp.write(ev)
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
-            await resp.write_eof()
-            self.completed_streams += 1
-        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
-            self.client_gone += 1
-            raise
-        return resp
+        events: list[bytes] = []
+        null_usage: Any = None if include else "absent"
+        if kind == "chat":
+            events.append(chunk(0, {"role": "assistant", "content": ""}, None,
+                                self.usage(0) if continuous else null_usage))
+        for i, w in enumerate(words):
+            last = i == len(words) - 1
+            usage: Any = null_usage
+            if continuous or (last and self.usage_on_last_content_chunk and include):
+                usage = self.usage(i + 1)
+            events.append(chunk(i, {"content": w}, "stop" if last else None, usage))
+        if include and not self.usage_on_last_content_chunk:
+            events.append(chunk(0, None, None, self.usage(len(words))))
+        events.append(b"data: [DONE]\n\n")
+        return await self.stream(request, events, fault, {"error": {
+            "message": "injected mid-stream error", "type": "server_error", "param": None,
+            "code": None}})
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)

@@ -43,13 +43,13 @@ MILLION = Decimal(1_000_000)
 
 # ---- services --------------------------------------------------------------------------------
 
-def _redis_or_skip() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+def _redis_or_skip(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
         client.ping()
     except redis.RedisError as e:  # pragma: no cover - environment without Redis
         client.close()
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
+        pytest.skip(f"Redis not reachable at {url}: {e}")
     return client
 
 
@@ -60,9 +60,9 @@ def _pg_or_skip() -> psycopg.Connection[Any]:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {e}")
 
 
-def fresh_prefix() -> Iterator[str]:
+def fresh_prefix(url: str = REDIS_URL) -> Iterator[str]:
     """A Redis key prefix of its own; its keys are deleted afterwards."""
-    client = _redis_or_skip()
+    client = _redis_or_skip(url)
     prefix = f"gwtest:{uuid.uuid4().hex}:"
     yield prefix
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
@@ -207,6 +207,15 @@ class StampedFake(FakeOpenAI):
     async def record(self, request: web.Request) -> Any:
         self.arrivals.append(time.monotonic())
         return await super().record(request)
+
+
+@pytest.fixture
+def up() -> Iterator[StampedFake]:
+    """The one upstream of the single-gateway suites."""
+    fake = StampedFake("up")
+    fake.start()
+    yield fake
+    fake.stop()
 
 
 # ---- the ledger, read straight from PostgreSQL -----------------------------------------------

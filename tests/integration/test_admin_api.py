@@ -28,21 +28,14 @@ from tests.integration.tenancy_support import (
     redis_prefix,
     sdk,
     tenant_policy,
+    up,
 )
 
-__all__ = ["pg_schema", "redis_prefix"]  # fixtures used by this module
+__all__ = ["pg_schema", "redis_prefix", "up"]  # fixtures used by this module
 
 ACME = policy_key("acme-ci", "ci-bot")
 GLOBEX = policy_key("globex-1")
 PRICE = {"input": "1000", "output": "2000"}  # $0.021 per request (11 prompt + 5 output)
-
-
-@pytest.fixture
-def up() -> Any:
-    fake = StampedFake("up")
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 def policy(tmp: Any, schema: str, prefix: str, up: StampedFake, **server: Any) -> dict[str, Any]:

@@ -28,22 +28,15 @@ from tests.integration.tenancy_support import (
     run_cli,
     sdk,
     tenant_policy,
+    up,
     write_policy,
 )
 
-__all__ = ["pg_schema", "redis_prefix"]  # fixtures used by this module
+__all__ = ["pg_schema", "redis_prefix", "up"]  # fixtures used by this module
 
 ACME = policy_key("acme-ci")
 GLOBEX = policy_key("globex-1")
 PRICE = {"input": "0.25", "cache_read": "0.125", "output": "1.25"}
-
-
-@pytest.fixture
-def up() -> Any:
-    fake = StampedFake("up")
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 def policy(tmp: Any, schema: str, prefix: str, up: StampedFake) -> dict[str, Any]:

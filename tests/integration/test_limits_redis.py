@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import redis
 import redis.asyncio as aioredis
 
 from gateway.call import Principal
@@ -28,6 +27,7 @@ from gateway.limits.budget import BudgetAlert, rebuild_budgets
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter, _Script
 from gateway.policy.tenants import TenantConfig
+from tests.integration.tenancy_support import fresh_prefix
 
 REDIS = "redis://127.0.0.1:6379/0"
 DEAD = "redis://127.0.0.1:1/0"
@@ -49,18 +49,7 @@ Make = Callable[..., Any]
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as e:  # pragma: no cover - environment without Redis
-        client.close()
-        pytest.skip(f"Redis not reachable at {REDIS}: {e}")
-    p = f"gwtest:{uuid.uuid4().hex}:"
-    yield p
-    keys = list(client.scan_iter(match=p + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    yield from fresh_prefix(REDIS)
 
 
 @pytest_asyncio.fixture

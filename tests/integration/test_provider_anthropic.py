@@ -26,17 +26,14 @@ TOOLS: Any = [{"type": "function", "function": {
 
 @pytest.fixture
 def ant() -> Iterator[FakeAnthropic]:
-    f = FakeAnthropic(cache_read=40, cache_write=5)
-    f.start()
-    yield f
-    f.stop()
+    with FakeAnthropic(cache_read=40, cache_write=5) as f:
+        yield f
 
 
 @pytest.fixture
 def gw(ant: FakeAnthropic, tmp_path: Any) -> Iterator[Gateway]:
     spare = FakeOpenAI("spare")
-    spare.start()
-    g = Gateway(simple_policy(tmp_path, {
+    policy = simple_policy(tmp_path, {
         "ant": {"kind": "anthropic", "base_url": ant.url, "api_key": KEY,
                 "default_max_tokens": 333, "headers": {"anthropic-beta": "x-test"}},
         "spare": {"kind": "openai-compatible", "base_url": spare.url + "/v1"},
@@ -45,10 +42,9 @@ def gw(ant: FakeAnthropic, tmp_path: Any) -> Iterator[Gateway]:
         "claude-or-spare": {"deployments": [{"provider": "ant", "model": "claude-sonnet-4-5"}],
                             "fallbacks": ["spare"]},
         "spare": {"deployments": [{"provider": "spare", "model": "spare-llm"}]},
-    }), tmp=tmp_path).start()
-    yield g
-    g.stop()
-    spare.stop()
+    })
+    with spare, Gateway(policy, tmp=tmp_path) as g:
+        yield g
 
 
 def client(gw: Gateway) -> openai.OpenAI:

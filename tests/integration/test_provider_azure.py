@@ -17,17 +17,15 @@ KEY = "azure-fake-key-0123456789"
 
 @pytest.fixture
 def az() -> Iterator[FakeAzure]:
-    f = FakeAzure(entra_token="entra-token-abcdefghijkl",
-                  deployments={"gpt4o-prod": "gpt-4o-2024-08-06",
-                               "embed-prod": "text-embedding-3-small"})
-    f.start()
-    yield f
-    f.stop()
+    with FakeAzure(entra_token="entra-token-abcdefghijkl",
+                   deployments={"gpt4o-prod": "gpt-4o-2024-08-06",
+                                "embed-prod": "text-embedding-3-small"}) as f:
+        yield f
 
 
 @pytest.fixture
 def gw(az: FakeAzure, tmp_path: Any) -> Iterator[Gateway]:
-    g = Gateway(simple_policy(tmp_path, {
+    policy = simple_policy(tmp_path, {
         "az": {"kind": "azure", "base_url": az.url, "api_key": KEY},
         "az-entra": {"kind": "azure", "base_url": az.url + "/openai", "auth": "entra",
                      "api_key": "entra-token-abcdefghijkl", "api_version": "v1"},
@@ -38,9 +36,9 @@ def gw(az: FakeAzure, tmp_path: Any) -> Iterator[Gateway]:
         "gpt-4o-broken": {"deployments": [{"provider": "az-wrong", "model": "gpt4o-prod"}]},
         "missing": {"deployments": [{"provider": "az", "model": "no-such-deployment"}]},
         "embed": {"type": "embedding", "deployments": [{"provider": "az", "model": "embed-prod"}]},
-    }), tmp=tmp_path).start()
-    yield g
-    g.stop()
+    })
+    with Gateway(policy, tmp=tmp_path) as g:
+        yield g
 
 
 def client(gw: Gateway) -> openai.OpenAI:

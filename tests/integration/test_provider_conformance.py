@@ -51,21 +51,17 @@ KINDS: dict[str, tuple[type[FakeServer], Any, int]] = {
 def env(request: Any, tmp_path: Any) -> Iterator[tuple[Gateway, Any, int]]:
     cls, config, mid = KINDS[request.param]
     up, backup = cls(), FakeOpenAI("backup", words=2)
-    up.start()
-    backup.start()
     provider, model = config(up)
-    g = Gateway(simple_policy(tmp_path, {
+    policy = simple_policy(tmp_path, {
         "up": {**provider, "timeouts": FAST},
         "backup": {"kind": "openai-compatible", "base_url": backup.url + "/v1"},
     }, {
         "m": {"deployments": [{"provider": "up", "model": model}], "fallbacks": ["backup"]},
         "solo": {"deployments": [{"provider": "up", "model": model}]},
         "backup": {"deployments": [{"provider": "backup", "model": "b"}]},
-    }), tmp=tmp_path).start()
-    yield g, up, mid
-    g.stop()
-    up.stop()
-    backup.stop()
+    })
+    with up, backup, Gateway(policy, tmp=tmp_path) as g:
+        yield g, up, mid
 
 
 def client(gw: Gateway) -> openai.OpenAI:

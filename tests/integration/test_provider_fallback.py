@@ -19,9 +19,7 @@ from tests.integration.conftest import simple_policy
 @pytest.fixture
 def env(tmp_path: Any) -> Iterator[tuple[Gateway, FakeOpenAI, FakeAnthropic, FakeGemini]]:
     oa, ant, gem = FakeOpenAI("oa"), FakeAnthropic(words=3), FakeGemini(words=2)
-    for f in (oa, ant, gem):
-        f.start()
-    g = Gateway(simple_policy(tmp_path, {
+    policy = simple_policy(tmp_path, {
         "oa": {"kind": "openai-compatible", "base_url": oa.url + "/v1"},
         "ant": {"kind": "anthropic", "base_url": ant.url, "api_key": ant.api_key},
         "gem": {"kind": "gemini", "base_url": gem.url + "/v1beta", "api_key": gem.api_key},
@@ -30,11 +28,9 @@ def env(tmp_path: Any) -> Iterator[tuple[Gateway, FakeOpenAI, FakeAnthropic, Fak
                   "fallbacks": ["claude", "gemini"]},
         "claude": {"deployments": [{"provider": "ant", "model": "claude-sonnet-4-5"}]},
         "gemini": {"deployments": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
-    }, router={"max_attempts": 5}), tmp=tmp_path).start()
-    yield g, oa, ant, gem
-    g.stop()
-    for f in (oa, ant, gem):
-        f.stop()
+    }, router={"max_attempts": 5})
+    with oa, ant, gem, Gateway(policy, tmp=tmp_path) as g:
+        yield g, oa, ant, gem
 
 
 def client(gw: Gateway) -> openai.OpenAI:

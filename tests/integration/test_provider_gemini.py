@@ -23,15 +23,13 @@ TOOLS: Any = [{"type": "function", "function": {
 
 @pytest.fixture
 def gem() -> Iterator[FakeGemini]:
-    f = FakeGemini(cached_tokens=4, thoughts_tokens=6)
-    f.start()
-    yield f
-    f.stop()
+    with FakeGemini(cached_tokens=4, thoughts_tokens=6) as f:
+        yield f
 
 
 @pytest.fixture
 def gw(gem: FakeGemini, tmp_path: Any) -> Iterator[Gateway]:
-    g = Gateway(simple_policy(tmp_path, {
+    policy = simple_policy(tmp_path, {
         "gem": {"kind": "gemini", "base_url": gem.url + "/v1beta", "api_key": KEY},
         "badkey": {"kind": "gemini", "base_url": gem.url + "/v1beta", "api_key": "AIzaWrong00"},
     }, {
@@ -39,9 +37,9 @@ def gw(gem: FakeGemini, tmp_path: Any) -> Iterator[Gateway]:
         "emb": {"type": "embedding",
                 "deployments": [{"provider": "gem", "model": "gemini-embedding-001"}]},
         "misconfigured": {"deployments": [{"provider": "badkey", "model": "gemini-2.5-flash"}]},
-    }), tmp=tmp_path).start()
-    yield g
-    g.stop()
+    })
+    with Gateway(policy, tmp=tmp_path) as g:
+        yield g
 
 
 def client(gw: Gateway) -> openai.OpenAI:

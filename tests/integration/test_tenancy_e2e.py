@@ -31,23 +31,16 @@ from tests.integration.tenancy_support import (
     run_cli,
     sdk,
     tenant_policy,
+    up,
 )
 
-__all__ = ["pg_schema", "redis_prefix"]  # fixtures used by this module
+__all__ = ["pg_schema", "redis_prefix", "up"]  # fixtures used by this module
 
 ACME = policy_key("acme-ci", "ci-bot")
 FREE = policy_key("free-1")
 BROKE = policy_key("broke-1")
 # USD per million tokens: the fake reports 11 prompt + 5 completion tokens per request.
 CHAT_PRICE = {"input": "1000", "output": "2000"}
-
-
-@pytest.fixture
-def up() -> Any:
-    fake = StampedFake("up")
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 def policy(tmp: Any, schema: str, prefix: str, up: StampedFake, **tenant_extra: Any

@@ -1,0 +1,72 @@
+"""Server-sent events both ways for the translating adapters: whole events out of an upstream's
+byte stream, and the OpenAI `chat.completion.chunk` events a translated stream is written as."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from gateway.accounting.usage import Usage
+
+DONE = b"data: [DONE]\n\n"
+
+
+def compact_json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class SSEEvents:
+    """Whole SSE events out of arbitrary byte splits: (event name, data payload, raw event)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        buf = self._buf + data if self._buf else data
+        if b"\r\n" in buf:  # Gemini separates events with CRLF CRLF
+            buf = buf.replace(b"\r\n", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return []
+        self._buf = buf[end + 2:]
+        out = []
+        for raw in buf[:end].split(b"\n\n"):
+            name, payload = b"", []
+            for line in raw.split(b"\n"):
+                if line.startswith(b"data:"):
+                    payload.append(line[5:].lstrip(b" "))
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip()
+            if payload or name:
+                out.append((name, b"\n".join(payload), raw + b"\n\n"))
+        return out
+
+
+class ChunkWriter:
+    """The OpenAI chunks of one translated stream, all with the same id, time and model."""
+
+    __slots__ = ("created", "id", "model")
+
+    def __init__(self, public_model: str, reply_id: str = "") -> None:
+        self.model = public_model
+        self.id = reply_id
+        self.created = int(time.time())
+
+    def chunk(self, choices: list[dict[str, Any]]) -> bytes:
+        return b"data: " + compact_json({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "choices": choices,
+        }) + b"\n\n"
+
+    def end(self, usage: Usage | None, include_usage: bool) -> bytes:
+        """The usage-only final chunk (when the client asked for usage), then `[DONE]`."""
+        if not include_usage or usage is None:
+            return DONE
+        return b"data: " + compact_json({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "choices": [], "usage": usage.to_openai(),
+        }) + b"\n\n" + DONE
