@@ -26,7 +26,6 @@ from gateway.errors import (
     sse_error_event,
 )
 from gateway.limits.base import Reservation
-from gateway.observability.logs import log_request
 from gateway.observability.tracing import RequestSpan
 from gateway.providers.base import Classified, ErrorKind, StreamTranslator, Target
 from gateway.responses import RawResponse, error_response
@@ -301,9 +300,9 @@ class Proxy:
         if span is not None:
             # After settlement: the span carries the settled usage (estimates) and cost.
             span.finish(record)
-        if log.isEnabledFor(logging.INFO) and \
-                self.deps.runtime().policy.observability.log_requests:
-            log_request(record)
+        request_log = self.deps.request_log
+        if request_log.enabled() and self.deps.runtime().policy.observability.log_requests:
+            request_log.emit(record)
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -12,6 +12,7 @@ from gateway.accounting.estimate import estimate_prompt_tokens
 from gateway.accounting.pricing import PriceBook
 from gateway.call import Call, Principal
 from gateway.limits.base import Estimate, Limiter
+from gateway.observability.logs import RequestLog
 from gateway.observability.tracing import Tracing
 from gateway.policy.models import Policy, ProviderBase
 from gateway.providers.base import Adapter
@@ -83,4 +84,5 @@ class Deps:
     signals: Any
     metrics: Any
     codecs: dict[str, Any]
+    request_log: RequestLog = field(default_factory=RequestLog)
     tracing: Tracing = field(default_factory=Tracing)

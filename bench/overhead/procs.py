@@ -47,7 +47,8 @@ def _children_map() -> dict[int, list[int]]:
 
 def _tree(pid: int) -> list[int]:
     children = _children_map()
-    out, todo = [], [pid]
+    out: list[int] = []
+    todo = [pid]
     while todo and len(out) < 10_000:
         p = todo.pop()
         out.append(p)

@@ -55,17 +55,19 @@ UPSERT_ROLLUP = (
 )
 
 
+_CONVERT: dict[type, Any] = {
+    datetime: lambda v: v.isoformat(timespec="microseconds"),
+    date: date.isoformat,
+    Decimal: plain,
+    bool: int,
+}
+
+
 def _sq(v: Any) -> Any:
-    """A Python value as SQLite stores it here."""
-    if isinstance(v, datetime):
-        return v.isoformat(timespec="microseconds")
-    if isinstance(v, date):
-        return v.isoformat()
-    if isinstance(v, Decimal):
-        return plain(v)
-    if isinstance(v, bool):
-        return int(v)
-    return v
+    """A Python value as SQLite stores it here. Dispatch on the exact type: this runs for
+    every column of every record, and an isinstance chain cost a quarter of the writer."""
+    f = _CONVERT.get(type(v))
+    return v if f is None else f(v)
 
 
 def _dec_add(a: Any, b: Any) -> str:

@@ -193,11 +193,11 @@ class Settler:
                         totals[b] += getattr(a.usage, b)
             for b, n in totals.items():
                 if n:
-                    m.tokens.labels(record.tenant, record.model, b).inc(n)
+                    m.add_tokens(record.tenant, record.model, b, n)
             cost = record.cost_usd
             if cost:
                 # Prometheus counters are floats: fine for a dashboard, never for billing.
-                m.cost.labels(record.tenant, record.model).inc(float(cost))
+                m.add_cost(record.tenant, record.model, float(cost))
         w = self.ledger_writer
         m.ledger_pending.set(w.pending)
         spilled = w.stats.spilled

@@ -81,6 +81,7 @@ class LedgerWriter:
         self._backoff = 0.5
         self._connected = False
         self._has_spill = self.spill.pending()
+        self._urgent = threading.Event()  # set by flush/close: stop waiting for a batch
 
     @classmethod
     def from_policy(cls, cfg: LedgerConfig) -> LedgerWriter:
@@ -113,6 +114,7 @@ class LedgerWriter:
             return False
         marker = _Flush()
         self._q.put(marker)
+        self._urgent.set()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -122,6 +124,7 @@ class LedgerWriter:
         self._closed = True
         if self._thread.is_alive():
             self._q.put(_STOP)
+            self._urgent.set()
             self._thread.join(timeout)
             if self._thread.is_alive():
                 self._spill_queue()
@@ -153,20 +156,30 @@ class LedgerWriter:
 
     def _run(self) -> None:
         self._replay()  # whatever a previous process left behind
-        batch: list[RequestRecord] = []
-        deadline = 0.0
         while True:
-            wait = (deadline - time.monotonic()) if batch else self.flush_interval_s
             try:
-                item = self._q.get(timeout=max(wait, 0.0))
+                item = self._q.get(timeout=self.flush_interval_s)
             except queue.Empty:
                 item = None
+            batch: list[RequestRecord] = []
             if isinstance(item, RequestRecord):
-                if not batch:
-                    deadline = time.monotonic() + self.flush_interval_s
                 batch.append(item)
-                if len(batch) < self.batch_size and time.monotonic() < deadline:
-                    continue
+                # Let the batch fill without waking up for each record (every wake-up is a
+                # GIL handoff with the event loop): wait on the flush signal, not the queue.
+                if self._q.qsize() < self.batch_size:
+                    self._urgent.wait(self.flush_interval_s)
+                self._urgent.clear()
+                item = None
+                while len(batch) < self.batch_size:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(nxt, RequestRecord):
+                        batch.append(nxt)
+                    else:
+                        item = nxt
+                        break
             if item is _STOP or isinstance(item, _Flush):
                 self._retry_at = 0.0  # an explicit flush tries the database now
             try:
@@ -178,7 +191,6 @@ class LedgerWriter:
             except Exception:  # a bug here must not stop the thread and strand the queue
                 log.exception("ledger writer failed on a batch of %d", len(batch))
                 self._spill(batch)
-            batch = []
             if isinstance(item, _Flush):
                 item.done.set()
             elif item is _STOP:

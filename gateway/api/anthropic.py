@@ -7,7 +7,6 @@ Reference: https://docs.anthropic.com/en/api/messages
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.requests import HTTPConnection
 from gateway.api.parse import parse_json_object
 from gateway.call import Call
 from gateway.errors import InvalidRequest
+from gateway.ids import new_id
 
 # Request headers never copied into `Call.headers` (credentials stay with authentication).
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie",
@@ -239,7 +239,7 @@ def _request_id(headers: Mapping[str, str]) -> str:
     rid = headers.get("x-request-id")
     if rid and len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def parse_messages_request(raw: bytes, headers: Mapping[str, str] | HTTPConnection) -> Call:

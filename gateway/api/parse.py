@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +10,7 @@ from starlette.requests import Request
 
 from gateway.call import Call, Endpoint
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.ids import new_id
 
 _REQUIRED: dict[str, str] = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 
@@ -50,7 +50,7 @@ def request_id(request: Request) -> str:
     rid = request.headers.get("x-request-id")
     if rid and len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.call import Principal
+from gateway.ids import new_id
 from gateway.limits import budget as b
 from gateway.limits.base import Estimate, Reservation
 from gateway.limits.headers import RateState, rate_headers, rate_limited
@@ -176,7 +176,7 @@ class MemoryLimiter:
             raise rate_limited(states, refused_slot)
 
         # Every check passed: reserve everything (no await since the checks).
-        hold = Hold(uuid.uuid4().hex, plan, estimate.tokens, cost_nano, periods, exceeded)
+        hold = Hold(new_id(), plan, estimate.tokens, cost_nano, periods, exceeded)
         for rate, (_, tat) in zip(plan.rates, results, strict=True):
             self._tat[(plan.tenant, rate.key)] = tat
         for c in plan.concurrency:

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.call import Principal
 from gateway.errors import ServiceUnavailable
+from gateway.ids import new_id
 from gateway.limits import budget as b
 from gateway.limits.base import Estimate, Reservation
 from gateway.limits.headers import RateState, rate_limited
@@ -188,7 +188,7 @@ class RedisLimiter:
         wall = self._wall()
         cost_nano = b.to_nano(estimate.cost_usd)
         periods = tuple(b.period_id(r.period, wall) for r in plan.budgets)
-        hold = Hold(uuid.uuid4().hex, plan, estimate.tokens, cost_nano, periods)
+        hold = Hold(new_id(), plan, estimate.tokens, cost_nano, periods)
         if time.monotonic() < self._down_until:
             return self._store_down(reservation, hold, None)
         keys: list[str] = [*p.rate_keys, *p.conc_keys]

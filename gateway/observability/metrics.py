@@ -41,6 +41,9 @@ class Metrics:
         self.policy_reloads = Counter("gateway_policy_reloads_total", "Policy reloads",
                                       ["result"], registry=r)
         self._req_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        # labels() takes a lock and builds a key each call; the children are cached instead.
+        self._token_children: dict[tuple[str, str, str], Counter] = {}
+        self._cost_children: dict[tuple[str, str], Counter] = {}
 
     def request_done(self, model: str, status: int, seconds: float, ttft: float | None) -> None:
         key = (model, status)
@@ -54,6 +57,20 @@ class Metrics:
         children[1].observe(seconds)
         if ttft is not None:
             self.ttft.labels(model).observe(ttft)
+
+    def add_tokens(self, tenant: str, model: str, bucket: str, n: int) -> None:
+        key = (tenant, model, bucket)
+        child = self._token_children.get(key)
+        if child is None:
+            child = self._token_children[key] = self.tokens.labels(tenant, model, bucket)
+        child.inc(n)
+
+    def add_cost(self, tenant: str, model: str, usd: float) -> None:
+        key = (tenant, model)
+        child = self._cost_children.get(key)
+        if child is None:
+            child = self._cost_children[key] = self.cost.labels(tenant, model)
+        child.inc(usd)
 
     def upstream_error(self, deployment: str, reason: str) -> None:
         self.upstream_errors.labels(deployment, reason).inc()

@@ -7,13 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.accounting.usage import Usage
 from gateway.call import Call, Ingress
 from gateway.errors import InvalidRequest, UpstreamError
+from gateway.ids import new_id
 from gateway.policy.models import GeminiProvider
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.gemini_request import embed_request, to_gemini_request
@@ -50,7 +50,7 @@ def usage_of(meta: Any) -> Usage | None:
 def _tool_call(part: dict[str, Any], index: int | None = None) -> dict[str, Any]:
     fc = part["functionCall"]
     call: dict[str, Any] = {
-        "id": fc.get("id") or "call_" + uuid.uuid4().hex[:24], "type": "function",
+        "id": fc.get("id") or "call_" + new_id()[-24:], "type": "function",
         "function": {"name": fc.get("name"),
                      "arguments": json.dumps(fc.get("args") or {}, ensure_ascii=False)},
     }
@@ -83,7 +83,7 @@ def chat_completion(resp: dict[str, Any], public_model: str) -> dict[str, Any]:
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
         choices = [{"index": 0, "message": {"role": "assistant", "content": "", "refusal": None},
                     "logprobs": None, "finish_reason": "content_filter"}]
-    return completion(resp.get("responseId") or "chatcmpl-" + uuid.uuid4().hex, public_model,
+    return completion(resp.get("responseId") or "chatcmpl-" + new_id(), public_model,
                       choices, usage_of(resp.get("usageMetadata")))
 
 
@@ -99,7 +99,7 @@ class GeminiToOpenAIStream:
     def __init__(self, public_model: str, include_usage: bool,
                  classify: Callable[[int, bytes], Classified]) -> None:
         self._events = SSEEvents()
-        self._out = ChunkWriter(public_model, "chatcmpl-" + uuid.uuid4().hex)
+        self._out = ChunkWriter(public_model, "chatcmpl-" + new_id())
         self._include_usage = include_usage
         self._classify = classify
         self._seen: set[int] = set()

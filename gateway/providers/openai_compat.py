@@ -173,14 +173,7 @@ class OpenAICompatAdapter:
                                self._headers)
 
     def parse_reply(self, call: Call, target: Target, body: bytes, native: bool) -> Reply:
-        usage = None
-        i = body.rfind(b'"usage"')
-        if i >= 0:
-            try:
-                usage = from_openai(json.loads(body).get("usage"))
-            except (ValueError, AttributeError):
-                usage = None
-        return Reply(ModelRename(target.upstream_model, call.model)(body), usage)
+        return Reply(ModelRename(target.upstream_model, call.model)(body), _reply_usage(body))
 
     def stream(self, call: Call, target: Target, native: bool) -> OpenAIStream:
         opts = call.body.get("stream_options") or {}
@@ -208,6 +201,32 @@ class OpenAICompatAdapter:
         else:
             kind = ErrorKind.CLIENT
         return Classified(kind, status, message, code, etype, param, retry_after)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _reply_usage(body: bytes) -> Usage | None:
+    """The reply's `usage`, decoding only that object rather than the whole reply (long
+    completions are mostly text). `"usage"` cannot match inside a string value, where its
+    quotes are escaped; a nested key of that name is caught by the shape check, and then the
+    whole body is decoded."""
+    i = body.rfind(b'"usage"')
+    if i < 0:
+        return None
+    j = body.find(b"{", i + 7, i + 64)
+    if j >= 0 and not body[i + 7:j].strip(b": \t\r\n"):
+        try:
+            obj, _ = _DECODER.raw_decode(body[j:].decode())
+        except (ValueError, UnicodeDecodeError):
+            obj = None
+        if isinstance(obj, dict) and "prompt_tokens" in obj:
+            return from_openai(obj)
+    try:
+        full = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return from_openai(full.get("usage")) if isinstance(full, dict) else None
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]:

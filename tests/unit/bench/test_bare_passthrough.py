@@ -4,6 +4,7 @@ for both HTTP clients, against a real fake upstream on loopback."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -15,9 +16,13 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "Hello"}], "max_t
 
 
 @pytest.fixture
-def upstream() -> FakeOpenAI:
-    with FakeOpenAI("bench-upstream", words=3) as fake:
+def upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI("bench-upstream", words=3)
+    fake.start()
+    try:
         yield fake
+    finally:
+        fake.stop()
 
 
 @pytest.mark.parametrize("client", ["aiohttp", "httpx"])
