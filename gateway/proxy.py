@@ -39,10 +39,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class _Retry(Exception):
-    """This attempt failed retryably before any byte reached the client."""
+    """This attempt failed retryably before any byte reached the client (its reason is in the
+    attempt's record already)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        self.reason = reason
+    def __init__(self, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
 
 
@@ -81,7 +81,7 @@ class Proxy:
             route = rt.policy.models.get(call.model)
             if route is None:
                 raise ModelNotFound(self._unknown_model_message(rt, call.model, principal))
-            self.deps.auth.check_model(principal, call.model, list(rt.policy.models))
+            self.deps.auth.check_model(principal, call.model, rt.policy.models)
             if self.deps.limiter is not None and rt.policy.tenants:
                 reservation = await self.deps.limiter.admit(
                     principal, call.model, rt.estimate(call, principal))
@@ -120,17 +120,13 @@ class Proxy:
                      ) -> RawResponse | StreamResponse:
         plan = rt.router.plan(call)
         queue = list(plan.attempts)
-        tried: list[str] = []
         context_switched = False
-        last: GatewayError | None = None
         while queue and len(record.attempts) < plan.max_attempts:
             target = queue.pop(0)
-            tried.append(target.id)
             try:
                 result = await self._attempt(rt, call, target, record, span)
             except _Retry as r:
                 rt.health.failure(target.id, r.retry_after)
-                last = UpstreamError(r.reason)
                 continue
             except _ContextTooLong as c:
                 if plan.context_fallbacks and not context_switched:
@@ -148,8 +144,7 @@ class Proxy:
                 headers.update(reservation.headers)
             # A native reply (Anthropic ingress → Anthropic backend) is already in the
             # client's format; anything else is OpenAI-shaped and goes through the codec.
-            native = call.ingress != "openai" and \
-                rt.adapters[target.provider_name].native_ingress == call.ingress
+            native = _native(call, rt.adapters[target.provider_name])
             if isinstance(result, _Open):
                 return StreamResponse(self, rt, call, record, reservation, result, codec,
                                       headers, t0, translate=not native, span=span)
@@ -163,9 +158,10 @@ class Proxy:
             self._settle(reservation, record, text, span)
             self.deps.metrics.request_done(call.model, 200, time.monotonic() - t0, None)
             return RawResponse(200, body, headers)
+        # Every failed attempt is in the record with its reason: the message names them all.
         detail = "; ".join(f"{a.deployment}: {a.error}" for a in record.attempts if a.error)
         raise UpstreamError(
-            f"All {len(tried)} attempt(s) for model {call.model!r} failed ({detail or last}). "
+            f"All {len(record.attempts)} attempt(s) for model {call.model!r} failed ({detail}). "
             "Retry later, or check /ready for deployment health.",
             code="all_deployments_failed",
         )
@@ -175,7 +171,7 @@ class Proxy:
         adapter = rt.adapters[target.provider_name]
         provider = rt.policy.providers[target.provider_name]
         timeouts = target.deployment.timeouts or provider.timeouts
-        native = call.ingress != "openai" and adapter.native_ingress == call.ingress
+        native = _native(call, adapter)
         req = adapter.build_request(call, target, native)
         # Ended by span.finish(record), from the attempt's ledger record.
         req.headers = span.attempt(target, provider).traced_headers(req.headers)
@@ -189,7 +185,7 @@ class Proxy:
                 resp = await rt.clients[target.provider_name].send(req, timeouts)
             except UpstreamFailure as e:
                 self._attempt_failed(record, target, None, f"{e.reason}: {e}", started)
-                raise _Retry(f"{target.id}: {e}") from None
+                raise _Retry() from None
             if resp.status >= 400:
                 try:
                     body = await resp.read()
@@ -204,7 +200,7 @@ class Proxy:
                 except UpstreamFailure as e:
                     resp.close()
                     self._attempt_failed(record, target, resp.status, f"{e.reason}: {e}", started)
-                    raise _Retry(f"{target.id}: {e}") from None
+                    raise _Retry() from None
                 resp.release()
                 reply = adapter.parse_reply(call, target, body, native)
                 ttft = time.monotonic() - started
@@ -242,7 +238,7 @@ class Proxy:
                 if isinstance(e, TimeoutError | UpstreamTimeout) else f"{type(e).__name__}: {e}"
             self._attempt_failed(record, target, resp.status, reason, started,
                                  translator.usage)
-            raise _Retry(f"{target.id}: {reason}") from None
+            raise _Retry() from None
         if translator.error is not None:
             resp.close()
             self._classified(rt, record, target, translator.error, started, translator.usage)
@@ -250,7 +246,7 @@ class Proxy:
             resp.close()
             self._attempt_failed(record, target, resp.status,
                                  "the stream ended before any data", started, translator.usage)
-            raise _Retry(f"{target.id}: the stream ended before any data")
+            raise _Retry()
         rt.health.success(target.id)
         return _Open(target, resp, translator, first, started, time.monotonic() - started,
                      provider.drain_on_disconnect)
@@ -271,12 +267,11 @@ class Proxy:
         self._attempt_failed(record, target, c.status, f"HTTP {c.status}: {c.message}", started,
                              usage)
         if c.kind is ErrorKind.RETRYABLE:
-            raise _Retry(f"{target.id}: HTTP {c.status}: {c.message}",
-                         c.retry_after if c.status in (429, 503) else None)
+            raise _Retry(c.retry_after if c.status in (429, 503) else None)
         if c.kind is ErrorKind.CONFIG:
             log.error("deployment %s rejected the gateway's credentials or configuration "
                       "(HTTP %s): %s", target.id, c.status, c.message)
-            raise _Retry(f"{target.id}: HTTP {c.status} (gateway misconfiguration, see logs)")
+            raise _Retry()
         rt.health.release_probe(target.id)
         if c.kind is ErrorKind.CONTEXT_LENGTH:
             raise _ContextTooLong(c.message)
@@ -313,6 +308,12 @@ class Proxy:
         """Wait for settlements and drains still running (shutdown)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+def _native(call: Call, adapter: Any) -> bool:
+    """The client came in through the adapter's own format (e.g. /v1/messages → Anthropic):
+    the request and reply pass through untranslated."""
+    return call.ingress != "openai" and adapter.native_ingress == call.ingress
 
 
 class _ContextTooLong(Exception):
