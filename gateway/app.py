@@ -14,11 +14,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.accounting.gpu_lifetimes import GpuLifetimes
 from gateway.accounting.settle import Settler
 from gateway.api import admin as admin_api
 from gateway.api import health as health_api
 from gateway.api import messages as messages_api
 from gateway.api import openai as openai_api
+from gateway.api import openapi as openapi_api
 from gateway.api.anthropic_codec import CODEC as ANTHROPIC_CODEC
 from gateway.auth import Authenticator
 from gateway.errors import GatewayError
@@ -26,8 +28,9 @@ from gateway.limits.base import Limiter
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
+from gateway.policy.load import policy_warnings
 from gateway.policy.models import Policy
-from gateway.policy.reload import PolicyWatcher
+from gateway.policy.reload import PolicyWatcher, ReloadRefused, restart_required
 from gateway.proxy import Proxy
 from gateway.responses import error_response
 from gateway.routing.health import Health
@@ -58,11 +61,12 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     configure_logging()
     state = _State()
     metrics = Metrics()
-    health = Health(policy.router.circuit_breaker)
+    health = Health(policy.router.circuit_breaker, tenants=len(policy.tenants))
     signals = SignalCollector.from_policy(policy)
     limiter = _build_limiter(policy, metrics)
     auth = Authenticator.from_policy(policy)
     settler = Settler.from_policy(policy, limiter, metrics)
+    gpu_lifetimes = GpuLifetimes.from_policy(policy)  # what GPU-hour billing charges for
     deps = Deps(runtime=state.current, auth=auth, limiter=limiter, settler=settler,
                 signals=signals, metrics=metrics, codecs={"anthropic": ANTHROPIC_CODEC},
                 tracing=Tracing.from_policy(policy))
@@ -83,13 +87,28 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
             if pools.get(name, (None, None))[1] is not client:
                 proxy.spawn(client.close())
 
+    current = [policy]
+
     async def reload(new: Policy) -> None:
+        # Everything that can fail comes first, so a refused reload has changed nothing.
+        restart = restart_required(current[0], new)
+        if restart:
+            raise ReloadRefused(f"{', '.join(restart)} changed; these take effect only at "
+                                "start: restart the gateway to apply them")
+        try:
+            await auth.prepare(new)
+        except RuntimeError as e:
+            raise ReloadRefused(str(e)) from None
         await backends.reconcile(new)
+        current[0] = new
+        _log_warnings(new)
+        health.configure(new.router.circuit_breaker, len(new.tenants))
         install(new)
         auth.set_policy(new)
         if limiter is not None:
             limiter.set_policy(new)  # type: ignore[attr-defined]
         settler.update(new, state.current().prices)
+        gpu_lifetimes.update(new)
         deps.tracing.update(new)
 
     watcher = PolicyWatcher(policy_path, reload, metrics) if policy_path else None
@@ -97,9 +116,12 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await backends.start()
+        await backends.wait_ready()  # serve (and say ready) only with the local models up
         install(policy)
+        _log_warnings(policy)
         await auth.start()
         await settler.start()
+        await gpu_lifetimes.start()
         signals.start()
         if watcher is not None:
             watcher.start()
@@ -114,6 +136,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
             await proxy.drain()
             deps.request_log.flush()
             await settler.close()
+            await gpu_lifetimes.close()
             deps.tracing.shutdown()  # after drain: settle tasks end their spans first
             await auth.close()
             if limiter is not None:
@@ -127,6 +150,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         *proxied,
         *health_api.routes(proxy),
         *admin_api.routes(proxy, auth, settler),
+        *openapi_api.routes(),
     ]
 
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -143,10 +167,17 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         return Response(r.body, 404, media_type="application/json")
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        e = GatewayError(f"Method {request.method} is not allowed on {request.url.path}.",
-                         status=405, type="invalid_request_error", code="method_not_allowed")
+        # RFC 9110 requires `Allow` on a 405. Starlette's names only the first route matching
+        # the path; a path served by two routes (GET and POST /admin/keys) needs them all.
+        path = request.url.path
+        methods = sorted({m for r in routes if isinstance(r, Route) and r.methods
+                          and r.path_regex.match(path) for m in r.methods})
+        e = GatewayError(f"Method {request.method} is not allowed on {path}. Allowed: "
+                         f"{', '.join(methods)}.", status=405, type="invalid_request_error",
+                         code="method_not_allowed")
         r = error_response(e)
-        return Response(r.body, 405, media_type="application/json")
+        return Response(r.body, 405, headers={"Allow": ", ".join(methods)},
+                        media_type="application/json")
 
     app = _Gateway(routes=routes, lifespan=lifespan,
                    exception_handlers={Exception: unexpected, 404: not_found,
@@ -157,6 +188,12 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     app.state.deps = deps
     app.state.backends = backends
     return app
+
+
+def _log_warnings(policy: Policy) -> None:
+    """What `gateway policy check` warns about, in the log of the gateway that serves it."""
+    for w in policy_warnings(policy):
+        log.warning("policy: %s", w.render("policy"))
 
 
 def _unavailable(policy: Policy, signals: SignalCollector, backends: LocalBackends

@@ -196,6 +196,31 @@ class Authenticator:
         if self._redis_url:
             self._tasks.append(asyncio.create_task(self._listen(), name="auth-revocations"))
 
+    async def prepare(self, policy: Policy) -> None:
+        """Before a reload applies. A policy that brings tenants to a gateway started in open
+        mode needs the key store (keys issued with `gateway keys create` live there): open it
+        and load its keys now, or raise — the reload is then refused with nothing changed,
+        rather than half-applied with every issued key locked out."""
+        if not policy.tenants or self._store is not None:
+            return
+        store = open_key_store(policy.ledger.url, schema=policy.ledger.schema_name)
+        try:
+            revision, records = await store.changes_since(0)
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                await store.close()
+            raise RuntimeError(
+                "the new policy declares tenants, so issued keys must be loaded from the key "
+                f"database ({type(e).__name__}: {e}); fix the database and reload again, or "
+                "restart the gateway") from None
+        self._store = store
+        self._apply(records)
+        self._revision = revision
+        self._loaded = True
+        self._tasks.append(asyncio.create_task(self._poll(), name="auth-refresh"))
+        if self._redis_url:
+            self._tasks.append(asyncio.create_task(self._listen(), name="auth-revocations"))
+
     async def refresh(self) -> None:
         """Apply the store's changes since the last refresh (one cheap query when none)."""
         if self._store is None:

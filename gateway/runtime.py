@@ -39,11 +39,11 @@ class Runtime:
         self.router = Router(policy, health, signals.snapshot, self.unavailable)
         self.prices = PriceBook.from_policy(policy)
         self._default_max = policy.accounting.default_max_tokens
-        # A request can land on its model's deployments or any fallback's: budgets reserve
-        # the dearest of them all.
-        self._deployments = {
-            name: [d.id for m in (name, *route.fallbacks, *route.context_fallbacks)
-                   for d in policy.models[m].deployments]
+        # A request can land on its model's deployments or any fallback's its tenant may use:
+        # budgets reserve the dearest of them.
+        self._reachable = {
+            name: [(m, [d.id for d in policy.models[m].deployments])
+                   for m in dict.fromkeys((name, *route.fallbacks, *route.context_fallbacks))]
             for name, route in policy.models.items()
         }
 
@@ -57,8 +57,10 @@ class Runtime:
         else:
             cap = body.get("max_completion_tokens") or body.get("max_tokens")
             completion = cap if isinstance(cap, int) and cap > 0 else self._default_max
-        cost = self.prices.worst_case(self._deployments.get(call.model, []), prompt, completion,
-                                      principal.tenant, datetime.now(UTC))
+        ids = [d for m, ds in self._reachable.get(call.model, ()) if principal.may_use(m)
+               for d in ds]
+        cost = self.prices.worst_case(ids, prompt, completion, principal.tenant,
+                                      datetime.now(UTC))
         return Estimate(prompt, completion, cost)
 
     @staticmethod

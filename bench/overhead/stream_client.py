@@ -34,8 +34,12 @@ def body_for(model: str) -> bytes:
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str], timeout: float) -> tuple[float, float, int, bool]:
+               headers: Mapping[str, str], timeout: float) -> tuple[float, float, float, int, bool]:
     t0 = time.perf_counter()
+    # TTFT is the first *content* token (what a user waits for); the first bytes can be a
+    # role-only chunk, which the gateway holds until content exists (so that a stream that
+    # drops before any content can still fall back), so they are recorded apart, as TTFB.
+    ttfb = float("nan")
     ttft = float("nan")
     events = 0
     done = False
@@ -47,11 +51,13 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
             if not data:
                 break
             if events == 0:
+                ttfb = time.perf_counter() - t0
+            if ttft != ttft and b" tok" in data:  # the mock's first content token
                 ttft = time.perf_counter() - t0
             events += data.count(b"data:")
             if b"[DONE]" in data:
                 done = True
-    return ttft, time.perf_counter() - t0, events, ok and done
+    return ttfb, ttft, time.perf_counter() - t0, events, ok and done
 
 
 async def measure(url: str, model: str, *, concurrency: int, seconds: float,
@@ -61,6 +67,7 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
     body = body_for(model)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     ttfts: list[float] = []
+    ttfbs: list[float] = []
     totals: list[float] = []
     events = 0
     errors = 0
@@ -70,7 +77,7 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
         nonlocal events, errors
         while time.perf_counter() < deadline:
             try:
-                ttft, total, n, ok = await _one(session, url, body, hdrs, timeout)
+                ttfb, ttft, total, n, ok = await _one(session, url, body, hdrs, timeout)
             except (aiohttp.ClientError, TimeoutError):
                 errors += 1
                 await asyncio.sleep(0.01)  # a refused connection must not spin the loop
@@ -79,6 +86,7 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
                 errors += 1
                 continue
             ttfts.append(ttft)
+            ttfbs.append(ttfb)
             totals.append(total)
             events += n
 
@@ -88,6 +96,7 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     ttfts.sort()
+    ttfbs.sort()
     totals.sort()
     ms = 1000.0
     return {
@@ -100,6 +109,8 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
         "ttft_ms": {"p50": pct(ttfts, 50) * ms, "p90": pct(ttfts, 90) * ms,
                     "p99": pct(ttfts, 99) * ms,
                     "mean": sum(ttfts) / len(ttfts) * ms if ttfts else float("nan")},
+        "ttfb_ms": {"p50": pct(ttfbs, 50) * ms, "p90": pct(ttfbs, 90) * ms,
+                    "p99": pct(ttfbs, 99) * ms},
         "total_ms": {"p50": pct(totals, 50) * ms, "p90": pct(totals, 90) * ms,
                      "p99": pct(totals, 99) * ms,
                      "mean": sum(totals) / len(totals) * ms if totals else float("nan")},

@@ -79,6 +79,13 @@ class Ledger(Protocol):
         """Store new attempt costs for existing records and rebuild the rollups of their days."""
         ...
 
+    def read_rows(self, build: Callable[[str], str],
+                  params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query; ``build(ph)`` writes it with this backend's
+        placeholder ("?" or "%s"), so a read-side module (request_list.py) keeps its SQL
+        beside its logic and still runs the same SQL on both backends."""
+        ...
+
     def rebuild_rollups(self, start: date, end: date) -> None:
         """Recompute the rollups of the days from the requests/attempts tables."""
         ...
@@ -127,7 +134,8 @@ CREATE TABLE IF NOT EXISTS requests (
     tenant {text} NOT NULL, key_id {text} NOT NULL, model {text} NOT NULL,
     endpoint {text} NOT NULL, stream {bool} NOT NULL, status {int} NOT NULL,
     latency_ms {real} NOT NULL, ttft_ms {real}, error_code {text},
-    client_disconnected {bool} NOT NULL, attempts {int} NOT NULL, cost_usd {money} NOT NULL
+    client_disconnected {bool} NOT NULL, attempts {int} NOT NULL, cost_usd {money} NOT NULL,
+    client_request_id {text}, error_class {text}
 );
 CREATE INDEX IF NOT EXISTS requests_day_tenant ON requests (day, tenant);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -148,6 +156,14 @@ CREATE TABLE IF NOT EXISTS rollups_daily (
     PRIMARY KEY (day, tenant, model, deployment, provider)
 );
 """
+
+
+# Columns added after a ledger may already exist: (table, column, type). A backend adds each
+# one that is missing when it connects, so an older ledger keeps working after an upgrade.
+ADDED_COLUMNS = (
+    ("requests", "client_request_id", "text"),
+    ("requests", "error_class", "text"),
+)
 
 
 def schema_sql(types: Mapping[str, str]) -> str:
@@ -337,6 +353,10 @@ class SQLLedger:
             return {}
         rows = self._query(tokens_sql(len(deployments), self.ph), [start, end, *deployments])
         return {(d, t): int(n or 0) for d, t, n in rows}
+
+    def read_rows(self, build: Callable[[str], str],
+                  params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._query(build(self.ph), params)
 
     def read_records(self, start: date, end: date,
                      tenant: str | None = None) -> Iterator[RequestRecord]:

@@ -14,7 +14,13 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from gateway.accounting.ledger import LedgerUnavailable, SQLLedger, redact, schema_sql
+from gateway.accounting.ledger import (
+    ADDED_COLUMNS,
+    LedgerUnavailable,
+    SQLLedger,
+    redact,
+    schema_sql,
+)
 from gateway.accounting.ledger_rows import (
     ATTEMPT_COLUMNS,
     REQUEST_COLUMNS,
@@ -33,7 +39,7 @@ SCHEMA = schema_sql({"text": "text", "time": "timestamptz", "day": "date", "bool
 
 _REQUEST_TYPES = (
     "text", "timestamptz", "date", "text", "text", "text", "text", "boolean", "integer",
-    "float8", "float8", "text", "boolean", "integer", "numeric",
+    "float8", "float8", "text", "boolean", "integer", "numeric", "text", "text",
 )
 _ATTEMPT_TYPES = (
     "text", "integer", "text", "text", "text", "text", "integer",
@@ -65,8 +71,37 @@ _SCHEMA_LOCK = 0x6C6564676572
 # A database that vanishes without closing the connection (a partition, a dead host) must
 # not hang the writer thread forever while records pile up in memory: TCP keepalives and a
 # user timeout turn it into an error within about half a minute, and the records spill.
-_KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-              "keepalives_count": 3, "tcp_user_timeout": 30_000}
+KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                             "keepalives_count": 3, "tcp_user_timeout": 30_000}
+
+
+def pg_connect(url: str, *, schema: str | None, application_name: str,
+               connect_timeout: int = 3,
+               create: Callable[[psycopg.Connection[Any]], Any] | None = None,
+               lock: int = _SCHEMA_LOCK) -> psycopg.Connection[Any]:
+    """An autocommit connection with its search_path on ``schema``. With ``create``, the
+    schema is created if missing and ``create(conn)`` makes the tables — one replica at a
+    time (an advisory lock, ``lock`` per table set). Raises psycopg.OperationalError."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout,
+                           application_name=application_name, **KEEPALIVE)
+    with conn.transaction():
+        if create is not None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        if schema:
+            ident = pgsql.Identifier(schema)
+            if create is not None:
+                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute(pgsql.SQL("SET search_path TO {}").format(ident))
+        if create is not None:
+            create(conn)
+    return conn
+
+
+def _create_tables(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(SCHEMA)
+    for table, column, kind in ADDED_COLUMNS:
+        conn.execute(pgsql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+            pgsql.Identifier(table), pgsql.Identifier(column), pgsql.SQL(kind)))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -90,22 +125,11 @@ class PostgresLedger(SQLLedger):
         if self._conn is not None and not self._conn.closed:
             return
         try:
-            conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
-                application_name="gateway-ledger", **_KEEPALIVE,
-            )
-            with conn.transaction():
-                if self.create:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                if self.schema:
-                    ident = pgsql.Identifier(self.schema)
-                    if self.create:
-                        conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-                    conn.execute(pgsql.SQL("SET search_path TO {}").format(ident))
-                if self.create:
-                    conn.execute(SCHEMA)
-                else:
-                    found = conn.execute("SELECT to_regclass('rollups_daily')").fetchone()
+            conn = pg_connect(self.url, schema=self.schema, application_name="gateway-ledger",
+                              connect_timeout=self.connect_timeout_s,
+                              create=_create_tables if self.create else None)
+            if not self.create:
+                found = conn.execute("SELECT to_regclass('rollups_daily')").fetchone()
         except psycopg.OperationalError as e:
             raise LedgerUnavailable(f"postgres ledger {redact(self.url)}: {e}") from e
         if not self.create and (found is None or found[0] is None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -104,6 +104,7 @@ def request_row(rec: RequestRecord) -> tuple[Any, ...]:
         text(rec.model), rec.endpoint, bool(rec.stream), int(rec.status), float(rec.latency_ms),
         None if rec.ttft_ms is None else float(rec.ttft_ms),
         text(rec.error_code), rec.client_disconnected, len(rec.attempts), rec.cost_usd,
+        text(rec.client_request_id), text(rec.error_class),
     )
 
 
@@ -124,6 +125,7 @@ def attempt_rows(rec: RequestRecord) -> list[tuple[Any, ...]]:
 REQUEST_COLUMNS = (
     "request_id", "ts", "day", "tenant", "key_id", "model", "endpoint", "stream", "status",
     "latency_ms", "ttft_ms", "error_code", "client_disconnected", "attempts", "cost_usd",
+    "client_request_id", "error_class",
 )
 ATTEMPT_COLUMNS = (
     "request_id", "idx", "deployment", "provider", "upstream_model", "outcome", "status",
@@ -155,6 +157,7 @@ def record_from_rows(req: dict[str, Any], attempts: list[dict[str, Any]]) -> Req
         latency_ms=float(req["latency_ms"]), ttft_ms=req["ttft_ms"],
         error_code=req["error_code"], attempts=out,
         client_disconnected=bool(req["client_disconnected"]),
+        client_request_id=req.get("client_request_id"), error_class=req.get("error_class"),
     )
 
 
@@ -163,23 +166,34 @@ def record_from_rows(req: dict[str, Any], attempts: list[dict[str, Any]]) -> Req
 
 
 def to_json(rec: RequestRecord) -> dict[str, Any]:
+    # On the request path (the journal writes two per request): literals, no comprehensions
+    # over BUCKETS, and the timestamp formatted once per record.
+    ts = rec.ts_text
+    if ts is None:
+        ts = rec.ts_text = (rec.ts if rec.ts.tzinfo is UTC else as_utc(rec.ts)).isoformat()
     return {
-        "request_id": rec.request_id, "ts": as_utc(rec.ts).isoformat(), "tenant": rec.tenant,
+        "request_id": rec.request_id, "ts": ts, "tenant": rec.tenant,
         "key_id": rec.key_id, "model": rec.model, "endpoint": rec.endpoint,
         "stream": rec.stream, "status": rec.status, "latency_ms": rec.latency_ms,
         "ttft_ms": rec.ttft_ms, "error_code": rec.error_code,
         "client_disconnected": rec.client_disconnected,
-        "attempts": [
-            {
-                "deployment": a.deployment, "provider": a.provider,
-                "upstream_model": a.upstream_model, "outcome": a.outcome, "status": a.status,
-                "usage": None if a.usage is None else {
-                    **{b: getattr(a.usage, b) for b in BUCKETS}, "source": a.usage.source,
-                },
-                "duration_ms": a.duration_ms, "error": a.error, "cost_usd": plain(a.cost_usd),
-            }
-            for a in rec.attempts
-        ],
+        "client_request_id": rec.client_request_id, "error_class": rec.error_class,
+        "attempts": [_attempt_json(a) for a in rec.attempts] if rec.attempts else [],
+    }
+
+
+def _attempt_json(a: AttemptRecord) -> dict[str, Any]:
+    u = a.usage
+    return {
+        "deployment": a.deployment, "provider": a.provider,
+        "upstream_model": a.upstream_model, "outcome": a.outcome, "status": a.status,
+        "usage": None if u is None else {
+            "input_uncached": u.input_uncached, "cache_read": u.cache_read,
+            "cache_write": u.cache_write, "output": u.output, "reasoning": u.reasoning,
+            "source": u.source,
+        },
+        "duration_ms": a.duration_ms, "error": a.error,
+        "cost_usd": "0" if not a.cost_usd else plain(a.cost_usd),
     }
 
 
@@ -202,4 +216,5 @@ def from_json(d: dict[str, Any]) -> RequestRecord:
         status=d["status"], latency_ms=float(d["latency_ms"]), ttft_ms=d.get("ttft_ms"),
         error_code=d.get("error_code"), attempts=attempts,
         client_disconnected=bool(d.get("client_disconnected", False)),
+        client_request_id=d.get("client_request_id"), error_class=d.get("error_class"),
     )

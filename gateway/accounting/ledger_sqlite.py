@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from gateway.accounting.ledger import LedgerUnavailable, SQLLedger, schema_sql
+from gateway.accounting.ledger import ADDED_COLUMNS, LedgerUnavailable, SQLLedger, schema_sql
 from gateway.accounting.ledger_rows import (
     ATTEMPT_COLUMNS,
     REQUEST_COLUMNS,
@@ -92,6 +92,13 @@ def path_of(url: str) -> str:
     return p[1:] if p.startswith("/") else p
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind.upper()}")
+
+
 class SQLiteLedger(SQLLedger):
     ph = "?"
     dec_sum = "dec_sum"
@@ -124,6 +131,7 @@ class SQLiteLedger(SQLLedger):
             conn.create_aggregate("dec_sum", 1, _DecSum)  # type: ignore[arg-type]
             if self.create:
                 conn.executescript(SCHEMA)
+                _add_missing_columns(conn)
         except (OSError, sqlite3.OperationalError, sqlite3.DatabaseError) as e:
             raise LedgerUnavailable(f"sqlite ledger {self.path}: {e}") from e
         self._conn = conn

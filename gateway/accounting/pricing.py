@@ -9,7 +9,8 @@ Choosing a price for (deployment, tenant, when):
    not after ``when``;
 2. else the deployment's own list, same rule;
 3. else zero (a deployment without prices — e.g. a GPU-hour priced one — costs nothing per
-   token; its GPU cost is allocated at report time, see ``allocate_exact``).
+   token; its GPU cost is billed by its recorded lifetime at report time, see
+   ``gpu_billing.py``).
 Within one list the latest ``effective_from`` not after ``when`` wins; no ``effective_from``
 means "since always".
 """
@@ -190,7 +191,7 @@ class PriceBook:
                 where = f"models.{model}.deployments[{i}]"
                 seen = origin.get(dep.id)
                 # The same deployment may serve several public models; it must price the same.
-                sig = (dep.pricing, dep.gpu_cost_per_hour)
+                sig = (dep.pricing, dep.gpu_cost_per_hour, dep.gpu_since)
                 if seen is not None and seen[1] != sig:
                     raise PricingError(
                         f"{where}: deployment {dep.id!r} is also declared at {seen[0]} with "
@@ -292,8 +293,3 @@ def allocate_exact(total: Decimal, weights: Mapping[str, int]) -> dict[str, Deci
     for k in by_remainder[:left]:
         base[k] += 1
     return {k: Decimal(v).scaleb(quantum_exp, EXACT) for k, v in base.items()}
-
-
-def gpu_cost(rate_per_hour: Decimal, hours: int) -> Decimal:
-    """Cost of running a GPU deployment for whole ``hours`` (exact)."""
-    return EXACT.multiply(rate_per_hour, Decimal(hours))

@@ -3,7 +3,8 @@
 Reading rollups keeps a report over millions of requests to one small GROUP BY; the rollups
 are maintained in the same transaction as the records, so the totals equal a direct sum over
 the ledger exactly (``reconcile`` checks it). GPU-hour priced deployments add allocation rows:
-the period's hours × rate, split among tenants in proportion to their tokens on it.
+the hours each was in force in the window (its recorded lifetime, ``gpu_periods``) × its rate,
+split among tenants in proportion to their tokens on it (``gpu_billing.py``).
 
 Entry points (the CLI ``gateway usage report`` and the admin/tenant HTTP endpoints call these):
 
@@ -22,17 +23,26 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from gateway.accounting.gpu_billing import UNALLOCATED as UNALLOCATED  # re-exported
+from gateway.accounting.gpu_billing import (
+    GpuAllocation,
+    GpuPeriod,
+    allocate,
+    charges,
+    report_window,
+    total_hours,
+)
+from gateway.accounting.gpu_periods import open_period_store
 from gateway.accounting.ledger import GROUPS, Ledger, check_groups, open_ledger
 from gateway.accounting.ledger_rows import BUCKETS, ROLLUP_VALUES
-from gateway.accounting.pricing import EXACT, ZERO, PriceBook, allocate_exact, gpu_cost, plain
+from gateway.accounting.pricing import EXACT, ZERO, plain
 from gateway.policy.models import Policy
 
 Format = Literal["table", "csv", "json"]
-UNALLOCATED = "(unallocated)"
 _COUNTS = ("requests", "errors", "attempts", *BUCKETS)
 
 
@@ -59,17 +69,6 @@ class ReportRow:
 
 
 @dataclass(frozen=True, slots=True)
-class GpuAllocation:
-    deployment: str
-    provider: str
-    tenant: str  # UNALLOCATED: hours nobody used
-    hours: int
-    rate_per_hour: Decimal
-    tokens: int
-    cost_usd: Decimal
-
-
-@dataclass(frozen=True, slots=True)
 class Report:
     start: date
     end: date
@@ -84,6 +83,11 @@ class Report:
         return sum((g.cost_usd for g in self.gpu), ZERO)
 
     @property
+    def gpu_hours(self) -> Decimal:
+        """The GPU rows' hours: each deployment's billed hours, once (tenants' shares)."""
+        return total_hours(self.gpu)
+
+    @property
     def total_cost_usd(self) -> Decimal:
         return EXACT.add(self.totals.cost_usd, self.gpu_cost_usd)
 
@@ -96,32 +100,16 @@ def parse_group_by(value: str | Sequence[str]) -> tuple[str, ...]:
     return groups
 
 
-def gpu_hours(start: date, end: date, now: datetime) -> int:
-    """Whole hours of ``start..end`` (inclusive days, UTC) that have begun and ended by now."""
-    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
-    stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
-    stop = min(stop, now.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
-    return max(0, int((stop - begin).total_seconds()) // 3600)
-
-
-def gpu_allocations(
-    ledger: Ledger, start: date, end: date, rates: Mapping[str, Decimal],
-    providers: Mapping[str, str], now: datetime,
-) -> list[GpuAllocation]:
-    """Each GPU deployment's cost over the period, split among tenants by tokens used."""
-    hours = gpu_hours(start, end, now)
-    if not rates or hours == 0:
+def gpu_allocations(ledger: Ledger, periods: Sequence[GpuPeriod], start: date, end: date,
+                    now: datetime) -> list[GpuAllocation]:
+    """Each GPU deployment's lifetime in the window × its rate, split among tenants by the
+    tokens they used on it (docs/accounting.md, "GPU-hour billing")."""
+    begin, stop = report_window(start, end, now)
+    billed = charges(periods, begin, stop)
+    if not billed:
         return []
-    tokens = ledger.deployment_tokens(start, end, sorted(rates))
-    out = []
-    for dep in sorted(rates):
-        total = gpu_cost(rates[dep], hours)
-        weights = {t: n for (d, t), n in tokens.items() if d == dep and n > 0}
-        parts = allocate_exact(total, weights) or {UNALLOCATED: total}
-        for tenant in sorted(parts):
-            out.append(GpuAllocation(dep, providers.get(dep, ""), tenant, hours, rates[dep],
-                                     weights.get(tenant, 0), parts[tenant]))
-    return out
+    tokens = ledger.deployment_tokens(start, end, sorted({c.deployment for c in billed}))
+    return allocate(billed, tokens)
 
 
 def report_from_ledger(
@@ -131,10 +119,11 @@ def report_from_ledger(
     *,
     tenant: str | None = None,
     group_by: Sequence[str] = ("tenant", "model"),
-    policy: Policy | None = None,
+    periods: Sequence[GpuPeriod] = (),
     now: datetime | None = None,
 ) -> Report:
-    """A report from an open ledger (the admin API holds one; ``run_report`` opens one)."""
+    """A report from an open ledger and the GPU periods overlapping the days (``run_report``
+    reads both)."""
     if end < start:
         raise ValueError(f"--to ({end}) is before --from ({start}); swap them")
     groups = parse_group_by(group_by)
@@ -142,13 +131,9 @@ def report_from_ledger(
             for d in ledger.rollup_totals(start, end, tenant, groups)]
     total = ledger.rollup_totals(start, end, tenant, ())
     totals = ReportRow.from_totals(total[0], ()) if total else ReportRow(group={})
-    gpu: list[GpuAllocation] = []
-    if policy is not None:
-        rates = PriceBook.from_policy(policy).gpu_per_hour
-        providers = {d.id: d.provider for r in policy.models.values() for d in r.deployments}
-        gpu = gpu_allocations(ledger, start, end, rates, providers, now or datetime.now(UTC))
-        if tenant is not None:
-            gpu = [g for g in gpu if g.tenant == tenant]
+    gpu = gpu_allocations(ledger, periods, start, end, now or datetime.now(UTC))
+    if tenant is not None:
+        gpu = [g for g in gpu if g.tenant == tenant]
     return Report(start, end, tenant, groups, rows, totals, gpu)
 
 
@@ -164,13 +149,21 @@ def run_report(
     now: datetime | None = None,
 ) -> Report:
     """Open the ledger at ``ledger_url`` read-side and build the report (blocking I/O: call
-    it through ``asyncio.to_thread`` from async code)."""
+    it through ``asyncio.to_thread`` from async code).
+
+    GPU rows come from the lifetimes the gateways recorded in the same database, so a
+    deployment since removed from the policy is still billed for its time; ``policy`` is not
+    consulted for them (callers pass it; it is accepted for their convenience)."""
+    now = now or datetime.now(UTC)
     ledger = open_ledger(ledger_url, schema, create=False)
+    store = open_period_store(ledger_url, schema, create=False)
     try:
         ledger.connect()
+        periods = store.read(*report_window(start, end, now)) if end >= start else []
         return report_from_ledger(ledger, start, end, tenant=tenant, group_by=group_by,
-                                  policy=policy, now=now)
+                                  periods=periods, now=now)
     finally:
+        store.close()
         ledger.close()
 
 
@@ -217,7 +210,8 @@ def _cell(v: Any) -> str:
 def _csv_columns(r: Report) -> list[str]:
     # GPU rows always say whose share of which deployment they are.
     extra = [c for c in ("tenant", "deployment") if r.gpu and c not in r.group_by]
-    return ["kind", *r.group_by, *extra, *_COUNTS, "total_tokens", "gpu_hours", "cost_usd"]
+    return ["kind", *r.group_by, *extra, *_COUNTS, "total_tokens", "gpu_hours",
+            "gpu_rate_per_hour", "cost_usd"]
 
 
 def _table_rows(r: Report) -> list[dict[str, Any]]:
@@ -231,18 +225,18 @@ def _table_rows(r: Report) -> list[dict[str, Any]]:
     for g in r.gpu:
         out.append({"kind": "gpu", "tenant": g.tenant, "deployment": g.deployment,
                     "provider": g.provider, "total_tokens": g.tokens, "gpu_hours": g.hours,
-                    "cost_usd": g.cost_usd})
+                    "gpu_rate_per_hour": g.rate_per_hour, "cost_usd": g.cost_usd})
     t = {"kind": "total", "total_tokens": r.totals.total_tokens, "cost_usd": r.total_cost_usd}
     t.update({c: getattr(r.totals, c) for c in _COUNTS})
     if r.gpu:
-        t["gpu_hours"] = r.gpu[0].hours
+        t["gpu_hours"] = r.gpu_hours
     out.append(t)
     return out
 
 
 def render_csv(r: Report) -> str:
     """Header row, ISO dates, costs as plain decimal strings; the ``total`` row sums the
-    ``usage`` and ``gpu`` rows above it."""
+    ``usage`` and ``gpu`` rows above it (cost, and the gpu rows' hours)."""
     cols = _csv_columns(r)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -260,14 +254,14 @@ def render_json(r: Report) -> str:
         return d
 
     totals = row(r.totals)
-    totals.update(token_cost_usd=totals.pop("cost_usd"), gpu_cost_usd=plain(r.gpu_cost_usd),
-                  cost_usd=plain(r.total_cost_usd))
+    totals.update(token_cost_usd=totals.pop("cost_usd"), gpu_hours=plain(r.gpu_hours),
+                  gpu_cost_usd=plain(r.gpu_cost_usd), cost_usd=plain(r.total_cost_usd))
     doc = {
         "from": r.start.isoformat(), "to": r.end.isoformat(), "tenant": r.tenant,
         "group_by": list(r.group_by), "rows": [row(x) for x in r.rows],
         "gpu_allocation": [
             {"deployment": g.deployment, "provider": g.provider, "tenant": g.tenant,
-             "hours": g.hours, "rate_per_hour": plain(g.rate_per_hour), "tokens": g.tokens,
+             "hours": plain(g.hours), "rate_per_hour": plain(g.rate_per_hour), "tokens": g.tokens,
              "cost_usd": plain(g.cost_usd)} for g in r.gpu
         ],
         "totals": totals,
@@ -279,6 +273,7 @@ def render_table(r: Report) -> str:
     cols = [c for c in _csv_columns(r) if c not in ("errors", "attempts")]
     if not r.gpu:
         cols.remove("gpu_hours")
+        cols.remove("gpu_rate_per_hour")
     rows = [[_cell(d.get(c)) for c in cols] for d in _table_rows(r)]
     widths = [max(len(c), *(len(x[i]) for x in rows)) for i, c in enumerate(cols)]
     text_cols = {"kind", *GROUPS}
@@ -307,10 +302,11 @@ def render(r: Report, fmt: Format = "table") -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="start", type=date.fromisoformat, required=True,
-                   help="first UTC day, YYYY-MM-DD")
-    p.add_argument("--to", dest="end", type=date.fromisoformat, required=True,
-                   help="last UTC day (inclusive), YYYY-MM-DD")
+    # Unset --from/--to mean month-to-date, as /v1/usage does; the command fills them in.
+    p.add_argument("--from", dest="start", type=date.fromisoformat, default=None,
+                   help="first UTC day, YYYY-MM-DD (default: the 1st of this month)")
+    p.add_argument("--to", dest="end", type=date.fromisoformat, default=None,
+                   help="last UTC day (inclusive), YYYY-MM-DD (default: today)")
     p.add_argument("--tenant", default=None, help="only this tenant")
     p.add_argument("--group-by", default="tenant,model", type=parse_group_by,
                    help=f"comma-separated: {','.join(GROUPS)} (default tenant,model)")

@@ -1,9 +1,15 @@
 """Settle a finished request: usage (estimated where missing), cost, limits, ledger record.
 
-The proxy calls ``Settler.settle`` exactly once per admitted request, however it ended. It
-never raises into the request path: each step is guarded, a failure is logged and counted in
-``failures``, and the record is queued for the ledger in every case — a request without a
-record is the one thing finance must never see.
+The proxy settles each request exactly once, however it ended, in two parts:
+- before the response's last byte: ``estimate`` (only when a provider reported no usage) and
+  ``seal`` — price the record and put it in the journal, so a process killed after
+  answering still has it on disk (journal.py);
+- after, as a task the client never waits on: ``finish`` — settle the limiter's reservation
+  with the actual usage, queue the record for the ledger, update metrics.
+``settle`` does all of it in one call (tools, tests). Nothing here raises into the request
+path: each step is guarded, a failure is logged and counted in ``failures``, and the record is
+queued for the ledger in every case — a request without a record is the one thing finance
+must never see.
 
 Which attempts are billed (docs/accounting.md, "per-attempt billing"):
 - every attempt with usage is priced on its own deployment, fallbacks included;
@@ -68,8 +74,14 @@ class Settler:
                    metrics=metrics)
 
     async def start(self) -> None:
-        """Start the ledger writer thread and restore budget spend from the ledger (app
-        lifespan). A ledger that cannot be read only means budgets start from zero."""
+        """Ship what a dead process left in the journal, start the ledger writer thread, and
+        restore budget spend from the ledger (app lifespan) — in that order, so budgets count
+        the recovered requests. A ledger that cannot be read only means budgets start from
+        zero."""
+        try:
+            await asyncio.to_thread(self.ledger_writer.recover)
+        except Exception:
+            log.exception("journal recovery failed; its segments stay for the next start")
         self.ledger_writer.start()
         restore = getattr(self.limiter, "restore_spend", None)  # optional limiter capability
         if restore is None:
@@ -108,30 +120,56 @@ class Settler:
         body: Mapping[str, Any] | None = None,
         completion_text: str | None = None,
     ) -> None:
-        """Price, estimate, settle limits and queue the record. Never raises.
+        """Estimate, price, journal, settle limits and queue the record. Never raises.
 
         For an attempt that reported no usage, the prompt is counted from ``body`` (the
         OpenAI-shaped request) with the tokenizer, or else taken from the admission estimate;
         the output from ``completion_text`` (what the client received), or else from the
         attempt's ``streamed_chunks`` (about one token per SSE content chunk).
         """
-        policy, book = self.policy, self.price_book
+        await self.estimate(reservation, record, body, completion_text)
+        self.seal(record)
+        await self.finish(reservation, record)
+
+    def admitted(self, record: RequestRecord) -> None:
+        """Journal the admitted request's marker (what the ledger gets if the process dies
+        before the request ends)."""
+        journal = self.ledger_writer.journal
+        if journal is not None:
+            journal.mark(record)
+
+    def needs_estimate(self, record: RequestRecord) -> bool:
+        return self.policy.accounting.estimate_missing_usage and any(
+            a.usage is None and a.outcome in _GENERATED for a in record.attempts)
+
+    async def estimate(self, reservation: Reservation | None, record: RequestRecord,
+                       body: Mapping[str, Any] | None = None,
+                       completion_text: str | None = None) -> None:
+        """Fill in usage the provider did not report. Never raises."""
         try:
-            if policy.accounting.estimate_missing_usage and any(
-                a.usage is None and a.outcome in _GENERATED for a in record.attempts
-            ):
+            if self.needs_estimate(record):
                 # Tokenizing a long prompt takes milliseconds: keep it off the event loop.
                 await asyncio.to_thread(
                     self._estimate, reservation, record, body, completion_text
                 )
         except Exception:
             self._failed("estimate", record)
+
+    def seal(self, record: RequestRecord) -> None:
+        """Price the record and journal it: after this the process may die without losing it.
+        Synchronous (one `write()`), so it runs even where the caller cannot await."""
         try:
-            book.price_record(record)
+            self.price_book.price_record(record)
         except Exception:
             self._failed("price", record)
             for a in record.attempts:
                 a.cost_usd = ZERO
+        journal = self.ledger_writer.journal
+        if journal is not None:
+            journal.append(record)
+
+    async def finish(self, reservation: Reservation | None, record: RequestRecord) -> None:
+        """Settle the limiter and queue the record for the ledger. Never raises."""
         if self.limiter is not None and reservation is not None and not reservation.settled:
             try:
                 tokens = sum(a.usage.total for a in record.attempts if a.usage is not None)

@@ -9,6 +9,11 @@ replayed — the ledger ignores request ids it already has, so a replay never do
 
 A record the database rejects for itself (not for being down) would block a replay forever;
 it is set aside in ``<spill_path>.rejected`` (same JSON lines), logged and counted.
+
+With a journal (`journal.py`), the request path has already put each record on local disk
+before this writer sees it: once a batch is stored or spilled, the writer tells the journal it
+is done with those records, and every ``fsync_s`` it fsyncs the journal. At start-up,
+``recover()`` ships what dead processes left in the journal, before the thread starts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting import journal as journal_files
+from gateway.accounting.journal import Journal
 from gateway.accounting.ledger import Ledger, LedgerUnavailable, open_ledger, redact
 from gateway.accounting.ledger_rows import to_json
 from gateway.accounting.records import RequestRecord
@@ -45,6 +52,7 @@ class WriterStats:
     lost: int = 0  # neither stored nor spilled (the spill file itself failed)
     db_failures: int = 0
     batches: int = 0
+    recovered: int = 0  # records shipped from dead processes' journals at start-up
 
 
 class _Flush:
@@ -66,9 +74,14 @@ class LedgerWriter:
         batch_size: int = 500,
         flush_interval_s: float = 0.2,
         retry_max_s: float = 10.0,
+        journal: Journal | None = None,
+        fsync_s: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.spill = SpillFile(spill_path)
+        self.journal = journal
+        self.fsync_s = fsync_s
+        self._synced_at = time.monotonic()
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.retry_max_s = retry_max_s
@@ -85,8 +98,28 @@ class LedgerWriter:
 
     @classmethod
     def from_policy(cls, cfg: LedgerConfig) -> LedgerWriter:
+        journal = Journal(cfg.journal_folder) if cfg.journal else None
         return cls(open_ledger(cfg.url, cfg.schema_name), cfg.spill_path,
-                   batch_size=cfg.batch_size, flush_interval_s=cfg.flush_interval_s)
+                   batch_size=cfg.batch_size, flush_interval_s=cfg.flush_interval_s,
+                   journal=journal, fsync_s=cfg.journal_fsync_s)
+
+    def recover(self) -> int:
+        """Store (or spill) what dead processes left in the journal folder; returns how many
+        records. Call before `start()`, and before budgets are rebuilt from the ledger."""
+        if self.journal is None:
+            return 0
+        n = 0
+        for paths, records in journal_files.recover(self.journal.folder):
+            kept = True
+            for i in range(0, len(records), self.batch_size):
+                kept = self._write(records[i : i + self.batch_size]) and kept
+            if kept:
+                journal_files.discard(paths)
+            n += len(records)
+            log.info("ledger: recovered %d record(s) from %d journal segment(s) of a process "
+                     "that stopped without shutting down", len(records), len(paths))
+        self.stats.recovered += n
+        return n
 
     # -- the request side ---------------------------------------------------------------------
 
@@ -99,7 +132,8 @@ class LedgerWriter:
             # A request that ends after shutdown began: the writer thread is gone, so keep
             # the record the only way left — straight into the spill file.
             with self._late:
-                self._spill([rec])
+                if self._spill([rec]) and self.journal is not None:
+                    self.journal.done([rec])
             return
         self.stats.enqueued += 1
         self._q.put(rec)
@@ -130,6 +164,8 @@ class LedgerWriter:
                 self._spill_queue()
         else:
             self._drain_unstarted()
+        if self.journal is not None:
+            self.journal.close()
 
     def _spill_queue(self) -> None:
         # The writer is stuck (a database hanging mid-write) past the shutdown timeout, and
@@ -147,7 +183,8 @@ class LedgerWriter:
                     len(left))
         if left:
             with self._late:
-                self._spill(left)
+                if self._spill(left) and self.journal is not None:
+                    self.journal.done(left)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -182,6 +219,7 @@ class LedgerWriter:
                         break
             if item is _STOP or isinstance(item, _Flush):
                 self._retry_at = 0.0  # an explicit flush tries the database now
+            self._sync_journal()
             try:
                 self._write(batch)
                 if item is not None and not isinstance(item, RequestRecord):
@@ -196,6 +234,11 @@ class LedgerWriter:
             elif item is _STOP:
                 self._finish()
                 return
+
+    def _sync_journal(self) -> None:
+        if self.journal is not None and time.monotonic() - self._synced_at >= self.fsync_s:
+            self._synced_at = time.monotonic()
+            self.journal.sync()
 
     def _finish(self) -> None:
         # A record() racing close() may have queued behind the stop marker.
@@ -247,16 +290,21 @@ class LedgerWriter:
         self._retry_at = 0.0
         self._backoff = 0.5
 
-    def _write(self, batch: list[RequestRecord]) -> None:
-        """Store a batch, or spill what the database did not take."""
+    def _write(self, batch: list[RequestRecord]) -> bool:
+        """Store a batch, or spill what the database did not take. False when some record is
+        neither (the spill file failed): then the journal keeps it."""
         if not batch:
-            return
+            return True
         self.stats.batches += 1
         left = self._store(batch)
+        kept = True
         if left:
-            self._spill(left)
+            kept = self._spill(left)
         elif self._has_spill:
             self._replay()
+        if kept and self.journal is not None:
+            self.journal.done(batch)
+        return kept
 
     def _store(self, batch: list[RequestRecord]) -> list[RequestRecord]:
         """Write to the database; returns the records it could not take for being down."""
@@ -303,15 +351,18 @@ class LedgerWriter:
             self.stats.lost += 1
             log.exception("could not keep rejected record %s", rec.request_id)
 
-    def _spill(self, batch: list[RequestRecord]) -> None:
+    def _spill(self, batch: list[RequestRecord]) -> bool:
         try:
             self.spill.append(batch)
             self.stats.spilled += len(batch)
             self._has_spill = True
+            return True
         except Exception:
             self.stats.lost += len(batch)
-            log.exception("spill file %s failed: %d ledger records lost",
-                          self.spill.path, len(batch))
+            log.exception("spill file %s failed: %d ledger records not kept there%s",
+                          self.spill.path, len(batch),
+                          " (the journal keeps them)" if self.journal is not None else "")
+            return False
 
     def _replay(self) -> None:
         """Offer the spill file to the database; empty it once all of it was taken.

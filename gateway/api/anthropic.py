@@ -12,7 +12,9 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from gateway.api.parse import parse_json_object
+from gateway.api.bodies import check_messages
+from gateway.api.json_body import parse_json_object
+from gateway.api.parse import client_request_id
 from gateway.call import Call
 from gateway.errors import InvalidRequest
 from gateway.ids import new_id
@@ -33,10 +35,24 @@ def _text(block: dict[str, Any], param: str) -> str:
     return text
 
 
+def _string(obj: dict[str, Any], key: str, param: str) -> str:
+    """`obj[key]`, which the translation copies into the OpenAI request, as a string; anything
+    else would reach the backend as `None` or a Python repr."""
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise _bad(f"{param}.{key}: Input should be a valid string", f"{param}.{key}")
+    return value
+
+
+def _data_url(src: dict[str, Any], param: str) -> str:
+    return (f"data:{_string(src, 'media_type', param)};base64,"
+            f"{_string(src, 'data', param)}")
+
+
 def _image_part(block: dict[str, Any], param: str) -> dict[str, Any]:
     src = block.get("source")
     if isinstance(src, dict) and src.get("type") == "base64":
-        url = f"data:{src.get('media_type')};base64,{src.get('data')}"
+        url = _data_url(src, f"{param}.source")
     elif isinstance(src, dict) and src.get("type") == "url" and src.get("url"):
         url = str(src["url"])
     else:
@@ -47,11 +63,12 @@ def _image_part(block: dict[str, Any], param: str) -> dict[str, Any]:
 def _document_part(block: dict[str, Any], param: str) -> dict[str, Any]:
     src = block.get("source")
     if isinstance(src, dict) and src.get("type") == "text":
-        return {"type": "text", "text": str(src.get("data") or "")}
+        return {"type": "text", "text": _string(src, "data", f"{param}.source")}
     if isinstance(src, dict) and src.get("type") == "base64":
+        title = block.get("title")
         return {"type": "file", "file": {
-            "filename": block.get("title") or "document.pdf",
-            "file_data": f"data:{src.get('media_type')};base64,{src.get('data')}"}}
+            "filename": title if isinstance(title, str) and title else "document.pdf",
+            "file_data": _data_url(src, f"{param}.source")}}
     raise _bad(f"{param}.source: this gateway forwards base64 and text documents only "
                "to non-Anthropic models", f"{param}.source")
 
@@ -99,12 +116,16 @@ def _message(m: Any, i: int) -> list[dict[str, Any]]:
         elif kind == "document":
             parts.append(_document_part(b, bp))
         elif kind == "tool_use" and role == "assistant":
-            calls.append({"id": b.get("id"), "type": "function", "function": {
-                "name": b.get("name"),
-                "arguments": json.dumps(b.get("input") or {}, ensure_ascii=False)}})
+            args = b.get("input")
+            if args is not None and not isinstance(args, dict):
+                raise _bad(f"{bp}.input: Input should be an object", f"{bp}.input")
+            calls.append({"id": _string(b, "id", bp), "type": "function", "function": {
+                "name": _string(b, "name", bp),
+                "arguments": json.dumps(args or {}, ensure_ascii=False)}})
         elif kind == "tool_result" and role == "user":
             text, images = _tool_result_text(b.get("content"), f"{bp}.content")
-            tools.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": text})
+            tools.append({"role": "tool", "tool_call_id": _string(b, "tool_use_id", bp),
+                          "content": text})
             parts.extend(images)
         elif kind in ("thinking", "redacted_thinking"):
             continue  # only an Anthropic model can read its own thinking back
@@ -198,35 +219,6 @@ def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate(body: dict[str, Any]) -> None:
-    """What Anthropic itself rejects with 400 invalid_request_error, in its words."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model: Field required", "model")
-    mt = body.get("max_tokens")
-    if mt is None:
-        raise _bad("max_tokens: Field required", "max_tokens")
-    if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
-        raise _bad("max_tokens: Input should be an integer greater than or equal to 1",
-                   "max_tokens")
-    msgs = body.get("messages")
-    if msgs is None:
-        raise _bad("messages: Field required", "messages")
-    if not isinstance(msgs, list):
-        raise _bad("messages: Input should be a valid list", "messages")
-    if not msgs:
-        raise _bad("messages: at least one message is required", "messages")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise _bad("stream: Input should be a valid boolean", "stream")
-    stop = body.get("stop_sequences")
-    if stop is not None and (not isinstance(stop, list)
-                             or not all(isinstance(s, str) for s in stop)):
-        raise _bad("stop_sequences: Input should be a list of strings", "stop_sequences")
-    meta = body.get("metadata")
-    if meta is not None and not isinstance(meta, dict):
-        raise _bad("metadata: Input should be an object", "metadata")
-
-
 def _api_key(headers: Mapping[str, str]) -> str | None:
     key = headers.get("x-api-key")
     if key:
@@ -235,21 +227,14 @@ def _api_key(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _request_id(headers: Mapping[str, str]) -> str:
-    rid = headers.get("x-request-id")
-    if rid and len(rid) <= 128 and rid.isascii() and rid.isprintable():
-        return rid
-    return new_id()
-
-
 def parse_messages_request(raw: bytes, headers: Mapping[str, str] | HTTPConnection) -> Call:
     """Bytes of a `/v1/messages` request → a `Call` (ingress "anthropic"). Raises InvalidRequest,
     which the route renders with the Anthropic codec's `error_body`. `headers` may be the
     request itself (its headers are read)."""
     if isinstance(headers, HTTPConnection):
         headers = headers.headers
-    body = parse_json_object(raw)
-    validate(body)
+    body = parse_json_object(raw, anthropic_paths=True)
+    check_messages(body)
     openai_body = to_openai_request(body)
     stream = body.get("stream") is True
     user = openai_body.get("user")
@@ -258,7 +243,8 @@ def parse_messages_request(raw: bytes, headers: Mapping[str, str] | HTTPConnecti
         endpoint="chat", model=body["model"], body=openai_body,
         # The OpenAI-shaped bytes: a pass-through adapter may send `raw` as is.
         raw=json.dumps(openai_body, ensure_ascii=False, separators=(",", ":")).encode(),
-        stream=stream, request_id=_request_id(headers), api_key=_api_key(headers),
+        stream=stream, request_id=new_id(), client_request_id=client_request_id(headers),
+        api_key=_api_key(headers),
         client_include_usage=stream, ingress="anthropic", native_body=body, headers=kept,
         session=headers.get("x-session-id") or user,
     )

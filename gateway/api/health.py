@@ -16,6 +16,10 @@ def routes(proxy: Proxy) -> list[Route]:
         return RawResponse(200, b'{"status":"ok"}')
 
     async def ready(request: Request) -> RawResponse:
+        if getattr(proxy, "draining", False):
+            # Shutting down (gateway.server calls proxy.begin_drain on SIGTERM): take this
+            # replica out of the Service while its requests in flight finish.
+            return RawResponse(503, b'{"status":"draining"}')
         rt = proxy.deps.runtime()
         cooling = rt.health.snapshot()
         unhealthy = rt.unavailable()

@@ -7,7 +7,7 @@ from starlette.routing import Route
 
 from gateway.api.anthropic import parse_messages_request
 from gateway.api.anthropic_codec import CODEC
-from gateway.api.parse import read_body, request_id
+from gateway.api.parse import echo_id, read_body
 from gateway.errors import GatewayError
 from gateway.proxy import Proxy, StreamResponse
 from gateway.responses import RawResponse, error_response
@@ -20,7 +20,7 @@ def routes(proxy: Proxy) -> list[Route]:
             raw = await read_body(request, limit)
             call = parse_messages_request(raw, request)
         except GatewayError as e:
-            return error_response(e, {"x-request-id": request_id(request)}, CODEC)
+            return error_response(e, {"x-request-id": echo_id(request.headers)}, CODEC)
         return await proxy.handle(call)
 
     return [Route("/v1/messages", messages, methods=["POST"])]

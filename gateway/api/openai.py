@@ -6,12 +6,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.parse import api_key, openai_call, read_body, request_id
+from gateway.api.model_list import model_obj
+from gateway.api.parse import api_key, echo_id, openai_call, read_body
 from gateway.call import Endpoint
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.proxy import Proxy, StreamResponse
@@ -27,15 +29,10 @@ def _endpoint(proxy: Proxy, endpoint: Endpoint) -> Callable[[Request], Any]:
             raw = await read_body(request, limit)
             call = openai_call(endpoint, raw, request)
         except GatewayError as e:
-            return error_response(e, {"x-request-id": request_id(request)})
+            return error_response(e, {"x-request-id": echo_id(request.headers)})
         return await proxy.handle(call)
 
     return handler
-
-
-def _model_obj(name: str, created: int, route: Any) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "model-gateway",
-            "type": route.type}
 
 
 def routes(proxy: Proxy) -> list[Route]:
@@ -46,21 +43,24 @@ def routes(proxy: Proxy) -> list[Route]:
             principal = proxy.deps.auth.authenticate(api_key(request))
         except GatewayError as e:
             return error_response(e)
-        models = proxy.deps.runtime().policy.models
-        data = [_model_obj(n, created, r) for n, r in models.items() if principal.may_use(n)]
+        rt, now = proxy.deps.runtime(), datetime.now(UTC)
+        data = [model_obj(n, created, r, rt.prices, principal.tenant, now)
+                for n, r in rt.policy.models.items() if principal.may_use(n)]
         return RawResponse(200, json.dumps({"object": "list", "data": data}).encode())
 
     async def get_model(request: Request) -> RawResponse:
         name = request.path_params["model"]
         try:
             principal = proxy.deps.auth.authenticate(api_key(request))
-            route = proxy.deps.runtime().policy.models.get(name)
+            rt = proxy.deps.runtime()
+            route = rt.policy.models.get(name)
             if route is None or not principal.may_use(name):
                 raise ModelNotFound(f"The model {name!r} does not exist or you do not have "
                                     "access to it. GET /v1/models lists the models you can use.")
         except GatewayError as e:
             return error_response(e)
-        return RawResponse(200, json.dumps(_model_obj(name, created, route)).encode())
+        obj = model_obj(name, created, route, rt.prices, principal.tenant, datetime.now(UTC))
+        return RawResponse(200, json.dumps(obj).encode())
 
     return [
         Route("/v1/chat/completions", _endpoint(proxy, "chat"), methods=["POST"]),

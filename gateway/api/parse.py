@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Mapping
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from gateway.api.bodies import check_openai
+from gateway.api.json_body import parse_json_object
 from gateway.call import Call, Endpoint
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.ids import new_id
 
-_REQUIRED: dict[str, str] = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+__all__ = ["api_key", "client_request_id", "echo_id", "openai_call", "parse_json_object",
+           "read_body"]
+
+log = logging.getLogger("gateway.api")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The body, at most `limit` bytes (413 past it). A client that stalls is the connection's
+    business (server.body_timeout_s: `gateway/connection.py` answers 408); one that leaves
+    mid-body is an info line and a 499 nobody reads, never an error with a traceback."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(_too_large(int(declared), limit))
-    if declared is not None and declared.isdigit():
-        return await request.body()  # uvicorn enforces the declared length
     chunks: list[bytes] = []
     size = 0
     stream: AsyncIterator[bytes] = request.stream()
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(_too_large(size, limit))
-        chunks.append(chunk)
+    try:
+        # uvicorn enforces a declared length; the running count bounds a chunked body.
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(_too_large(size, limit))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.info("client disconnected before sending the whole request body", extra={
+            "fields": {"path": request.scope["path"], "bytes_received": size}})
+        raise GatewayError("The client closed the connection before sending the whole "
+                           "request body.", status=499, type="invalid_request_error",
+                           code="client_closed_request") from None
     return b"".join(chunks)
 
 
@@ -46,45 +59,33 @@ def api_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("api-key")
 
 
-def request_id(request: Request) -> str:
-    rid = request.headers.get("x-request-id")
+def client_request_id(headers: Mapping[str, str]) -> str | None:
+    """The client's own `x-request-id`, kept beside the ledger's key and echoed back. Never
+    the ledger's key itself: clients reuse ids, and a reused id must not merge records."""
+    rid = headers.get("x-request-id")
     if rid and len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
-    return new_id()
+    return None
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidRequest(f"The request body is not valid JSON: {e}. "
-                             "Send a JSON object with Content-Type: application/json.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
+def echo_id(headers: Mapping[str, str]) -> str:
+    """The `x-request-id` a response carries: the client's, else a fresh one."""
+    return client_request_id(headers) or new_id()
 
 
 def openai_call(endpoint: Endpoint, raw: bytes, request: Request) -> Call:
     body = parse_json_object(raw)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("You must provide a model parameter (a model name string).",
-                             param="model", code="missing_required_parameter")
-    field = _REQUIRED[endpoint]
-    if field not in body:
-        raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field,
-                             code="missing_required_parameter")
+    check_openai(endpoint, body)
     stream = body.get("stream") is True
     opts = body.get("stream_options")
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")
-    session = request.headers.get("x-session-id") or (user if isinstance(user, str) else None)
+    headers = request.headers
     return Call(
-        endpoint=endpoint, model=model, body=body, raw=raw, stream=stream,
-        request_id=request_id(request), api_key=api_key(request),
-        client_include_usage=include_usage, session=session,
+        endpoint=endpoint, model=body["model"], body=body, raw=raw, stream=stream,
+        request_id=new_id(), client_request_id=client_request_id(headers),
+        api_key=api_key(request), client_include_usage=include_usage,
+        session=headers.get("x-session-id") or (user if isinstance(user, str) else None),
         headers=_trace_headers(request),
     )
 

@@ -91,6 +91,11 @@ def metrics_alert_sink(metrics: Any) -> AlertSink | None:
     return lambda a: metrics.budget_alerts.labels(tenant=a.tenant, threshold=str(a.threshold)).inc()
 
 
+def period_label(period: str) -> str:
+    """"monthly" / "daily" (not "dayly")."""
+    return "monthly" if period == "month" else "daily"
+
+
 def fire_alerts(rule: BudgetRule, pid: str, old: int, new: int, spent_nano: int,
                 sink: AlertSink | None) -> int:
     """Log and report alerts `old`..`new`-1 of `rule`; returns how many fired."""
@@ -98,7 +103,7 @@ def fire_alerts(rule: BudgetRule, pid: str, old: int, new: int, spent_nano: int,
         alert = BudgetAlert(rule.tenant, rule.period, pid, rule.alerts[i],
                             from_nano(spent_nano), rule.limit_usd)
         log.warning("budget alert: tenant %r spent %s of its %s %s budget (%d %%)",
-                    rule.tenant, fmt_usd(alert.spent_usd), rule.period + "ly",
+                    rule.tenant, fmt_usd(alert.spent_usd), period_label(rule.period),
                     fmt_usd(rule.limit_usd), round(rule.alerts[i] * 100))
         if sink is not None:
             try:
@@ -121,7 +126,7 @@ def over_budget(limit_nano: int, spent: int, reserved: int, cost: int) -> bool:
 def budget_exceeded(rule: BudgetRule, spent: int, reserved: int, cost: int,
                     now: datetime) -> BudgetExceeded:
     resets = period_end(rule.period, now).strftime("%Y-%m-%dT%H:%M:%SZ")
-    label = "monthly" if rule.period == "month" else "daily"
+    label = period_label(rule.period)
     used = spent + reserved
     limit = rule.limit_nano
     if used >= limit:

@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging() -> None:
     """Idempotent: one handler on the `gateway` logger, level from GATEWAY_LOG_LEVEL."""
     logger = logging.getLogger("gateway")
-    if any(getattr(h, "_gateway", False) for h in logger.handlers):
+    if _handler(logger) is not None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler._gateway = True  # type: ignore[attr-defined]
@@ -42,6 +42,21 @@ def configure_logging() -> None:
     logger.addHandler(handler)
     logger.setLevel(os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper())
     logger.propagate = False
+
+
+def adopt_uvicorn_logs() -> None:
+    """uvicorn's own messages through the gateway's handler, so the whole log is one format
+    (uvicorn then runs with `log_config=None`; its levels still come from `--log-level`)."""
+    configure_logging()
+    handler = _handler(logging.getLogger("gateway"))
+    uvicorn = logging.getLogger("uvicorn")
+    if handler is not None and handler not in uvicorn.handlers:
+        uvicorn.addHandler(handler)
+    uvicorn.propagate = False
+
+
+def _handler(logger: logging.Logger) -> logging.Handler | None:
+    return next((h for h in logger.handlers if getattr(h, "_gateway", False)), None)
 
 
 _requests = logging.getLogger("gateway.requests")

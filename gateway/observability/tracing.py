@@ -19,7 +19,6 @@ cached tokens, output counts reasoning tokens), with the cache and reasoning par
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.accounting.records import AttemptRecord, RequestRecord
 from gateway.accounting.usage import Usage
 from gateway.call import Call
+from gateway.observability.trace_export import make_tracer
 from gateway.policy.models import Policy
 from gateway.providers.base import Target
 
@@ -269,7 +269,7 @@ class Tracing:
         self._providers = {}
         on = policy.observability.tracing
         if on and self._tracer is None:
-            self._tracer, self._provider = _make_tracer(self._given, self._env)
+            self._tracer, self._provider = make_tracer(self._given, self._env)
         self._enabled = on and self._tracer is not None
 
     def request(self, call: Call, headers: Mapping[str, str] | None = None) -> RequestSpan:
@@ -434,74 +434,3 @@ def _set_outcome(span: Span, status: int | None, error: str | None) -> None:
     if error is not None or (status is not None and status >= 400):
         span.set_attribute("error.type", _error_type(status, error) or "_OTHER")
         span.set_status(Status(StatusCode.ERROR, error))
-
-
-# ---- exporters ------------------------------------------------------------------------------
-
-
-def exporters_from_env(env: Mapping[str, str] | None = None) -> list[Any]:
-    """Span exporters named by `OTEL_TRACES_EXPORTER` (comma-separated, default `otlp`):
-    `otlp` if `opentelemetry-exporter-otlp` is installed (protocol from `OTEL_EXPORTER_OTLP_
-    [TRACES_]PROTOCOL`, `http/protobuf` or `grpc`; the exporter reads its endpoint and headers
-    itself), `console`, `none`. `OTEL_SDK_DISABLED=true` disables everything."""
-    env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    out: list[Any] = []
-    for name in env.get("OTEL_TRACES_EXPORTER", "otlp").split(","):
-        name = name.strip().lower()
-        if name == "otlp":
-            exporter = _otlp(env)
-            if exporter is not None:
-                out.append(exporter)
-        elif name == "console":
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-            out.append(ConsoleSpanExporter())
-        elif name not in ("none", ""):
-            log.warning("OTEL_TRACES_EXPORTER names %r, which this gateway does not know "
-                        "(known: otlp, console, none); ignoring it", name)
-    return out
-
-
-def _otlp(env: Mapping[str, str]) -> Any:
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
-    try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[no-redef]
-                OTLPSpanExporter,
-            )
-    except ImportError:
-        log.warning("tracing: the OTLP exporter (%s) is not installed; pip install "
-                    "opentelemetry-exporter-otlp, or set OTEL_TRACES_EXPORTER=console", protocol)
-        return None
-    return OTLPSpanExporter()
-
-
-def _make_tracer(given: Any, env: Mapping[str, str] | None) -> tuple[trace.Tracer | None, Any]:
-    """A tracer from our own SDK provider (never the global one: several apps may share a
-    process, and the gateway must not change what a host application set up)."""
-    if given is not None:
-        return given.get_tracer("gateway"), None
-    exporters = exporters_from_env(env)
-    if not exporters:
-        log.warning("observability.tracing is on but no span exporter is configured; traces "
-                    "are off (set OTEL_TRACES_EXPORTER and install opentelemetry-exporter-otlp)")
-        return None, None
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create()
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": "model-gateway"}))
-    # The sampler comes from OTEL_TRACES_SAMPLER (default: parent-based, always on) and the
-    # batch sizes from OTEL_BSP_*: the SDK reads them itself.
-    provider = TracerProvider(resource=resource)
-    for exporter in exporters:
-        # Batching moves export off the request path, onto the processor's thread.
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider.get_tracer("gateway"), provider

@@ -1,14 +1,19 @@
 """Load a policy file: YAML → `${ENV}` interpolation → pydantic → cross-reference checks.
 
 Every problem is reported as one `PolicyIssue` naming the YAML path (and line), the value, and
-what to change; `load_policy` raises `PolicyError` carrying all of them at once.
+what to change, and every stage runs even when an earlier one found problems: a missing
+variable, a schema error and an unknown provider name all come out of one `policy check`.
+`load_policy` raises `PolicyError` carrying all of them at once. Warnings (a fallback a tenant
+may not use) never reject a policy; `check_policy` and `policy_warnings` return them.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,55 +21,83 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from gateway.policy.checks import fallback_warnings, reference_issues
+from gateway.policy.issues import Loc, PolicyError, PolicyIssue, by_line, fmt_path, issue
 from gateway.policy.models import Policy
+from gateway.policy.schema_issues import schema_issues
+
+__all__ = ["PolicyCheck", "PolicyError", "PolicyIssue", "check_policy", "check_policy_file",
+           "load_policy", "parse_policy", "policy_warnings"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+# libyaml parses a 10,000-tenant policy (160,000 lines) in 0.7 s, the pure-Python parser in
+# 5 s; that one is only for a PyYAML built without libyaml.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyIssue:
-    path: str
-    message: str
-    line: int | None = None
+class PolicyCheck:
+    """The outcome of checking one file: the policy when it has no errors."""
 
-    def render(self, file: str) -> str:
-        where = f"{file}:{self.line}" if self.line else file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class PolicyError(Exception):
-    def __init__(self, file: str, issues: list[PolicyIssue]) -> None:
-        self.file = file
-        self.issues = issues
-        super().__init__("\n".join(i.render(file) for i in issues))
+    file: str
+    policy: Policy | None
+    errors: list[PolicyIssue]
+    warnings: list[PolicyIssue]
 
 
-def _lines(node: yaml.Node, path: tuple[str | int, ...],
-           out: dict[tuple[str | int, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
+def _index(node: yaml.Node, path: Loc, lines: dict[Loc, int],
+           dupes: list[PolicyIssue]) -> None:
+    """Record the line of every path, and every key a mapping repeats (YAML would silently
+    keep only the last one: a second `providers:` replaces the first)."""
+    lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for k, v in node.value:
-            key = k.value
-            out[(*path, key)] = k.start_mark.line + 1
-            _lines(v, (*path, key), out)
+            if k.tag == _MERGE or not isinstance(k, yaml.ScalarNode):
+                continue  # `<<: *defaults` overriding keys is the point of a merge
+            key, line = k.value, k.start_mark.line + 1
+            if key in seen:
+                dupes.append(PolicyIssue(
+                    fmt_path((*path, key)),
+                    f"duplicate key {key!r} (first at line {seen[key]}); YAML keeps only the "
+                    "last one, so merge the two", line))
+            else:
+                seen[key] = line
+            lines[(*path, key)] = line
+            _index(v, (*path, key), lines, dupes)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _lines(v, (*path, i), out)
+            _index(v, (*path, i), lines, dupes)
 
 
-def _fmt_path(parts: tuple[str | int, ...]) -> str:
-    s = ""
-    for p in parts:
-        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
-    return s
+def _parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int], list[PolicyIssue]]:
+    """Parse once: the node tree gives lines and duplicate keys, then becomes the data."""
+    loader = _Loader(text)
+    lines: dict[Loc, int] = {}
+    dupes: list[PolicyIssue] = []
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines, dupes
+        # Before construction: it flattens merge keys into the node tree in place.
+        _index(node, (), lines, dupes)
+        return loader.construct_document(node), lines, dupes
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise PolicyError(file, [PolicyIssue("", f"invalid YAML: {getattr(e, 'problem', e)}",
+                                             mark.line + 1 if mark else None)]) from None
+    finally:
+        loader.dispose()
 
 
-def _interpolate(data: Any, env: Mapping[str, str], path: tuple[str | int, ...],
-                 issues: list[PolicyIssue]) -> Any:
+def _interpolate(data: Any, env: Mapping[str, str], path: Loc, missing: dict[Loc, str]) -> Any:
+    """Substitute `${VAR}`; a missing variable becomes "" and is noted in `missing` so later
+    stages can stay quiet about the empty value it left."""
     if isinstance(data, dict):
-        return {k: _interpolate(v, env, (*path, k), issues) for k, v in data.items()}
+        return {k: _interpolate(v, env, (*path, k), missing) for k, v in data.items()}
     if isinstance(data, list):
-        return [_interpolate(v, env, (*path, i), issues) for i, v in enumerate(data)]
+        return [_interpolate(v, env, (*path, i), missing) for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
         def sub(m: re.Match[str]) -> str:
             name, has_default, default = m.group(1), m.group(2), m.group(3)
@@ -72,90 +105,29 @@ def _interpolate(data: Any, env: Mapping[str, str], path: tuple[str | int, ...],
                 return env[name]
             if has_default is not None:
                 return default or ""
-            issues.append(PolicyIssue(
-                _fmt_path(path),
-                f"environment variable {name} is not set; export it, or write "
-                f"${{{name}:-default}} to make it optional",
-            ))
+            missing.setdefault(path, name)
             return ""
         return _ENV.sub(sub, data)
     return data
 
 
-def _pydantic_issues(err: ValidationError, lines: dict[tuple[str | int, ...], int],
-                     data: Any) -> list[PolicyIssue]:
+def _read_key_files(data: dict[str, Any], file: str, lines: Mapping[Loc, int]
+                    ) -> list[PolicyIssue]:
+    providers = data.get("providers")
+    if not isinstance(providers, dict):
+        return []
     out: list[PolicyIssue] = []
-    for e in err.errors():
-        loc: tuple[str | int, ...] = tuple(
-            p for p in e["loc"] if not (isinstance(p, str) and p in _PROVIDER_KINDS)
-        )
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling against docs/policy.md"
-        elif e["type"] == "union_tag_invalid":
-            kind = e["input"].get("kind") if isinstance(e["input"], dict) else e["input"]
-            msg = f"unknown provider kind {kind!r} (known: {', '.join(sorted(_PROVIDER_KINDS))})"
-        elif e["type"] == "union_tag_not_found":
-            msg = f"missing 'kind' (one of: {', '.join(sorted(_PROVIDER_KINDS))})"
-        elif "input" in e and not isinstance(e["input"], dict | list) and e["type"] != "missing":
-            msg = f"{msg} (got {e['input']!r})"
-        line = None
-        for i in range(len(loc), -1, -1):
-            if loc[:i] in lines:
-                line = lines[loc[:i]]
-                break
-        out.append(PolicyIssue(_fmt_path(loc), msg, line))
+    base = Path(file).parent
+    for name, p in providers.items():
+        if isinstance(p, dict) and isinstance(p.get("api_key_file"), str) and p["api_key_file"]:
+            path = Path(p["api_key_file"])
+            path = path if path.is_absolute() else base / path
+            try:
+                p["api_key"] = path.read_text().strip()
+            except OSError as e:
+                out.append(issue(("providers", name, "api_key_file"),
+                                 f"cannot read {str(path)!r}: {e.strerror}", lines))
     return out
-
-
-_PROVIDER_KINDS = {"openai", "openai-compatible", "vllm", "azure", "anthropic", "gemini", "local"}
-
-
-def _cross_check(p: Policy, lines: dict[tuple[str | int, ...], int]) -> list[PolicyIssue]:
-    issues: list[PolicyIssue] = []
-    known_p = ", ".join(sorted(p.providers)) or "none declared"
-    known_m = ", ".join(sorted(p.models)) or "none declared"
-    for mname, route in p.models.items():
-        ids: set[str] = set()
-        for i, d in enumerate(route.deployments):
-            loc: tuple[str | int, ...] = ("models", mname, "deployments", i)
-            if d.provider not in p.providers:
-                issues.append(PolicyIssue(_fmt_path((*loc, "provider")),
-                              f"unknown provider {d.provider!r} (known: {known_p})",
-                              lines.get((*loc, "provider"))))
-            if d.id in ids:
-                issues.append(PolicyIssue(_fmt_path(loc),
-                              f"duplicate deployment {d.id!r}; give one a distinct `name`",
-                              lines.get(loc)))
-            ids.add(d.id)
-        if route.deployments and all(d.weight == 0 for d in route.deployments):
-            issues.append(PolicyIssue(f"models.{mname}.deployments",
-                          "every deployment has weight 0, so the model can serve nothing; "
-                          "give at least one a positive weight",
-                          lines.get(("models", mname, "deployments"))))
-        for key in ("fallbacks", "context_fallbacks"):
-            for i, fb in enumerate(getattr(route, key)):
-                loc = ("models", mname, key, i)
-                if fb not in p.models:
-                    issues.append(PolicyIssue(_fmt_path(loc),
-                                  f"unknown model {fb!r} (known: {known_m})", lines.get(loc)))
-                elif fb == mname:
-                    issues.append(PolicyIssue(_fmt_path(loc),
-                                  "a model cannot fall back to itself", lines.get(loc)))
-    for tname, t in p.tenants.items():
-        for i, m in enumerate(t.models or []):
-            loc = ("tenants", tname, "models", i)
-            if m not in p.models:
-                issues.append(PolicyIssue(_fmt_path(loc),
-                              f"unknown model {m!r} (known: {known_m})", lines.get(loc)))
-        for m in t.model_limits:
-            if m not in p.models:
-                loc = ("tenants", tname, "model_limits", m)
-                issues.append(PolicyIssue(_fmt_path(loc),
-                              f"unknown model {m!r} (known: {known_m})", lines.get(loc)))
-    return issues
 
 
 def _drop_unkeyed_optional(data: dict[str, Any]) -> None:
@@ -194,42 +166,6 @@ def _drop_unkeyed_optional(data: dict[str, Any]) -> None:
                 t["models"] = [m for m in t["models"] if m in remaining]
 
 
-def parse_policy(text: str, file: str = "<policy>", env: Mapping[str, str] | None = None) -> Policy:
-    env = os.environ if env is None else env
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise PolicyError(file, [PolicyIssue("", f"invalid YAML: {getattr(e, 'problem', e)}",
-                                             mark.line + 1 if mark else None)]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise PolicyError(file, [PolicyIssue("", "the policy must be a mapping of sections "
-                                             "(server, providers, models, …)", 1)])
-    lines: dict[tuple[str | int, ...], int] = {}
-    if node is not None:
-        _lines(node, (), lines)
-    issues: list[PolicyIssue] = []
-    data = _interpolate(raw, env, (), issues)
-    for iss in issues:
-        object.__setattr__(iss, "line", _line_for(iss.path, lines))
-    _read_key_files(data, file, issues)
-    if issues:
-        raise PolicyError(file, issues)
-    _drop_unkeyed_optional(data)
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as e:
-        raise PolicyError(file, _pydantic_issues(e, lines, data)) from None
-    issues = _cross_check(policy, lines)
-    issues += _pricing_issues(policy)
-    if issues:
-        raise PolicyError(file, issues)
-    return policy
-
-
 def _pricing_issues(policy: Policy) -> list[PolicyIssue]:
     """Prices are checked by the price book itself (dates, duplicates, override targets)."""
     from gateway.accounting.pricing import PriceBook, PricingError
@@ -242,34 +178,90 @@ def _pricing_issues(policy: Policy) -> list[PolicyIssue]:
     return []
 
 
-def _line_for(path: str, lines: dict[tuple[str | int, ...], int]) -> int | None:
-    for k, v in lines.items():
-        if _fmt_path(k) == path:
-            return v
-    return None
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Checking a 10,000-tenant policy makes ~10^6 objects (nodes, dicts, models) that all live
+    until it ends, so the cyclic collector rescans a growing heap again and again: half the
+    time of the check. They form no cycles (reference counting frees them), so it waits."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
-def _read_key_files(data: dict[str, Any], file: str, issues: list[PolicyIssue]) -> None:
-    providers = data.get("providers")
-    if not isinstance(providers, dict):
-        return
-    base = Path(file).parent
-    for name, p in providers.items():
-        if isinstance(p, dict) and p.get("api_key_file"):
-            path = Path(p["api_key_file"])
-            path = path if path.is_absolute() else base / path
-            try:
-                p["api_key"] = path.read_text().strip()
-            except OSError as e:
-                issues.append(PolicyIssue(f"providers.{name}.api_key_file",
-                                          f"cannot read {str(path)!r}: {e.strerror}"))
+def check_policy(text: str, file: str = "<policy>",
+                 env: Mapping[str, str] | None = None) -> PolicyCheck:
+    """Every error and warning of a policy text, and the policy itself when it has no errors."""
+    with _without_cycle_collection():
+        return _check(text, file, os.environ if env is None else env)
 
 
-def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> Policy:
+def _check(text: str, file: str, env: Mapping[str, str]) -> PolicyCheck:
+    try:
+        raw, lines, errors = _parse_yaml(text, file)
+    except PolicyError as e:
+        return PolicyCheck(file, None, e.issues, [])
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return PolicyCheck(file, None, [PolicyIssue(
+            "", "the policy must be a mapping of sections (server, providers, models, …)", 1)],
+            [])
+    missing: dict[Loc, str] = {}
+    data = _interpolate(raw, env, (), missing)
+    errors += [issue(loc, f"environment variable {name} is not set; export it, or write "
+                          f"${{{name}:-default}} to make it optional", lines)
+               for loc, name in missing.items()]
+    errors += _read_key_files(data, file, lines)
+    _drop_unkeyed_optional(data)
+    policy: Policy | None = None
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as e:
+        errors += schema_issues(e, lines, missing)
+    errors += reference_issues(data, lines, missing)
+    if policy is not None:
+        # The price book needs a policy the schema accepted.
+        errors += _pricing_issues(policy)
+    models, tenants = data.get("models"), data.get("tenants")
+    warnings = fallback_warnings(models, tenants, lines) \
+        if isinstance(models, dict) and isinstance(tenants, dict) else []
+    return PolicyCheck(file, None if errors else policy, by_line(errors), by_line(warnings))
+
+
+def check_policy_file(path: str | Path, env: Mapping[str, str] | None = None) -> PolicyCheck:
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as e:
-        raise PolicyError(str(p), [PolicyIssue("", f"cannot read the policy: {e.strerror}")]
-                          ) from None
-    return parse_policy(text, str(p), env)
+        return PolicyCheck(str(p), None, [PolicyIssue("", f"cannot read the policy: "
+                                                          f"{e.strerror}")], [])
+    return check_policy(text, str(p), env)
+
+
+def _policy_or_raise(check: PolicyCheck) -> Policy:
+    if check.policy is None:
+        raise PolicyError(check.file, check.errors, check.warnings)
+    return check.policy
+
+
+def parse_policy(text: str, file: str = "<policy>", env: Mapping[str, str] | None = None) -> Policy:
+    return _policy_or_raise(check_policy(text, file, env))
+
+
+def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> Policy:
+    return _policy_or_raise(check_policy_file(path, env))
+
+
+def policy_warnings(policy: Policy) -> list[PolicyIssue]:
+    """The warnings of a loaded policy (for `serve` and reload to log), without line numbers:
+    the policy object no longer knows them."""
+    models = {name: {"fallbacks": list(r.fallbacks),
+                     "context_fallbacks": list(r.context_fallbacks)}
+              for name, r in policy.models.items()}
+    tenants = {name: {"models": None if t.models is None else list(t.models)}
+               for name, t in policy.tenants.items()}
+    return fallback_warnings(models, tenants, {})

@@ -6,7 +6,9 @@ path instead of silently changing routing.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -107,6 +109,9 @@ class LocalProvider(ProviderBase):
     """`auto` picks vLLM when it and a GPU are present, torch otherwise."""
     port: int = Field(0, ge=0, le=65535)
     """Port for the backend; 0 picks a free one."""
+    start_timeout_s: float = Field(600.0, gt=0, le=86400)
+    """Seconds `gateway serve` waits at start for this backend to answer `/health` before it
+    gives up and exits (code 3). Loading a large model into vLLM can take several minutes."""
     args: list[str] = Field(default_factory=list)
     """Extra arguments passed through to `local-backend serve` (and on to vLLM)."""
 
@@ -149,8 +154,22 @@ class Deployment(Strict):
     pricing: list[Price] = Field(default_factory=list)
     """Prices (effective-dated) for cost accounting. Empty: cost 0."""
     gpu_cost_per_hour: Decimal | None = Field(None, ge=0)
-    """Self-hosted alternative to `pricing`: USD per hour of the backend, allocated to tenants
-    in proportion to the tokens they used on it over the reporting period."""
+    """Self-hosted alternative to `pricing`: USD per hour of the backend while it is in force
+    (in the loaded policy with weight > 0), as the gateways record it; allocated to tenants in
+    proportion to the tokens they used on it over the reporting period (docs/accounting.md)."""
+    gpu_since: datetime | None = None
+    """With `gpu_cost_per_hour`: when the GPU was provisioned, if before any gateway loaded
+    this deployment (`2026-03-01T08:00:00Z`; UTC when it has no offset). Billing then starts
+    here instead of when a gateway first recorded the deployment."""
+
+    @model_validator(mode="after")
+    def _gpu_since_needs_a_rate(self) -> Deployment:
+        if self.gpu_since is not None and self.gpu_cost_per_hour is None:
+            raise ValueError(
+                f"gpu_since ({self.gpu_since.isoformat()}) is set but gpu_cost_per_hour is "
+                "not: add gpu_cost_per_hour or remove gpu_since"
+            )
+        return self
 
     @property
     def id(self) -> str:
@@ -178,6 +197,9 @@ class ModelRoute(Strict):
     """What the model serves; informs `/v1/models` and validation."""
     description: str | None = None
     """Free text shown in `/v1/models`."""
+    context_length: int | None = Field(None, ge=1, le=100_000_000)
+    """The model's context window in tokens, shown in `/v1/models` for applications that size
+    prompts by it; the gateway does not enforce it."""
 
 
 class CircuitBreaker(Strict):
@@ -188,6 +210,22 @@ class CircuitBreaker(Strict):
     longer, capped at `max_cooldown_s`). Afterwards one probe request is let through."""
     max_cooldown_s: float = Field(300.0, gt=0)
     """Upper bound for a cooldown taken from `Retry-After`."""
+    min_tenants: int = Field(2, ge=1, le=100)
+    """Distinct tenants whose requests must have failed before failures a request itself may
+    cause (an upstream 5xx, a timeout) open the breaker — so one tenant sending input that
+    makes a backend fail cannot take the deployment away from every tenant. Capped at the
+    number of tenants in the policy (open mode: 1). Failures no request can cause (connection
+    refused, a 429/503 with `Retry-After`, the upstream refusing our key) count whoever sent
+    them (docs/routing.md, "Circuit breaker")."""
+    window_s: float = Field(30.0, gt=0, le=3600)
+    """Window of the failure-ratio rule: a deployment also opens when, over the last
+    `window_s`, at least `min_requests` attempts ended and `failure_ratio` of them failed
+    (from at least `min_tenants` tenants) — intermittent failures never make `failures`
+    in a row."""
+    min_requests: int = Field(20, ge=1)
+    """Attempts within `window_s` before the failure-ratio rule applies."""
+    failure_ratio: float = Field(0.5, gt=0, le=1)
+    """Share of failed attempts within `window_s` that opens the breaker."""
 
 
 class Router(Strict):
@@ -211,6 +249,21 @@ class Server(Strict):
     """Port `gateway serve` listens on when `--port` is not given."""
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """Request bodies larger than this get 413."""
+    header_timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Seconds a client has to send a request's complete headers, counted from its connection
+    (or the request's first byte on a kept-alive connection); past it the gateway answers 408
+    and closes. Stops slow-header ("slowloris") clients holding connections. Read at start."""
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Seconds allowed between two reads of a request body, as nginx's
+    `client_body_timeout`; past it the gateway answers 408 and closes. Read at start."""
+    max_connections: int = Field(2048, ge=1, le=1_000_000)
+    """Open client connections per replica (idle keep-alive ones and ones still sending
+    included); a request on a connection past it gets 503 with `retry-after`. Keep it under the
+    process's open-file limit (`ulimit -n`) less the upstream pools. Read at start."""
+    keep_alive_s: int = Field(5, ge=1, le=3600)
+    """Seconds an idle client connection is kept open for its next request. Behind a load
+    balancer, set it above the balancer's idle timeout (AWS ALB: 60) so the gateway never closes
+    a connection the balancer is about to reuse. Read at start."""
     admin_key: str | None = None
     """Key for `/admin/*` (write it as `${GATEWAY_ADMIN_KEY}`); unset disables the admin API."""
 
@@ -237,6 +290,20 @@ class Ledger(Strict):
     """Longest a record waits in memory before it is written."""
     schema_name: str | None = Field(None, alias="schema")
     """PostgreSQL schema for the ledger tables (default `public`)."""
+    journal: bool = True
+    """Write every request's record to a local journal before its response completes, so a
+    killed process (`kill -9`, OOM) loses nothing it answered; start-up ships what a dead
+    process left (docs/accounting.md, "Durability"). Turn off only for throwaway setups."""
+    journal_dir: str | None = None
+    """Folder of the journal's segment files; defaults to `journal/` beside `spill_path`.
+    Processes may share it (each locks its own segments)."""
+    journal_fsync_s: float = Field(1.0, gt=0, le=60)
+    """Seconds between fsyncs of the journal: the most a machine crash (power, kernel) can
+    lose. A process crash loses nothing either way."""
+
+    @property
+    def journal_folder(self) -> str:
+        return self.journal_dir or str(Path(self.spill_path).parent / "journal")
 
 
 class Accounting(Strict):

@@ -1,5 +1,6 @@
 """Hot reload: poll the policy file; a good file swaps in whole, a bad one keeps the last good
-policy and says why."""
+policy and says why. A reload never half-applies: settings only a restart can change, or a
+preparation that fails (opening the key store), refuse the whole reload."""
 
 from __future__ import annotations
 
@@ -15,6 +16,30 @@ from gateway.policy.load import PolicyError, load_policy
 from gateway.policy.models import Policy
 
 log = logging.getLogger("gateway.policy")
+
+# Read once at start (connections, listeners, files): a change needs a restart.
+_RESTART_ONLY = (
+    ("server", "host"), ("server", "port"), ("server", "header_timeout_s"),
+    ("server", "body_timeout_s"), ("server", "max_connections"), ("server", "keep_alive_s"),
+    ("state", "redis_url"), ("state", "key_prefix"),
+    ("ledger", "url"), ("ledger", "schema_name"), ("ledger", "spill_path"),
+    ("ledger", "journal"), ("ledger", "journal_dir"),
+)
+
+
+class ReloadRefused(Exception):
+    """The new policy is valid but cannot be applied to the running gateway."""
+
+
+def restart_required(old: Policy, new: Policy) -> list[str]:
+    """The restart-only settings that differ, as `section.key (old → new)`."""
+    out = []
+    for section, key in _RESTART_ONLY:
+        a, b = getattr(getattr(old, section), key), getattr(getattr(new, section), key)
+        if a != b:
+            shown = ("***", "***") if key == "redis_url" or key == "url" else (a, b)
+            out.append(f"{section}.{key} ({shown[0]!r} → {shown[1]!r})")
+    return out
 
 
 class PolicyWatcher:
@@ -68,6 +93,10 @@ class PolicyWatcher:
             return False
         try:
             await self._apply(policy)
+        except ReloadRefused as e:
+            self._metrics.policy_reloads.labels("rejected").inc()
+            log.error("policy reload refused; keeping the last good policy: %s", e)
+            return False
         except Exception:
             self._metrics.policy_reloads.labels("failed").inc()
             log.exception("policy reload failed to apply; keeping the last good policy")

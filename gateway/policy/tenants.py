@@ -23,12 +23,15 @@ def parse_expiry(text: str) -> datetime:
             d = date.fromisoformat(text)
             return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     except ValueError:
         raise ValueError(
             f"expires {text!r} is not an ISO date (2026-03-31) or datetime "
             "(2026-03-31T18:00:00Z)"
         ) from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except OverflowError:  # 9999-12-31 has no next day
+        raise ValueError(f"expires {text!r} is beyond the last date a key can have; "
+                         "give an earlier one") from None
 
 
 class _Strict(BaseModel):
@@ -52,15 +55,17 @@ class Budget(_Strict):
     on_exceed: Literal["block", "allow"] = "block"
     """At 100 %: `block` refuses with `budget_exceeded` (402); `allow` admits and flags."""
     alerts: list[float] = Field(default_factory=lambda: [0.5, 0.9])
-    """Fractions of the budget at which an alert is logged and counted in metrics."""
+    """Fractions of the budget, each greater than 0 and at most 1 (`0.9` is 90 %), at which an
+    alert is logged and counted in metrics."""
 
     @field_validator("alerts")
     @classmethod
-    def _alerts_positive(cls, v: list[float]) -> list[float]:
-        bad = [a for a in v if a <= 0]
-        if bad:
-            raise ValueError(f"alert fractions must be greater than 0 (got {bad[0]}); "
-                             "write 0.5 for 50 %")
+    def _alerts_fractions(cls, v: list[float]) -> list[float]:
+        # `[50, 90]` (percentages) would otherwise be accepted and never fire.
+        for a in v:
+            if not 0 < a <= 1:
+                raise ValueError(f"alert fractions must be greater than 0 and at most 1 "
+                                 f"(got {a:g}); write 0.5 for 50 %")
         return v
 
 

@@ -5,9 +5,11 @@ REST reference: https://learn.microsoft.com/azure/ai-services/openai/reference
   deployment is our `Deployment.model`; with `api_version: v1` (or `preview`), the newer
   `{base_url}/openai/v1/chat/completions` with the deployment in the body's `model`.
 - Auth: `api-key: <key>`, or `Authorization: Bearer <token>` with `auth: entra`.
-- Replies name the underlying model (`gpt-4o-2024-08-06`), not the deployment, and a stream's
-  first chunk (`prompt_filter_results`, `choices: []`) has `"model": ""`: every `model` value is
-  rewritten to the public name, not just the deployment's.
+- Replies name the underlying model (`gpt-4o-2024-08-06`), not the deployment: every `model`
+  value is rewritten to the public name, not just the deployment's.
+- A stream's first chunk carries only `prompt_filter_results` (`choices: []`, `"model": ""`);
+  the inherited stream folds that key into the next chunk, so clients that read
+  `chunk.choices[0]` get OpenAI's shape (https://learn.microsoft.com/azure/ai-services/openai/concepts/content-filter#streaming).
 Errors are OpenAI's shape (content filter: 400 `content_filter`; 429 with `retry-after-ms`),
 so classification is inherited.
 """

@@ -4,6 +4,9 @@ Fireworks, OpenRouter…): a byte pass-through.
 Requests are forwarded as the client sent them but for `model` (and, on streams, the usage
 request). Replies pass through untouched except `model`, which becomes the public name — a bytes
 replace, not a re-serialisation — and a usage chunk the client did not ask for, which is removed.
+Streams keep OpenAI's shape: the frames before the first content are held until it comes (so a
+stream that drops after its role chunk still falls back), and a chunk with empty `choices` that
+is not the usage chunk never reaches the client.
 """
 
 from __future__ import annotations
@@ -49,10 +52,17 @@ class ModelRename:
 
 
 class OpenAIStream:
-    """SSE pass-through: whole events out, usage read from whichever chunk carries it."""
+    """SSE pass-through: whole events out, usage read from whichever chunk carries it.
 
-    __slots__ = ("_buf", "_classify_body", "_keep_every", "_keep_final", "_rename", "chunks",
-                 "done", "error", "usage")
+    Frames before the first content (the role chunk, empty deltas, Azure's
+    `prompt_filter_results` chunk) are held back and released, in order, with the first
+    content or tool-call delta, a `finish_reason`, or `[DONE]`. Until then nothing has reached
+    the client and the proxy can still fall back when the upstream drops. Time to first token
+    is unchanged by this: it is the first *content* token either way.
+    """
+
+    __slots__ = ("_buf", "_classify_body", "_filters", "_held", "_keep_every", "_keep_final",
+                 "_rename", "chunks", "done", "error", "usage")
 
     def __init__(self, rename: ModelRename, keep_final: bool, keep_every: bool,
                  classify_body: Any) -> None:
@@ -69,6 +79,10 @@ class OpenAIStream:
         # of output tokens when a stream ends with no usage.
         self.chunks = 0
         self._classify_body = classify_body
+        # Client bytes held until the first content; None once released.
+        self._held: list[bytes] | None = []
+        # Azure's `prompt_filter_results`, waiting for the next chunk to ride on.
+        self._filters: Any = None
 
     def feed(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
@@ -80,56 +94,108 @@ class OpenAIStream:
             return b""
         self._buf = buf[end + 2:]
         whole = buf[: end + 2]
-        # Fast path: nothing to inspect in this batch of events.
-        if b'"usage"' not in whole and b'"error"' not in whole and b"[DONE]" not in whole:
+        # Fast path: content is flowing and nothing in this batch of events needs a look.
+        if self._held is None and self._filters is None and b'"usage"' not in whole \
+                and b'"error"' not in whole and b"[DONE]" not in whole \
+                and b'"choices":[]' not in whole and b'"choices": []' not in whole:
             self.chunks += whole.count(b"data:")
             return self._rename(whole)
-        out = []
+        out: list[bytes] = []
         for event in whole.split(b"\n\n"):
             if event:
-                kept = self._event(event)
-                if kept:
-                    out.append(kept)
+                self._event(event, out)
         return b"".join(out)
 
-    def _event(self, event: bytes) -> bytes | None:
+    def _emit(self, out: list[bytes], data: bytes | None, opens: bool) -> None:
+        held = self._held
+        if held is None:
+            if data:
+                out.append(data)
+            return
+        if data:
+            held.append(data)
+        if opens:
+            out.extend(held)
+            self._held = None
+
+    def _event(self, event: bytes, out: list[bytes]) -> None:
         payload = b"".join(ln[5:].lstrip() for ln in event.split(b"\n") if ln.startswith(b"data:"))
         if payload == b"[DONE]":
             self.done = True
-            return event + b"\n\n"
-        if b'"usage"' not in payload and b'"error"' not in payload:
+            self._emit(out, event + b"\n\n", True)
+            return
+        holding = self._held is not None
+        if self._filters is None and b'"usage"' not in payload and b'"error"' not in payload \
+                and b'"choices":[]' not in payload and b'"choices": []' not in payload \
+                and (not holding or (b'"content":"' in payload
+                                     and b'"content":""' not in payload)):
+            # Content as it came. While holding, a non-empty `"content":"…` proves it without a
+            # parse: quotes inside JSON strings are escaped, so only a key can match.
             self.chunks += 1
-            return self._rename(event) + b"\n\n"
+            self._emit(out, self._rename(event) + b"\n\n", True)
+            return
         try:
             obj = json.loads(payload)
         except ValueError:
-            return self._rename(event) + b"\n\n"
+            obj = None
         if not isinstance(obj, dict):
-            return self._rename(event) + b"\n\n"
+            # Not a JSON object (a comment, a keep-alive): passed on as it came, never content.
+            self._emit(out, self._rename(event) + b"\n\n", False)
+            return
         if "error" in obj and "choices" not in obj:
             self.error = self._classify_body(500, payload)
-            return None
+            return
         usage = from_openai(obj.get("usage"))
         if usage is not None:
             self.usage = usage
-        has_choices = bool(obj.get("choices"))
-        if has_choices:
-            self.chunks += 1
-        if usage is None:
-            if self._keep_final or "usage" not in obj:
-                return self._rename(event) + b"\n\n"
-        elif not has_choices:
+        choices = obj.get("choices")
+        if not choices:
+            if usage is None:
+                # Not OpenAI's shape (OpenAI sends empty `choices` only on the usage chunk):
+                # Azure's first chunk carries just `prompt_filter_results`. The SDK's
+                # `chunk.choices[0]` would fail on it, so it rides on the next chunk instead.
+                if "prompt_filter_results" in obj:
+                    self._filters = obj["prompt_filter_results"]
+                return
             # The usage-only final chunk: forwarded only if the client asked for it.
-            return self._rename(event) + b"\n\n" if self._keep_final else None
-        elif self._keep_every:
-            return self._rename(event) + b"\n\n"
+            self._emit(out, self._rename(event) + b"\n\n" if self._keep_final else None, False)
+            return
+        self.chunks += 1
+        opens = holding and _has_content(choices)
         # `"usage": null` (OpenAI, once include_usage is on) or usage riding on a content chunk
         # (vLLM continuous stats) that the client did not ask for: drop just that key.
-        del obj["usage"]
-        return b"data: " + self._rename(json.dumps(obj, ensure_ascii=False).encode()) + b"\n\n"
+        strip = "usage" in obj and not (self._keep_every if usage is not None
+                                        else self._keep_final)
+        if strip:
+            del obj["usage"]
+        if self._filters is not None:
+            obj["prompt_filter_results"] = self._filters
+            self._filters = None
+        elif not strip:
+            self._emit(out, self._rename(event) + b"\n\n", opens)
+            return
+        self._emit(out, b"data: " + self._rename(json.dumps(obj, ensure_ascii=False).encode())
+                   + b"\n\n", opens)
 
     def finish(self) -> bytes:
-        return b""
+        held, self._held = self._held, None
+        return b"".join(held or ())
+
+
+def _has_content(choices: Any) -> bool:
+    """Whether a chunk's choices carry anything beyond the role: text, a tool call, reasoning,
+    a refusal, or a finish reason."""
+    if not isinstance(choices, list):
+        return True
+    for c in choices:
+        if not isinstance(c, dict):
+            return True
+        if c.get("finish_reason") is not None or c.get("text"):
+            return True
+        delta = c.get("delta")
+        if isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role"):
+            return True
+    return False
 
 
 class OpenAICompatAdapter:

@@ -1,4 +1,14 @@
-"""Circuit breaker per deployment: consecutive failures → cooldown → one probe → closed.
+"""Circuit breaker per deployment: failures → cooldown → one probe → closed.
+
+Two rules open it (docs/routing.md, "Circuit breaker"), each robust to a single caller:
+- consecutive: `failures` retryable failures in a row;
+- ratio: over the last `window_s`, at least `min_requests` attempts and a `failure_ratio`
+  share of them failed (intermittent failures never make N in a row).
+A failure the request itself may have caused (an upstream 5xx, a timeout) only counts towards
+opening once failures come from `min_tenants` distinct tenants: one tenant sending input that
+makes a backend answer 500 must not take the deployment away from everyone, as Envoy's
+outlier detection will not eject on one host's view. A failure no request can cause
+(connection refused, `Retry-After`, our key refused) vouches for itself.
 
 State lives in this replica's memory: a breaker protects a backend from this replica's traffic,
 and every replica learns the same failures from its own requests within a few attempts.
@@ -8,26 +18,47 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.policy.models import CircuitBreaker
+
+_BUCKETS = 10
+# The pseudo-caller of failures no request can cause: it satisfies the caller rule alone.
+_BACKEND = "\x00backend"
+
+
+@dataclass(slots=True)
+class _Bucket:
+    epoch: int = -1
+    ok: int = 0
+    failed: int = 0
+    callers: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
 class _State:
     failures: int = 0
+    # Who failed during the current run of consecutive failures.
+    callers: set[str] = field(default_factory=set)
     open_until: float = 0.0
     # When the current probe was let through (0: none). A probe that never reports back (its
     # request planned but not sent) expires after one cooldown, so a breaker cannot stick.
     probe_since: float = 0.0
+    window: list[_Bucket] = field(default_factory=lambda: [_Bucket() for _ in range(_BUCKETS)])
 
 
 class Health:
     def __init__(self, config: CircuitBreaker,
-                 now: Callable[[], float] = time.monotonic) -> None:
-        self._cfg = config
+                 now: Callable[[], float] = time.monotonic, tenants: int = 0) -> None:
         self._states: dict[str, _State] = {}
         self._now = now
+        self.configure(config, tenants)
+
+    def configure(self, config: CircuitBreaker, tenants: int) -> None:
+        """A (re)loaded policy's settings; `tenants` is how many the policy declares."""
+        self._cfg = config
+        self._need = max(1, min(config.min_tenants, tenants))
+        self._bucket_s = config.window_s / _BUCKETS
 
     def available(self, deployment_id: str) -> bool:
         """False while cooling down; after the cooldown one caller gets through as the probe."""
@@ -48,28 +79,74 @@ class Health:
 
     def success(self, deployment_id: str) -> None:
         st = self._states.get(deployment_id)
-        if st is not None and (st.failures or st.open_until):
+        if st is None:
+            return  # never failed: nothing to count (the ratio is 0)
+        self._bucket(st).ok += 1
+        if st.failures or st.open_until:
             st.failures = 0
+            st.callers.clear()
             st.open_until = 0.0
             st.probe_since = 0.0
 
-    def failure(self, deployment_id: str, retry_after: float | None = None) -> bool:
-        """Count a retryable failure; returns True when it (re)opened the breaker."""
+    def failure(self, deployment_id: str, retry_after: float | None = None, *,
+                caller: str | None = None, caused_by_backend: bool = False) -> bool:
+        """Count a retryable failure of a request from tenant `caller`; returns True when it
+        (re)opened the breaker."""
         st = self._states.setdefault(deployment_id, _State())
+        source = _BACKEND if caused_by_backend or caller is None else caller
         st.failures += 1
+        st.callers.add(source)
+        bucket = self._bucket(st)
+        bucket.failed += 1
+        bucket.callers.add(source)
         cfg = self._cfg
         # An upstream that says when to come back is believed at once (within the cap);
         # a failed probe re-opens immediately.
-        if retry_after is not None or st.probe_since or st.failures >= cfg.failures:
-            wait = cfg.cooldown_s
-            if retry_after is not None:
-                wait = min(max(retry_after, 0.0), cfg.max_cooldown_s)
-                if st.failures >= cfg.failures:
-                    wait = max(wait, cfg.cooldown_s)
-            st.open_until = self._now() + wait
-            st.probe_since = 0.0
-            return True
+        if retry_after is not None or st.probe_since:
+            return self._open(st, retry_after)
+        if st.failures >= cfg.failures and self._enough(st.callers):
+            return self._open(st, None)
+        if self._ratio_exceeded(st):
+            return self._open(st, None)
         return False
+
+    def _open(self, st: _State, retry_after: float | None) -> bool:
+        cfg = self._cfg
+        wait = cfg.cooldown_s
+        if retry_after is not None:
+            wait = min(max(retry_after, 0.0), cfg.max_cooldown_s)
+            if st.failures >= cfg.failures:
+                wait = max(wait, cfg.cooldown_s)
+        st.open_until = self._now() + wait
+        st.probe_since = 0.0
+        # What opened it is spent: after the cooldown, a probe and fresh evidence decide.
+        for b in st.window:
+            b.epoch = -1
+        return True
+
+    def _enough(self, callers: set[str]) -> bool:
+        return _BACKEND in callers or len(callers) >= self._need
+
+    def _bucket(self, st: _State) -> _Bucket:
+        epoch = int(self._now() / self._bucket_s)
+        b = st.window[epoch % _BUCKETS]
+        if b.epoch != epoch:
+            b.epoch, b.ok, b.failed = epoch, 0, 0
+            b.callers.clear()
+        return b
+
+    def _ratio_exceeded(self, st: _State) -> bool:
+        oldest = int(self._now() / self._bucket_s) - _BUCKETS
+        ok = failed = 0
+        callers: set[str] = set()
+        for b in st.window:
+            if b.epoch > oldest:
+                ok += b.ok
+                failed += b.failed
+                callers |= b.callers
+        total = ok + failed
+        return (total >= self._cfg.min_requests and failed >= self._cfg.failure_ratio * total
+                and self._enough(callers))
 
     def release_probe(self, deployment_id: str) -> None:
         """A probe that ended without a verdict (client error, cancelled) frees the slot."""

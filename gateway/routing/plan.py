@@ -21,6 +21,8 @@ class RoutePlan:
     context_fallbacks: tuple[str, ...]
     """Models to switch to when a deployment says the prompt is too long."""
     max_attempts: int
+    skipped: tuple[str, ...] = ()
+    """Fallback models left out because the caller may not use them (named in the 502)."""
 
 
 class Router:
@@ -57,32 +59,41 @@ class Router:
             return cands
         return self._strategies[model].order(cands, signals, call)
 
-    def plan(self, call: Call, models: Sequence[str] | None = None) -> RoutePlan:
+    def plan(self, call: Call, models: Sequence[str] | None = None, *,
+             allowed: frozenset[str] | None = None, require: bool = True) -> RoutePlan:
         """Plan for the call's model and its fallbacks (or for ``models``, e.g. the context
-        fallbacks). Raises ServiceUnavailable when every deployment is cooling down."""
+        fallbacks). Models outside ``allowed`` (the caller's tenant's list; None: all) are
+        never planned — a tenant's request must not reach a model it may not use, fallbacks
+        included. Raises ServiceUnavailable when every deployment is cooling down, unless
+        ``require`` is false (an empty plan is then returned)."""
         route = self._policy.models[call.model]
         names = list(models) if models is not None else [call.model, *route.fallbacks]
+        skipped = tuple(n for n in names if allowed is not None and n not in allowed)
+        if skipped:
+            names = [n for n in names if n not in skipped]
         signals = self._signals()
         unhealthy = self._unhealthy()
         attempts: list[Target] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for name in names:
             for t in self.order(name, call, signals, unhealthy):
                 if (name, t.id) not in seen:
-                    seen.add((name, t.id))  # type: ignore[arg-type]
+                    seen.add((name, t.id))
                     attempts.append(t)
         max_attempts = route.max_attempts or self._policy.router.max_attempts
-        if not attempts:
-            raise self._all_down(names)
-        return RoutePlan(tuple(attempts), tuple(route.context_fallbacks), max_attempts)
+        if not attempts and require:
+            raise self._all_down(names, skipped)
+        return RoutePlan(tuple(attempts), tuple(route.context_fallbacks), max_attempts, skipped)
 
-    def _all_down(self, names: Sequence[str]) -> ServiceUnavailable:
+    def _all_down(self, names: Sequence[str], skipped: Sequence[str] = ()) -> ServiceUnavailable:
         ids = [t.id for n in names for t in self._targets.get(n, ()) if t.deployment.weight > 0]
         waits = [self._health.cooling_for(i) for i in ids]
         wait = max(1, int(min((w for w in waits if w > 0), default=1) + 0.999))
         return ServiceUnavailable(
             f"Every deployment of {', '.join(repr(n) for n in names)} is unavailable "
             f"(cooling down after failures or failing health checks: {', '.join(ids)}). "
-            f"Retry after {wait} s.",
+            + (f"Fallback {', '.join(repr(n) for n in skipped)} was skipped: this key's "
+               "tenant may not use it. " if skipped else "")
+            + f"Retry after {wait} s.",
             headers={"Retry-After": str(wait)},
         )

@@ -13,6 +13,7 @@ Scripting is `FakeServer`'s.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -133,9 +134,12 @@ class FakeAzure(FakeServer):
                      "content_filter_results": {} if finish else _FILTER}]
 
         usage_null = None if include else "absent"
-        events = [data_event({"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                              "prompt_filter_results": _PROMPT_FILTER}),
-                  chunk(choice({"role": "assistant", "content": ""}), usage_null)]
+        # Azure's first chunk, compact as the service writes it: only the prompt's filter
+        # results, no choices (clients reading `chunk.choices[0]` trip on it).
+        prompt_filter = b"data: " + json.dumps(
+            {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+             "prompt_filter_results": _PROMPT_FILTER}, separators=(",", ":")).encode() + b"\n\n"
+        events = [prompt_filter, chunk(choice({"role": "assistant", "content": ""}), usage_null)]
         events += [chunk(choice({"content": w}), usage_null) for w in words]
         events.append(chunk(choice({}, "stop"), usage_null))
         if include:

@@ -86,6 +86,9 @@ class FakeServer:
         self.client_gone = 0
         self.completed_streams = 0
         self.chunk_delay = 0.0
+        # A request whose body contains this text fails with HTTP 500 every time (input that
+        # crashes a backend's handler: a "poison" request).
+        self.poison: str | None = None
 
     # ---- scripting ---------------------------------------------------------------------------
 
@@ -200,6 +203,11 @@ class FakeServer:
         self.requests.append(Recorded(request.path, dict(request.headers), body,
                                       dict(request.query)))
         return body
+
+    def poison_fault(self, body: Any) -> Fault | None:
+        if self.poison is not None and self.poison in json.dumps(body):
+            return Fault("fail", status=500)
+        return None
 
     def fail_body(self, status: int) -> Any:
         """The body of a `fail_next` failure queued without one: OpenAI's error shape here,

@@ -120,7 +120,7 @@ class FakeOpenAI(FakeServer):
             denied = self._auth_error(request)
             if denied is not None:
                 return denied
-            fault = self.take_fault()
+            fault = self.poison_fault(body) or self.take_fault()
             pre = await self.apply_pre_fault(fault)
             if pre is not None:
                 return pre

@@ -236,12 +236,15 @@ class LedgerDB:
                 return []  # the writer has not created its tables yet
 
     def request(self, request_id: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM requests WHERE request_id = %s", (request_id,))
+        """The row of the request the client sent with `x-request-id: request_id` (the ledger's
+        own key is the gateway's; the client's id is kept beside it)."""
+        rows = self._query("SELECT * FROM requests WHERE client_request_id = %s",
+                           (request_id,))
         return rows[0] if rows else None
 
     def attempts(self, request_id: str) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM attempts WHERE request_id = %s ORDER BY idx",
-                           (request_id,))
+        return self._query("SELECT a.* FROM attempts a JOIN requests r USING (request_id) "
+                           "WHERE r.client_request_id = %s ORDER BY a.idx", (request_id,))
 
     def wait_request(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
         row: dict[str, Any] = poll(lambda: self.request(request_id), timeout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.accounting.ledger_rows import BUCKETS
 from gateway.limits.budget import period_end
+from tests.fakes.base import free_port
 from tests.integration.tenancy_support import (
     ADMIN_KEY,
     MSG,
@@ -261,3 +263,67 @@ def test_admin_budget_shows_limit_spend_and_reset(gw: Any, pg_schema: str) -> No
     assert admin("GET", gw.url, "/admin/budgets/globex").json()["budget"] == []
     r = admin("GET", gw.url, "/admin/budgets/acmee")
     assert r.status_code == 404 and "acme, globex" in r.json()["error"]["message"]
+
+
+# ---- errors that name the way out, and keep the database to the log -------------------------
+
+def test_admin_usage_for_an_unknown_tenant_is_404_naming_the_known_ones(gw: Any) -> None:
+    for tenant in ("globx", ""):
+        r = admin("GET", gw.url, f"/admin/usage?{days()}&tenant={tenant}")
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert err["param"] == "tenant" and f"Unknown tenant {tenant!r}" in err["message"]
+        assert "Known tenants: acme, globex." in err["message"]
+    # A declared tenant without usage is an empty report, not an error.
+    r = admin("GET", gw.url, f"/admin/usage?{days()}&tenant=globex")
+    assert r.status_code == 200 and r.json()["totals"]["requests"] == 0
+
+
+def test_create_key_refuses_a_malformed_expiry_with_400(gw: Any) -> None:
+    for expires, says in (("2026-13-01", "is not an ISO date"), (20260101, "must be a string"),
+                          ("9999-12-31", "beyond the last date")):
+        r = admin("POST", gw.url, "/admin/keys", json={"tenant": "acme", "expires": expires})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "expires" and says in err["message"]
+    r = admin("POST", gw.url, "/admin/keys", json={"tenant": "acme", "name": ["x"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_usage_with_the_ledger_down_says_nothing_of_the_database(
+        redis_prefix: str, up: StampedFake, tmp_path: Any, gateway: Any) -> None:
+    # A PostgreSQL URL where nothing listens: user, host, port and database are all ours.
+    port = free_port()
+    url = f"postgresql://ledger_user@127.0.0.1:{port}/usage_db"
+    gw = gateway(tenant_policy(
+        tmp_path, "public", redis_prefix, {"up": fake_provider(up)},
+        {"chat": {"deployments": [{"provider": "up", "model": "m"}]}},
+        {"acme": {"keys": [ACME.entry()]}}, ledger_url=url))
+    seen = _Records()
+    logging.getLogger("gateway.api").addHandler(seen)
+    try:
+        answers = [httpx.get(f"{gw.url}/v1/usage", timeout=30,
+                             headers={"Authorization": f"Bearer {ACME.key}"}),
+                   admin("GET", gw.url, "/admin/usage"),
+                   admin("GET", gw.url, "/admin/usage?tenant=acme")]
+    finally:
+        logging.getLogger("gateway.api").removeHandler(seen)
+    for r in answers:
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        message = r.json()["error"]["message"]
+        assert message == "The usage ledger cannot be read right now. Retry shortly."
+        for secret in ("ledger_user", "127.0.0.1", str(port), "usage_db", "postgres"):
+            assert secret not in r.text
+    # The operator's log has the detail, at warning.
+    details = [rec.getMessage() for rec in seen.records if rec.levelno == logging.WARNING]
+    assert len(details) == 3
+    assert all(f"ledger_user@127.0.0.1:{port}/usage_db" in d for d in details)

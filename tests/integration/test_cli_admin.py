@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 
 from gateway.accounting.ledger_rows import BUCKETS
 from tests.integration.tenancy_support import (
@@ -195,3 +196,97 @@ def test_usage_report_refuses_bad_arguments(pg_schema: str, redis_prefix: str,
     assert bad.stderr.startswith("cannot read the ledger: no ledger tables") and \
         pg_schema in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ---- mistakes: one line each, naming the way out ---------------------------------------------
+
+def test_keys_create_refuses_an_expiry_in_the_past_or_malformed(
+        pg_schema: str, redis_prefix: str, up: StampedFake, tmp_path: Any) -> None:
+    config = write_policy(tmp_path, policy(tmp_path, pg_schema, redis_prefix, up))
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    for expires, says in ((yesterday, f"--expires {yesterday} is in the past"),
+                          ("2026-13-01", "bad --expires: expires '2026-13-01' is not an ISO "
+                                         "date (2026-03-31)"),
+                          ("9999-12-31", "beyond the last date")):
+        bad = run_cli("keys", "create", "--tenant", "acme", "--expires", expires, config=config,
+                      check=False)
+        assert bad.returncode == 2 and bad.stdout == "", bad.stderr
+        assert says in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert listed(config) == {}  # nothing was issued
+    # Today is fine: a bare date is valid through that UTC day.
+    today = datetime.now(UTC).date().isoformat()
+    assert run_cli("keys", "create", "--tenant", "acme", "--expires", today,
+                   config=config).stdout.startswith("gw-")
+
+
+def test_admin_commands_read_the_policy_in_GATEWAY_CONFIG(
+        pg_schema: str, redis_prefix: str, up: StampedFake, tmp_path: Any) -> None:
+    config = write_policy(tmp_path, policy(tmp_path, pg_schema, redis_prefix, up))
+    env = {"GATEWAY_CONFIG": str(config)}
+    # No --config: the policy the gateway serves, as `gateway serve` finds it.
+    key = run_cli("keys", "create", "--tenant", "acme", env=env).stdout.strip()
+    assert key.startswith("gw-")
+    assert [k["tenant"] for k in map(json.loads, run_cli("keys", "list",
+                                                         env=env).stdout.splitlines())] == ["acme"]
+    bad = run_cli("keys", "create", "--tenant", "acmee", env=env, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+    assert bad.stderr.startswith("unknown tenant 'acmee': not in the policy; did you mean "
+                                 "'acme'? Known tenants: acme, globex.")
+    assert f"{config} ($GATEWAY_CONFIG)" in bad.stderr and "pass --config FILE" in bad.stderr
+
+
+def test_admin_commands_say_when_they_read_the_default_policy() -> None:
+    # The embedded default has no tenants: an admin who forgot --config is told what was read.
+    bad = run_cli("keys", "create", "--tenant", "acme", env={"GATEWAY_CONFIG": ""},
+                  check=False)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+    assert "policies/default.yaml (the default path)" in bad.stderr
+    assert "pass --config FILE" in bad.stderr
+    missing = run_cli("keys", "list", env={"GATEWAY_CONFIG": "/nonexistent/policy.yaml"},
+                      check=False)
+    assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
+    assert "/nonexistent/policy.yaml: cannot read the policy" in missing.stderr
+    assert "(found by $GATEWAY_CONFIG)" in missing.stderr and "--config" in missing.stderr
+
+
+def test_keys_list_for_an_unknown_tenant_names_the_known_ones(
+        pg_schema: str, redis_prefix: str, up: StampedFake, tmp_path: Any) -> None:
+    config = write_policy(tmp_path, policy(tmp_path, pg_schema, redis_prefix, up))
+    run_cli("keys", "create", "--tenant", "globex", config=config)
+    assert run_cli("keys", "list", "--tenant", "acme", config=config).stdout == ""  # declared
+    bad = run_cli("keys", "list", "--tenant", "globx", config=config, check=False)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("unknown tenant 'globx': not in the policy or the key "
+                                 "database; did you mean 'globex'? Known tenants: acme, globex.")
+
+
+def test_usage_report_for_an_unknown_tenant_fails_naming_the_known_ones(
+        gw: Any, pg_schema: str, up: StampedFake, tmp_path: Any) -> None:
+    db = LedgerDB(pg_schema)
+    sdk(gw.base_url, GLOBEX.key).chat.completions.create(model="chat", messages=MSG)
+    poll(lambda: db.count("globex") == 1, what="globex's request in the ledger")
+    bad = run_cli("usage", "report", "--tenant", "globx", config=gw.policy_path, check=False)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("unknown tenant 'globx': not in the policy or the ledger; "
+                                 "did you mean 'globex'? Known tenants: acme, globex.")
+    assert f"This read the policy {gw.policy_path} (--config)" in bad.stderr
+    # A tenant since removed from the policy still has its history.
+    doc = yaml.safe_load(gw.policy_path.read_text())
+    del doc["tenants"]["globex"]
+    without = write_policy(tmp_path, doc, "without-globex.yaml")
+    out = run_cli("usage", "report", "--tenant", "globex", "--format", "json", config=without)
+    assert json.loads(out.stdout)["totals"]["requests"] == 1
+    # ...and the ledger's tenants are among the known ones.
+    bad = run_cli("usage", "report", "--tenant", "nobody", config=without, check=False)
+    assert bad.returncode == 2 and "Known tenants: acme, globex." in bad.stderr
+
+
+def test_usage_report_defaults_to_month_to_date(gw: Any) -> None:
+    doc = json.loads(run_cli("usage", "report", "--format", "json",
+                             config=gw.policy_path).stdout)
+    today = datetime.now(UTC).date()
+    assert (doc["from"], doc["to"]) == (today.replace(day=1).isoformat(), today.isoformat())
+    # Either end alone: the other keeps its default.
+    doc = json.loads(run_cli("usage", "report", "--format", "json", "--from",
+                             today.replace(day=1).isoformat(), config=gw.policy_path).stdout)
+    assert doc["to"] == today.isoformat()

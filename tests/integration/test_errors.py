@@ -79,7 +79,7 @@ def test_upstream_key_never_leaks(gw, caplog) -> None:
     ok = httpx.post(gw.base_url + "/chat/completions",
                     json={"model": "chat", "messages": [{"role": "user", "content": "x"}]})
     missing = httpx.post(gw.base_url + "/chat/completions",
-                         json={"model": "nope", "messages": []})
+                         json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert ok.status_code == 200 and missing.status_code == 404
     for r in (ok, missing):
         assert "SECRET" not in r.text and "SECRET" not in str(r.headers)

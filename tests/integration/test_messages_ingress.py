@@ -74,7 +74,7 @@ def recorded_usage(tmp: Path, request_id: str) -> Usage | None:
         try:
             today = datetime.now(UTC).date()
             for r in ledger.read_records(today - timedelta(days=1), today + timedelta(days=1)):
-                if r.request_id == request_id:
+                if r.client_request_id == request_id:
                     found.append(next(a.usage for a in r.attempts if a.outcome == "ok"))
                     return True
             return False

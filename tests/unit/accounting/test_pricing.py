@@ -14,7 +14,6 @@ from gateway.accounting.pricing import (
     PricingError,
     Rates,
     allocate_exact,
-    gpu_cost,
     plain,
     reprice,
 )
@@ -187,5 +186,12 @@ def test_allocate_exact_random_cases_always_reconcile() -> None:
             assert allocate_exact(total, dict(reversed(weights.items()))) == parts
 
 
-def test_gpu_cost_is_rate_times_whole_hours() -> None:
-    assert gpu_cost(Decimal("2.75"), 744) == Decimal("2046.00")
+def test_same_gpu_deployment_with_different_gpu_since_is_refused() -> None:
+    dep = {"provider": "gpu", "model": "llama", "gpu_cost_per_hour": "2"}
+    p = Policy.model_validate({
+        "providers": {"gpu": {"kind": "vllm", "base_url": "http://y/v1"}},
+        "models": {"a": {"deployments": [{**dep, "gpu_since": "2026-03-01"}]},
+                   "b": {"deployments": [{**dep, "gpu_since": "2026-03-02"}]}},
+    })
+    with pytest.raises(PricingError, match=r"also declared at models\.a"):
+        PriceBook(p)

@@ -25,7 +25,8 @@ def test_golden_translation_and_call_fields() -> None:
     assert call.ingress == "anthropic" and call.endpoint == "chat"
     assert call.model == "claude-public" and call.stream and call.client_include_usage
     assert call.native_body == json.loads(raw)
-    assert call.api_key == "gw-client-key" and call.request_id == "req-7"
+    assert call.api_key == "gw-client-key" and call.client_request_id == "req-7"
+    assert call.request_id != "req-7"  # the ledger key is always the gateway's own
     assert call.headers["anthropic-beta"] == "tools-2024-05-16"
     assert "x-api-key" not in call.headers  # credentials stay with authentication
     assert call.session == "u-7"

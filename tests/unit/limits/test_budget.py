@@ -118,3 +118,15 @@ def test_periods_are_utc_calendar_months_and_days() -> None:
     dec = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
     assert period_end("month", dec) == datetime(2027, 1, 1, tzinfo=UTC)
     assert period_end("day", dec) == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_alert_log_names_the_period_in_english(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.limits.budget import fire_alerts
+    from gateway.limits.rules import BudgetRule
+
+    for period, word in (("day", "daily"), ("month", "monthly")):
+        rule = BudgetRule("acme", period, Decimal("10"), True, (0.5,))  # type: ignore[arg-type]
+        with caplog.at_level("WARNING", logger="gateway.limits.budget"):
+            fire_alerts(rule, "p", 0, 1, to_nano(Decimal("6")), None)
+        assert f"of its {word} $10" in caplog.text or f"of its {word} " in caplog.text
+        assert "dayly" not in caplog.text

@@ -131,6 +131,10 @@ def test_gateway_deployment_keeps_the_operational_contract() -> None:
     policy_mount = mounts["policy"]
     assert config == f"{policy_mount['mountPath']}/policy.yaml"
     assert "subPath" not in policy_mount
+    # `kubectl exec … gateway keys|usage …` has no --config: $GATEWAY_CONFIG must name the
+    # same file, or the commands read policies/default.yaml and another database.
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["GATEWAY_CONFIG"] == config
     assert volumes["policy"]["configMap"]["name"] == "gateway-policy"
     # var/ (the ledger spill file) is writable: an emptyDir under the image's WORKDIR.
     assert "emptyDir" in volumes[mounts["var"]["name"]]
@@ -166,3 +170,12 @@ def test_dockerfile_builds_the_image_the_manifests_expect(line: str) -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert line in text.splitlines()
     assert "pip install ." in text
+
+
+def test_dockerfile_points_admin_commands_at_the_policy_it_serves() -> None:
+    # `docker exec CONTAINER gateway usage report` reads $GATEWAY_CONFIG: the file CMD serves.
+    text = (DEPLOY / "Dockerfile").read_text()
+    runtime = text.split("\nFROM ")[-1]  # the last stage is the image
+    assert "    GATEWAY_CONFIG=/etc/gateway/policy.yaml \\" in runtime.splitlines()
+    cmd = next(x for x in runtime.splitlines() if x.startswith("CMD "))
+    assert '"--config", "/etc/gateway/policy.yaml"' in cmd

@@ -19,11 +19,11 @@ from starlette.datastructures import Headers
 from gateway.accounting.records import AttemptOutcome, AttemptRecord, RequestRecord
 from gateway.accounting.usage import Usage
 from gateway.call import Call
+from gateway.observability.trace_export import exporters_from_env
 from gateway.observability.tracing import (
     NOOP_ATTEMPT,
     NOOP_REQUEST,
     Tracing,
-    exporters_from_env,
 )
 from gateway.policy.load import parse_policy
 from gateway.policy.models import Policy

@@ -10,7 +10,7 @@ import pytest
 from gateway.policy.models import AzureProvider, Deployment
 from gateway.providers.azure import AnyModelRename, AzureAdapter
 from gateway.providers.base import ErrorKind, Target
-from tests.unit.providers.golden import call, sse_events
+from tests.unit.providers.golden import call, feed_in_pieces, sse_events
 
 KEY = "azure-key-0123456789abcdef"
 TARGET = Target("gpt-4o", Deployment(provider="az", model="gpt4o-prod"), "az")
@@ -57,17 +57,44 @@ def test_reply_model_is_the_public_name_not_azures_model_name() -> None:
     assert reply.usage is not None and reply.usage.prompt_tokens == 3
 
 
-def test_stream_renames_every_chunk_including_the_filter_chunk() -> None:
-    chunks = [{"choices": [], "created": 0, "id": "", "model": "", "object": "",
-               "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]},
-              {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06",
-               "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}]
-    data = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
-    tr = adapter().stream(call({"model": "gpt-4o"}, stream=True), TARGET, False)
-    out = tr.feed(data + b"data: [DONE]\n\n") + tr.finish()
-    events = sse_events(out)
-    assert [e[1]["model"] for e in events[:-1]] == ["gpt-4o", "gpt-4o"]
-    assert tr.done
+# Azure's first stream chunk, byte for byte as the service sends it (compact JSON).
+FILTER_CHUNK = (b'data: {"choices":[],"created":0,"id":"","model":"","object":"",'
+                b'"prompt_filter_results":[{"prompt_index":0,"content_filter_results":'
+                b'{"hate":{"filtered":false,"severity":"safe"}}}]}\n\n')
+
+
+def azure_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    return b"data: " + json.dumps({
+        "id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                     "content_filter_results": {}}], **extra}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+@pytest.mark.parametrize("include", [False, True])
+def test_stream_folds_the_prompt_filter_chunk_into_the_next_chunk(spaced: bool,
+                                                                  include: bool) -> None:
+    first = FILTER_CHUNK.replace(b'":', b'": ').replace(b",", b", ") if spaced else FILTER_CHUNK
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    data = (first + azure_chunk({"role": "assistant", "content": ""}, usage=None)
+            + azure_chunk({"content": "hi"}, usage=None) + azure_chunk({}, "stop", usage=None)
+            + b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk",
+                                      "model": "gpt-4o-2024-08-06", "choices": [],
+                                      "usage": usage}).encode() + b"\n\n"
+            + b"data: [DONE]\n\n")
+    tr = adapter().stream(call({"model": "gpt-4o"}, stream=True, include_usage=include),
+                          TARGET, False)
+    events = sse_events(feed_in_pieces(tr, data))
+    chunks = [e[1] for e in events[:-1]]
+    # Every chunk but the usage chunk the client asked for has a choice to read.
+    assert all(c["choices"] for c in (chunks[:-1] if include else chunks))
+    assert [c["choices"][0]["delta"] for c in chunks[:3]] == [
+        {"role": "assistant", "content": ""}, {"content": "hi"}, {}]
+    assert chunks[0]["prompt_filter_results"][0]["prompt_index"] == 0
+    assert all("prompt_filter_results" not in c for c in chunks[1:])
+    assert all(c["model"] == "gpt-4o" for c in chunks)
+    assert len(chunks) == (4 if include else 3)
+    assert tr.done and tr.usage is not None and tr.usage.total == 4
 
 
 def test_rename_handles_escapes_and_spacing() -> None:

@@ -134,3 +134,88 @@ def test_classification(status: int, body: bytes, kind: ErrorKind) -> None:
     assert c.kind is kind
     assert "sk-secret-key-123" not in c.message
     assert c.retry_after == 3.0
+
+
+def role_chunk(**extra: object) -> dict:
+    return {"id": "c", "object": "chat.completion.chunk", "model": "llama-up",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                         "logprobs": None, "finish_reason": None}], **extra}
+
+
+def delta_chunk(delta: dict, finish: str | None = None) -> dict:
+    return {"id": "c", "object": "chat.completion.chunk", "model": "llama-up",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_role_chunk_is_held_until_content_then_released_in_order() -> None:
+    s = adapter().stream(call(stream=True), TARGET, False)
+    empty = delta_chunk({"content": "", "refusal": None, "tool_calls": []})
+    # Until content exists nothing reaches the client, so an upstream that drops here can
+    # still be replaced by the next deployment.
+    assert s.feed(sse(role_chunk())) == b""
+    assert s.feed(b": keep-alive\n\n" + sse(empty)) == b""
+    assert not s.done and s.error is None
+    out = s.feed(sse(chunk("Hi")))
+    events = [e for e in out.split(b"\n\n") if e]
+    assert events[1] == b": keep-alive"
+    deltas = [json.loads(e[6:])["choices"][0]["delta"] for e in (events[0], *events[2:])]
+    assert deltas == [{"role": "assistant", "content": ""}, empty["choices"][0]["delta"],
+                      {"content": "Hi"}]
+    # Once content flows, chunks pass through as the bytes they came in (model renamed).
+    later = sse(chunk("there"))
+    assert s.feed(later) == later.replace(b'"llama-up"', b'"chat"')
+
+
+@pytest.mark.parametrize("first", [
+    delta_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                 "function": {"name": "f", "arguments": ""}}]}),
+    delta_chunk({"reasoning_content": "thinking"}),
+    delta_chunk({"refusal": "no"}),
+    delta_chunk({}, finish="stop"),
+    {"id": "c", "object": "text_completion", "model": "llama-up",
+     "choices": [{"index": 0, "text": "Hi", "finish_reason": None}]},
+], ids=["tool_call", "reasoning", "refusal", "finish_reason", "completions_text"])
+def test_held_frames_are_released_by_any_real_delta(first: dict) -> None:
+    s = adapter().stream(call(stream=True), TARGET, False)
+    assert s.feed(sse(role_chunk())) == b""
+    events = [json.loads(e[6:]) for e in s.feed(sse(first)).split(b"\n\n") if e]
+    assert len(events) == 2
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[1]["choices"] == first["choices"]
+
+
+def test_done_releases_a_stream_without_content() -> None:
+    s = adapter().stream(call(stream=True), TARGET, False)
+    assert s.feed(sse(role_chunk())) == b""
+    out = s.feed(sse(b"[DONE]"))
+    assert s.done and out.endswith(b"data: [DONE]\n\n") and out.count(b"data: ") == 2
+
+
+def test_error_after_the_role_chunk_is_classified_and_nothing_is_released() -> None:
+    s = adapter().stream(call(stream=True), TARGET, False)
+    out = s.feed(sse(role_chunk(), {"error": {"message": "overloaded", "type": "x"}}))
+    assert out == b"" and s.error is not None and s.error.kind is ErrorKind.RETRYABLE
+
+
+def test_held_vllm_role_chunk_has_our_usage_request_stripped() -> None:
+    s = adapter("vllm").stream(call(stream=True), TARGET, False)
+    assert s.feed(sse(role_chunk(usage=U))) == b""
+    out = s.feed(sse(chunk("Hi", U)))
+    payloads = [json.loads(e[6:]) for e in out.split(b"\n\n") if e]
+    assert len(payloads) == 2 and all("usage" not in p for p in payloads)
+    assert s.usage is not None and s.usage.total == 14
+
+
+@pytest.mark.parametrize("include", [False, True])
+@pytest.mark.parametrize("spacing", [b'"choices":[]', b'"choices": []'])
+def test_chunk_with_empty_choices_that_is_not_usage_never_reaches_the_client(
+        include: bool, spacing: bytes) -> None:
+    s = adapter().stream(call(stream=True, include_usage=include), TARGET, False)
+    odd = b'{"id":"c","object":"chat.completion.chunk","model":"llama-up",' + spacing + b"}"
+    raw = sse(chunk("a", None), odd, chunk("b", None), odd, chunk(None, U), b"[DONE]")
+    out = b"".join(s.feed(raw[i:i + 9]) for i in range(0, len(raw), 9)) + s.finish()
+    payloads = [json.loads(e[6:]) for e in out.split(b"\n\n") if e and e != b"data: [DONE]"]
+    with_choices = [p for p in payloads if p["choices"]]
+    assert [p["choices"][0]["delta"]["content"] for p in with_choices] == ["a", "b"]
+    # The only chunk without a choice is the usage chunk, and only when the client asked.
+    assert [p.get("usage") for p in payloads if not p["choices"]] == ([U] if include else [])

@@ -1,0 +1,155 @@
+"""The response shapes of `/openapi.json`: what the gateway promises to send back.
+
+Request bodies are not here: they are generated from the models the handlers validate with
+(`api/bodies.py`). Replies are written as JSON Schema by hand because the gateway never builds
+them from a model — most pass through from a backend as bytes — so these declare the keys every
+reply has, whichever backend served it, and allow the rest (a backend's extra keys reach the
+client untouched). `tests/integration/test_openapi_fuzz.py` checks real replies against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+_STR: Schema = {"type": "string"}
+_INT: Schema = {"type": "integer"}
+_NULLABLE_STR: Schema = {"type": ["string", "null"]}
+# Money leaves the gateway as a decimal string ("0.021"), never a float (docs/accounting.md).
+_MONEY: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
+
+
+def _object(required: list[str], **properties: Schema) -> Schema:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _event(payload: Schema) -> Schema:
+    """An OpenAI stream event: `data` is `[DONE]` or JSON matching `payload`."""
+    return {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+        {"const": "[DONE]"},
+        {"contentMediaType": "application/json", "contentSchema": payload}]}}}
+
+
+_USAGE = _object(["prompt_tokens", "total_tokens"], prompt_tokens=_INT,
+                 completion_tokens=_INT, total_tokens=_INT)
+
+RESPONSES: dict[str, Schema] = {
+    # ---- errors: OpenAI's object (every route but /v1/messages), Anthropic's on /v1/messages
+    "Error": _object(["error"], error=_object(
+        ["message", "type", "param", "code"], message=_STR, type=_STR, param=_NULLABLE_STR,
+        code=_NULLABLE_STR)),
+    "AnthropicError": _object(["type", "error"], type={"const": "error"}, error=_object(
+        ["type", "message"], type=_STR, message=_STR)),
+    # ---- OpenAI-compatible replies
+    "ChatCompletion": _object(
+        ["id", "object", "model", "choices"], id=_STR, object={"const": "chat.completion"},
+        created=_INT, model=_STR, usage=_USAGE,
+        choices={"type": "array", "items": _object(
+            ["index", "message"], index=_INT, finish_reason=_NULLABLE_STR,
+            message=_object(["role"], role=_STR, content=_NULLABLE_STR))}),
+    "Completion": _object(
+        ["id", "object", "model", "choices"], id=_STR, object={"const": "text_completion"},
+        created=_INT, model=_STR, usage=_USAGE,
+        choices={"type": "array", "items": _object(["index", "text"], index=_INT, text=_STR,
+                                                   finish_reason=_NULLABLE_STR)}),
+    "EmbeddingList": _object(
+        ["object", "data", "model"], object={"const": "list"}, model=_STR, usage=_USAGE,
+        data={"type": "array", "items": _object(
+            ["object", "embedding", "index"], object={"const": "embedding"}, index=_INT,
+            # A list of floats, or base64 text with `encoding_format: base64`.
+            embedding={"anyOf": [{"type": "array", "items": {"type": "number"}}, _STR]})}),
+    "Model": _object(
+        ["id", "object", "created", "owned_by"], id=_STR, object={"const": "model"},
+        created=_INT, owned_by=_STR, type=_STR, description=_STR, context_length=_INT,
+        pricing={"type": "object", "additionalProperties": _MONEY,
+                 "description": "USD per million tokens for this caller, today."}),
+    "ModelList": _object(["object", "data"], object={"const": "list"},
+                         data={"type": "array", "items": ref("Model")}),
+    # ---- streams: Open API 3.1 has a `text/event-stream` schema describe one event; `data`
+    # is JSON (a chunk, or the error that ended the stream) or OpenAI's closing `[DONE]`.
+    "ChatCompletionChunk": _object(
+        ["object", "choices"], id=_STR, object={"const": "chat.completion.chunk"}, model=_STR,
+        choices={"type": "array", "items": _object(["index"], index=_INT)},
+        usage={"anyOf": [_USAGE, {"type": "null"}]}),
+    "CompletionChunk": _object(
+        ["object", "choices"], id=_STR, object={"const": "text_completion"}, model=_STR,
+        choices={"type": "array", "items": _object(["index"], index=_INT)},
+        usage={"anyOf": [_USAGE, {"type": "null"}]}),
+    "ChatCompletionEvent": _event({"anyOf": [ref("ChatCompletionChunk"), ref("Error")]}),
+    "CompletionEvent": _event({"anyOf": [ref("CompletionChunk"), ref("Error")]}),
+    # Anthropic's events: message_start … message_stop, `ping`, or `error`; each names its type.
+    "MessageEvent": {"type": "object", "required": ["event", "data"], "properties": {
+        "event": _STR, "data": {"contentMediaType": "application/json",
+                                "contentSchema": _object(["type"], type=_STR)}}},
+    # ---- Anthropic Messages reply
+    "Message": _object(
+        ["id", "type", "role", "content", "model", "usage"], id=_STR, type={"const": "message"},
+        role={"const": "assistant"}, model=_STR, stop_reason=_NULLABLE_STR,
+        content={"type": "array", "items": _object(["type"], type=_STR)},
+        usage=_object(["input_tokens", "output_tokens"], input_tokens=_INT,
+                      output_tokens=_INT)),
+    # ---- health
+    "Health": _object(["status"], status={"const": "ok"}),
+    "Readiness": _object(
+        ["status"], status={"enum": ["ready", "not_ready", "draining"]},
+        keys_loaded={"type": "boolean"},
+        deployments={"type": "object", "additionalProperties": {
+            "enum": ["ok", "cooldown", "unhealthy", "disabled"]},
+            "description": "Each deployment's state, by deployment id."}),
+    # ---- admin
+    "Key": _object(
+        ["id", "tenant", "source"], id=_STR, tenant=_STR, name=_NULLABLE_STR,
+        hint=_NULLABLE_STR, source={"enum": ["policy", "store"]},
+        created_at=_NULLABLE_STR, expires_at=_NULLABLE_STR, revoked_at=_NULLABLE_STR),
+    "IssuedKey": {"allOf": [ref("Key"), _object(
+        ["key"], key={"type": "string", "description": "The plaintext key, shown only once."})]},
+    "KeyList": _object(["data"], data={"type": "array", "items": ref("Key")}),
+    "CreateKey": {
+        "type": "object", "required": ["tenant"],
+        "properties": {
+            "tenant": {"type": "string", "description": "A tenant declared in the policy."},
+            "name": {"type": ["string", "null"], "description": "A label for the key."},
+            "expires": {"anyOf": [{"type": "string", "format": "date"},
+                                  {"type": "string", "format": "date-time"}, {"type": "null"}],
+                        "description": "When the key stops working: a date (2026-03-31, "
+                                       "usable through that UTC day) or a datetime "
+                                       "(2026-03-31T18:00:00Z)."}}},
+    "UsageReport": _object(
+        ["from", "to", "group_by", "rows", "totals"], tenant=_NULLABLE_STR,
+        group_by={"type": "array", "items": _STR},
+        rows={"type": "array", "items": {"type": "object"}},
+        totals={"type": "object", "properties": {"cost_usd": _MONEY}},
+        gpu_allocation={"type": "array", "items": {"type": "object"}},
+        **{"from": {"type": "string", "format": "date"},
+           "to": {"type": "string", "format": "date"}}),
+    "RequestList": _object(
+        ["from", "to", "filters", "limit", "has_more", "data"], filters={"type": "object"},
+        limit=_INT, has_more={"type": "boolean", "description": "More requests match than "
+                              "`limit`: these are the newest."},
+        data={"type": "array", "items": _object(
+            ["request_id", "client_request_id", "ts", "tenant", "model", "status", "cost_usd",
+             "attempts"],
+            request_id={"type": "string", "description": "The gateway's id (the ledger's key, "
+                        "`x-gateway-request-id`)."},
+            client_request_id={"type": ["string", "null"], "description": "The client's "
+                               "`x-request-id`; not unique."},
+            ts=_STR, tenant=_STR, key_id=_STR, model=_STR, status=_INT, cost_usd=_MONEY,
+            total_tokens=_INT, deployment=_NULLABLE_STR,
+            attempts={"type": "array", "items": _object(
+                ["deployment", "outcome", "status", "cost_usd"], deployment=_STR,
+                outcome=_STR, status={"type": ["integer", "null"]},
+                duration_ms={"type": "number"}, cost_usd=_MONEY)})},
+        **{"from": {"type": "string", "format": "date"},
+           "to": {"type": "string", "format": "date"}}),
+    "BudgetStatus": _object(
+        ["tenant", "budget"], tenant=_STR,
+        budget={"type": "array", "items": _object(
+            ["period", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at"],
+            period={"enum": ["month", "day"]}, period_id=_STR, limit_usd=_MONEY,
+            spent_usd=_MONEY, reserved_usd=_MONEY, remaining_usd=_MONEY, resets_at=_STR)}),
+}

@@ -1,0 +1,252 @@
+"""StreamResponse: the ASGI response that pumps an open upstream stream to the client.
+
+It watches for the client going away itself (rather than relying on a send failing later) so
+the upstream is cancelled — or drained, by policy — at once. However the stream ends, its
+record is closed exactly once (`closing.py`), and before the client's last byte when there is
+one: done, an upstream failure, a client gone, an unexpected error, or a shutdown (an SSE
+error event in the ingress's shape, and `gateway_shutdown` in the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.accounting.records import AttemptOutcome, AttemptRecord, RequestRecord
+from gateway.call import Call
+from gateway.closing import Closer
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, sse_error_event
+from gateway.limits.base import Reservation
+from gateway.observability.tracing import RequestSpan
+from gateway.providers.base import StreamTranslator, Target
+from gateway.upstream import UpstreamFailure, UpstreamResponse
+
+log = logging.getLogger("gateway.proxy")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class Opened:
+    """A stream whose first bytes have arrived: from here on the status is fixed."""
+
+    target: Target
+    resp: UpstreamResponse
+    translator: StreamTranslator
+    first: bytes
+    started: float
+    ttft: float
+    drain: bool
+
+
+class StreamResponse:
+    def __init__(self, closer: Closer, call: Call, record: RequestRecord,
+                 reservation: Reservation | None, opened: Opened, codec: Any,
+                 headers: dict[str, str], t0: float, translate: bool = True,
+                 span: RequestSpan | None = None) -> None:
+        self.closer = closer
+        self.deps = closer.deps
+        self.span = span
+        self.call = call
+        self.record = record
+        self.reservation = reservation
+        self.o = opened
+        self.codec = codec if translate else None
+        self.error_codec = codec
+        self.headers = headers
+        self.t0 = t0
+        self.gone = False
+        self.complete = False
+        self._stopping = False
+        self._attempt: AttemptRecord | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                   (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    # uvicorn also reports "disconnect" once the response is complete.
+                    if not self.complete:
+                        self.gone = True
+                        task.cancel()
+                    return
+
+        def stop() -> None:
+            self._stopping = True
+            task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        self.closer.on_drain.add(stop)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._pump(send)
+        except asyncio.CancelledError:
+            if self.gone:
+                task.uncancel()
+            elif self._stopping or self.closer.draining:
+                task.uncancel()
+                await self._fail(send, ServiceUnavailable(
+                    "The gateway is shutting down and ended this stream; retry the request.",
+                    code="gateway_shutdown"), "cancelled")
+            else:
+                raise
+        except OSError:
+            self.gone = True
+        except Exception as e:
+            # A bug in a translator or codec: the client still gets a clear end, and the
+            # record says what happened (status 200 was already sent).
+            log.exception("unexpected error while streaming request %s", self.record.request_id)
+            self.record.error_class = type(e).__qualname__
+            await self._fail(send, GatewayError(
+                "The gateway hit an internal error during this stream; it has been logged. "
+                "Retry the request.", code="internal_error"), "failed_midstream")
+        finally:
+            watcher.cancel()
+            self.closer.on_drain.discard(stop)
+            self._closed_anyway()
+
+    async def _pump(self, send: Send) -> None:
+        o = self.o
+        tr = o.translator
+        codec_tr = self.codec.stream(self.call) if self.codec is not None else None
+
+        def shaped(data: bytes) -> bytes:
+            return codec_tr.feed(data) if codec_tr is not None and data else data
+
+        error: GatewayError | None = None
+        last = b""
+        try:
+            first = shaped(o.first)
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            if not tr.done:
+                async for data in o.resp.chunks():
+                    chunk = tr.feed(data)
+                    if tr.error is not None:
+                        error = UpstreamError(f"upstream {o.target.id} failed mid-stream: "
+                                              f"{tr.error.message}", code="upstream_stream_error")
+                        break
+                    if tr.done:
+                        last = chunk  # held: the record is journaled before the end
+                        break
+                    chunk = shaped(chunk)
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                else:
+                    if not tr.done:
+                        error = UpstreamError(f"upstream {o.target.id} ended the stream before "
+                                              "it was complete", code="upstream_stream_truncated")
+        except UpstreamFailure as e:
+            error = UpstreamError(f"upstream {o.target.id} failed mid-stream: {e}",
+                                  code="upstream_stream_error")
+        if error is not None:
+            self.deps.metrics.upstream_error(o.target.id, "midstream")
+            await self._fail(send, error, "failed_midstream")
+            return
+        tail = shaped(last) + shaped(tr.finish())
+        if codec_tr is not None:
+            tail += codec_tr.finish()
+        self._end("ok")
+        await self.closer.close(self.reservation, self.record, self.span)
+        self.complete = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await _read_to_eof(o.resp)
+        o.resp.release()
+
+    async def _fail(self, send: Send, error: GatewayError, outcome: AttemptOutcome) -> None:
+        """End the stream with one error event in the ingress's shape, after the record."""
+        self._end(outcome, error=error.code)
+        self.o.resp.close()
+        await self.closer.close(self.reservation, self.record, self.span)
+        body = self.error_codec.error_event(error) if self.error_codec is not None \
+            else sse_error_event(error)
+        self.complete = True
+        try:
+            async with asyncio.timeout(2.0):
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        except Exception:  # the connection is gone or broken: nothing more can reach it
+            self.gone = True
+
+    def _end(self, outcome: AttemptOutcome, error: str | None = None) -> AttemptRecord:
+        """Record the serving attempt, once: its outcome, usage and timings."""
+        if self._attempt is not None:
+            return self._attempt
+        o = self.o
+        elapsed = time.monotonic() - o.started
+        usage = o.translator.usage
+        if usage is not None and not o.translator.done:
+            usage = usage.with_source("provider_partial")
+        self._attempt = AttemptRecord(
+            o.target.id, o.target.provider_name, o.target.upstream_model, outcome, 200, usage,
+            elapsed * 1000, streamed_chunks=getattr(o.translator, "chunks", 0), error=error)
+        self.record.attempts.append(self._attempt)
+        # Until now the record read as the journal's marker (`gateway_interrupted`).
+        self.record.error_code = error
+        self.deps.signals.end(o.target.id, outcome == "ok", elapsed, o.ttft)
+        ttft = o.ttft + (o.started - self.t0)
+        self.record.ttft_ms = ttft * 1000
+        self.record.status = 200
+        self.record.latency_ms = (time.monotonic() - self.t0) * 1000
+        self.deps.metrics.request_done(self.call.model, 200, time.monotonic() - self.t0, ttft)
+        return self._attempt
+
+    def _closed_anyway(self) -> None:
+        """Runs once, however the stream ended; never awaits (it may run while cancelled).
+        What ended normally is closed already; this closes what the client left."""
+        if self.record.closed:
+            return
+        self.record.client_disconnected = True
+        if self.o.drain:
+            attempt = self._end("drained")
+            # Journal what is known now: should the process die while draining, the ledger
+            # still gets the partial count (the final record supersedes this line).
+            self.deps.settler.admitted(self.record)
+            self.closer.spawn(self._drain_then_close(attempt))
+            return
+        self._end("cancelled")
+        self.o.resp.close()
+        self.closer.close_now(self.reservation, self.record, self.span)
+
+    async def _drain_then_close(self, attempt: AttemptRecord) -> None:
+        """The client left but the provider bills the whole generation: read it for its count."""
+        o = self.o
+        try:
+            async with asyncio.timeout(300):
+                async for data in o.resp.chunks():
+                    o.translator.feed(data)
+                    if o.translator.done:
+                        break
+        except (UpstreamFailure, TimeoutError):
+            pass
+        finally:
+            o.resp.close()
+            usage = o.translator.usage
+            if usage is not None and not o.translator.done:
+                usage = usage.with_source("provider_partial")
+            attempt.usage = usage
+            attempt.streamed_chunks = getattr(o.translator, "chunks", 0)
+            attempt.duration_ms = (time.monotonic() - o.started) * 1000
+            self.closer.close_now(self.reservation, self.record, self.span)
+
+
+async def _read_to_eof(resp: UpstreamResponse) -> None:
+    """After the terminal event, read the (normally empty) rest so the connection can go back
+    to the pool; an upstream that keeps talking after [DONE] is cut off after a second."""
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in resp.chunks():
+                pass
+    except (UpstreamFailure, TimeoutError):
+        resp.close()
