@@ -4,6 +4,7 @@ the policy watcher."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -17,12 +18,17 @@ from starlette.routing import BaseRoute, Route
 from gateway.accounting.gpu_lifetimes import GpuLifetimes
 from gateway.accounting.settle import Settler
 from gateway.api import admin as admin_api
+from gateway.api import count_tokens as count_tokens_api
 from gateway.api import health as health_api
 from gateway.api import messages as messages_api
 from gateway.api import openai as openai_api
 from gateway.api import openapi as openapi_api
+from gateway.api import rerank as rerank_api
+from gateway.api import responses as responses_api
 from gateway.api.anthropic_codec import CODEC as ANTHROPIC_CODEC
+from gateway.api.responses_ingress import ResponsesIngress
 from gateway.auth import Authenticator
+from gateway.conversation import ResponseStore
 from gateway.errors import GatewayError
 from gateway.limits.base import Limiter
 from gateway.observability.logs import configure_logging
@@ -67,8 +73,12 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     auth = Authenticator.from_policy(policy)
     settler = Settler.from_policy(policy, limiter, metrics)
     gpu_lifetimes = GpuLifetimes.from_policy(policy)  # what GPU-hour billing charges for
+    # Stored Responses API responses (previous_response_id), beside the ledger.
+    responses_store = ResponseStore.from_policy(policy)
+    responses = ResponsesIngress(responses_store, lambda: state.current().policy)
     deps = Deps(runtime=state.current, auth=auth, limiter=limiter, settler=settler,
-                signals=signals, metrics=metrics, codecs={"anthropic": ANTHROPIC_CODEC},
+                signals=signals, metrics=metrics,
+                codecs={"anthropic": ANTHROPIC_CODEC, "responses": responses},
                 tracing=Tracing.from_policy(policy))
     proxy = Proxy(deps)
     backends = LocalBackends(policy)
@@ -122,6 +132,8 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         await auth.start()
         await settler.start()
         await gpu_lifetimes.start()
+        await responses_store.start()
+        purge = asyncio.get_running_loop().create_task(_purge_expired(responses_store))
         signals.start()
         if watcher is not None:
             watcher.start()
@@ -137,6 +149,8 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
             deps.request_log.flush()
             await settler.close()
             await gpu_lifetimes.close()
+            purge.cancel()
+            await responses_store.close()
             deps.tracing.shutdown()  # after drain: settle tasks end their spans first
             await auth.close()
             if limiter is not None:
@@ -145,9 +159,12 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
                 await client.close()
             await backends.stop()
 
-    proxied: list[BaseRoute] = [*openai_api.routes(proxy), *messages_api.routes(proxy)]
+    proxied: list[BaseRoute] = [*openai_api.routes(proxy), *messages_api.routes(proxy),
+                                *rerank_api.routes(proxy),
+                                *responses_api.routes(proxy, responses)]
     routes: list[BaseRoute] = [
         *proxied,
+        *count_tokens_api.routes(proxy),
         *health_api.routes(proxy),
         *admin_api.routes(proxy, auth, settler),
         *openapi_api.routes(),
@@ -188,6 +205,17 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     app.state.deps = deps
     app.state.backends = backends
     return app
+
+
+async def _purge_expired(store: ResponseStore, every_s: float = 3600.0) -> None:
+    """Delete expired stored responses (reads already skip them) once an hour."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await store.purge_expired()
+        except Exception:
+            log.warning("purging expired stored responses failed; retrying in an hour",
+                        exc_info=True)
 
 
 def _log_warnings(policy: Policy) -> None:

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # Which client-facing API a call came in through. Adapters translate from the OpenAI shape;
 # "messages" (Anthropic ingress) is converted to the OpenAI shape at the edge, and kept as the
 # ingress so an Anthropic backend can take the original body untranslated.
-Endpoint = Literal["chat", "completions", "embeddings"]
-Ingress = Literal["openai", "anthropic"]
+Endpoint = Literal["chat", "completions", "embeddings", "rerank", "score"]
+Ingress = Literal["openai", "anthropic", "responses"]
+
+
+@dataclass(slots=True)
+class Conversation:
+    """The earlier turns of a Responses conversation (`previous_response_id`), from the store."""
+
+    # Each earlier response's input items, then its output items, oldest first.
+    items: list[dict[str, Any]]
+    # The gateway id the client named.
+    previous_id: str
+    # Provider name → that provider's own id for the last response, when it served it natively
+    # (it is then sent `previous_response_id` rather than the history).
+    upstream: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -39,6 +53,24 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     # Session affinity key (OpenAI `user`, or x-session-id header) for prefix-affinity routing.
     session: str | None = None
+    # The Responses ingress (`ingress="responses"`): `native_body`/`native_raw` are the client's
+    # Responses request, `body`/`raw` its chat translation.
+    native_raw: bytes | None = None
+    # The gateway's id for this response (`resp_…`): clients only ever see gateway ids.
+    response_id: str | None = None
+    conversation: Conversation | None = None
+    # Why a backend reached by translation cannot serve this Responses request (built-in tools,
+    # background mode…); None when it can. Native backends are not concerned.
+    translation_error: str | None = None
+    # Fills in `body`/`raw` with the chat translation, the first time a backend reached by
+    # translation needs it (None: nothing left to translate).
+    translate: Callable[[], None] | None = None
+    # Set by whatever produced the client's reply: the final Response object it got (stored for
+    # `previous_response_id` and `GET /v1/responses/{id}`), and a native upstream's own id.
+    final_response: dict[str, Any] | None = None
+    # Admission's prompt-token estimate when the ingress knows it better than `body` does.
+    prompt_estimate: int | None = None
+    upstream_response_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

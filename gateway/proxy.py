@@ -22,6 +22,7 @@ from gateway.closing import Closer
 from gateway.errors import (
     ContextLengthExceeded,
     GatewayError,
+    InvalidRequest,
     ModelNotFound,
     ServiceUnavailable,
     UpstreamError,
@@ -42,6 +43,9 @@ from gateway.upstream import (
 log = logging.getLogger("gateway.proxy")
 
 __all__ = ["Proxy", "StreamResponse"]
+
+# The ledger's `endpoint` of a request that came in through another API than OpenAI's.
+_INGRESS_ENDPOINT = {"anthropic": "messages", "responses": "responses"}
 
 
 class _Retry(Exception):
@@ -90,6 +94,11 @@ class Proxy:
             if route is None:
                 raise ModelNotFound(self._unknown_model_message(rt, call.model, principal))
             self.deps.auth.check_model(principal, call.model, rt.policy.models)
+            if codec is not None:
+                # The ingress resolves what it needs before admission (Responses: the
+                # conversation a `previous_response_id` continues, so the estimate counts it).
+                await codec.prepare(call, principal)
+                record.request_body = call.body
             if self.deps.limiter is not None and rt.policy.tenants:
                 reservation = await self.deps.limiter.admit(
                     principal, call.model, rt.estimate(call, principal))
@@ -153,7 +162,7 @@ class Proxy:
         return RequestRecord(
             request_id=call.request_id, ts=datetime.now(UTC), tenant=principal.tenant,
             key_id=principal.key_id, model=call.model,
-            endpoint=call.endpoint if call.ingress == "openai" else "messages",
+            endpoint=call.endpoint if call.ingress == "openai" else _INGRESS_ENDPOINT[call.ingress],
             # Until the request ends, the record reads as it would if the gateway died: the
             # journal's marker (journal.py) is this record as it stands.
             stream=call.stream, status=500, latency_ms=0.0, error_code="gateway_interrupted",
@@ -175,8 +184,20 @@ class Proxy:
         queue = list(plan.attempts)
         skipped = list(plan.skipped)
         context_switched = False
+        refused: str | None = None
         while queue and len(record.attempts) < plan.max_attempts:
             target = queue.pop(0)
+            adapter = rt.adapters[target.provider_name]
+            if call.endpoint not in adapter.endpoints:
+                kind = rt.policy.providers[target.provider_name].kind
+                refused = refused or _cannot_serve(call, target, kind)
+                continue
+            if call.translation_error is not None and not _native(call, adapter):
+                refused = call.translation_error  # only a backend speaking it natively can
+                continue
+            if call.translate is not None and not _native(call, adapter):
+                call.translate()
+                record.request_body = call.body  # what estimates of missing usage read
             try:
                 result = await self._attempt(rt, call, target, record, span)
             except _Retry as r:
@@ -209,14 +230,18 @@ class Proxy:
             body, usage_ok = result
             # A reply without usage is estimated from its text (rare: most providers report).
             text = None if usage_ok or native else _reply_text(body)
-            if codec is not None and not native:
-                body = codec.reply(body, call)
+            if codec is not None:
+                if not native:
+                    body = codec.reply(body, call)
+                await codec.completed(call, target, record.tenant)
             record.status = 200
             record.error_code = None
             record.latency_ms = (time.monotonic() - t0) * 1000
             await self.closer.close(reservation, record, span, text)
             self.deps.metrics.request_done(call.model, 200, time.monotonic() - t0, None)
             return RawResponse(200, body, headers)
+        if refused is not None and not record.attempts:
+            raise InvalidRequest(refused, param="model", code="unsupported_on_backend")
         # Every failed attempt is in the record with its reason: the message names them all.
         detail = "; ".join(f"{a.deployment}: {a.error}" for a in record.attempts if a.error)
         raise UpstreamError(
@@ -350,6 +375,12 @@ class Proxy:
         await self.closer.drain(timeout)
 
 
+def _cannot_serve(call: Call, target: Target, kind: str) -> str:
+    return (f"Model {call.model!r} has no deployment that serves /v1/{call.endpoint}: "
+            f"{target.id!r} is on a `kind: {kind}` provider, which cannot serve it "
+            "(docs/providers.md lists which kinds serve which endpoints).")
+
+
 def _canceller(task: asyncio.Task[Any]) -> Callable[[], None]:
     """What the shutdown drain calls to end this request (see `Closer.begin_drain`)."""
     def stop() -> None:
@@ -366,9 +397,9 @@ def _skipped_note(skipped: list[str] | tuple[str, ...]) -> str:
 
 
 def _native(call: Call, adapter: Any) -> bool:
-    """The client came in through the adapter's own format (e.g. /v1/messages → Anthropic):
-    the request and reply pass through untranslated."""
-    return call.ingress != "openai" and adapter.native_ingress == call.ingress
+    """The client came in through one of the adapter's own formats (/v1/messages → Anthropic,
+    /v1/responses → OpenAI): the request and reply pass through untranslated."""
+    return call.ingress != "openai" and call.ingress in adapter.native_ingresses
 
 
 class _ContextTooLong(Exception):

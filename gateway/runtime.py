@@ -51,8 +51,9 @@ class Runtime:
         """Worst case for admission: estimated prompt + the completion cap, priced at the
         dearest deployment the request could land on."""
         body = call.body
-        prompt = estimate_prompt_tokens(body)
-        if call.endpoint == "embeddings":
+        prompt = call.prompt_estimate if call.prompt_estimate is not None \
+            else estimate_prompt_tokens(body)
+        if call.endpoint in ("embeddings", "rerank", "score"):  # nothing generated
             completion = 0
         else:
             cap = body.get("max_completion_tokens") or body.get("max_tokens")

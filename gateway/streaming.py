@@ -64,6 +64,7 @@ class StreamResponse:
         self.complete = False
         self._stopping = False
         self._attempt: AttemptRecord | None = None
+        self._producer: Any = opened.translator
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
@@ -120,15 +121,20 @@ class StreamResponse:
         o = self.o
         tr = o.translator
         codec_tr = self.codec.stream(self.call) if self.codec is not None else None
+        # What the client's bytes come from: it knows how to end them (sequence numbers).
+        self._producer = codec_tr if codec_tr is not None else o.translator
 
         def shaped(data: bytes) -> bytes:
             return codec_tr.feed(data) if codec_tr is not None and data else data
 
         error: GatewayError | None = None
         last = b""
+        held = b""
         try:
             first = shaped(o.first)
-            if first:
+            if tr.done:
+                held = first  # the whole stream came in one read: it goes after the record
+            elif first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
             if not tr.done:
                 async for data in o.resp.chunks():
@@ -155,9 +161,13 @@ class StreamResponse:
             self.deps.metrics.upstream_error(o.target.id, "midstream")
             await self._fail(send, error, "failed_midstream")
             return
-        tail = shaped(last) + shaped(tr.finish())
+        tail = held + shaped(last) + shaped(tr.finish())
         if codec_tr is not None:
             tail += codec_tr.finish()
+        if self.error_codec is not None:
+            # Before the end reaches the client (Responses: the response is stored, so a
+            # follow-up turn sent the moment this one ends finds it).
+            await self.error_codec.completed(self.call, o.target, self.record.tenant)
         self._end("ok")
         await self.closer.close(self.reservation, self.record, self.span)
         self.complete = True
@@ -170,8 +180,13 @@ class StreamResponse:
         self._end(outcome, error=error.code)
         self.o.resp.close()
         await self.closer.close(self.reservation, self.record, self.span)
-        body = self.error_codec.error_event(error) if self.error_codec is not None \
-            else sse_error_event(error)
+        ending = getattr(self._producer, "error_event", None)
+        if ending is not None:
+            body = ending(error)
+        elif self.error_codec is not None:
+            body = self.error_codec.error_event(error)
+        else:
+            body = sse_error_event(error)
         self.complete = True
         try:
             async with asyncio.timeout(2.0):

@@ -29,6 +29,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("router", m.Router),
     ("router.circuit_breaker", m.CircuitBreaker),
     ("observability", m.Observability),
+    ("responses", m.Responses),
     ("providers.NAME (every kind)", m.ProviderBase),
     ("providers.NAME with kind openai / openai-compatible / vllm", m.OpenAIProvider),
     ("providers.NAME with kind azure", m.AzureProvider),

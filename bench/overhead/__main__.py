@@ -4,6 +4,7 @@
     bench/overhead/run.sh                      # setup (nginx, wrk, LiteLLM venv) + full run
     .venv/bin/python -m bench.overhead --quick # ~2 minutes, shorter measurements
     .venv/bin/python -m bench.overhead --targets direct,bare-aiohttp,gateway
+    .venv/bin/python -m bench.overhead --scenarios a,b,c,ra,rb,rc   # + the Responses API
     .venv/bin/python -m bench.overhead --profile gateway-auth   # py-spy under load instead
 
 The proxy under test runs on core 1 (`taskset -c 1`); the mocks (nginx, a raw-asyncio SSE
@@ -28,10 +29,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.overhead import profile, report, runner, stream_client, wrk
+from bench.overhead import derive, profile, report, runner
+from bench.overhead.apis import CHAT, RESPONSES
 from bench.overhead.procs import Procs, pin_self
-from bench.overhead.runner import Plan, log
-from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Env, Target, patched
+from bench.overhead.runner import CHAT_SCENARIOS, RESPONSES_SCENARIOS, Plan, log
+from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Endpoint, Env, Target, patched
 
 RESULTS = ROOT / "bench" / "results"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -107,36 +109,51 @@ def redis_cleanup(prefix: str) -> int:
 
 
 def run_profile(target: Target, env: Env, plan: Plan, seconds: float) -> dict[str, Any]:
-    """py-spy on one target during (b) and during (c); collapsed stacks and a summary."""
+    """py-spy on one target during (b) and during (c) — with `rb`/`rc` in `--scenarios`, on
+    each of its Responses rows instead; collapsed stacks and a summary per measurement."""
     name = target.name
-    run = runner.start_target(target, env)
+    run = runner.start_target(target, env, plan.responses)
     out: dict[str, Any] = {"target": name}
     RESULTS.mkdir(parents=True, exist_ok=True)
+    wanted = [s for s in plan.scenarios if s in ("b", "c", "rb", "rc")] or ["b", "c"]
+    lanes = run.lanes(plan.responses)
     try:
-        runner._wrk(run.json, env, plan.c_throughput, plan.warmup)
-        runner._stream(run.stream, plan.c_stream, plan.warmup)
+        for lane in lanes:
+            runner._wrk(lane.json, env, plan.c_throughput, plan.warmup)
+            runner._stream(lane.stream, plan.c_stream, plan.warmup)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for scen in ("b", "c"):
-            ep = run.json if scen == "b" else run.stream
-            if ep.proc is None:
-                break
-            raw = RESULTS / f"profile-{name}-{scen}-{stamp}.txt"
-            log(f"profile {name} ({scen}): py-spy {seconds:g} s")
-            spy = profile.start(ep.proc.pid, seconds + 1, raw)
-            time.sleep(0.5)  # py-spy attached before the load starts
-            if scen == "b":
-                load = runner._wrk(ep, env, plan.c_throughput, seconds)
-                rate = f"{load['rps']:.0f} req/s while sampled"
-            else:
-                load = runner._stream(ep, plan.c_stream, seconds)
-                rate = f"{load['streams_per_s']:.0f} streams/s while sampled"
-            profile.finish(spy, seconds + 1)
-            out[scen] = {"raw": str(raw.relative_to(ROOT)), "load": rate,
-                         **profile.summarize(raw)}
+        for scen in wanted:
+            for lane in lanes:
+                if (lane.api == CHAT.name) != (len(scen) == 1):
+                    continue
+                ep = lane.json if scen[-1] == "b" else lane.stream
+                if ep.proc is None:
+                    continue
+                # `b`, `c` (chat) or `rb-responses-native`, …: the key in the output.
+                tag = scen if lane.api == CHAT.name else f"{scen}-{lane.key.split('/', 1)[1]}"
+                out[tag] = _profile_one(ep, env, plan, seconds,
+                                        RESULTS / f"profile-{name}-{tag}-{stamp}.txt",
+                                        streaming=scen[-1] == "c")
     finally:
         for p in run.procs():
             env.procs.stop(p)
     return out
+
+
+def _profile_one(ep: Endpoint, env: Env, plan: Plan, seconds: float, raw: Path,
+                 streaming: bool) -> dict[str, Any]:
+    assert ep.proc is not None
+    log(f"profile {raw.stem}: py-spy {seconds:g} s")
+    spy = profile.start(ep.proc.pid, seconds + 1, raw)
+    time.sleep(0.5)  # py-spy attached before the load starts
+    if streaming:
+        load = runner._stream(ep, plan.c_stream, seconds)
+        rate = f"{load['streams_per_s']:.0f} streams/s while sampled"
+    else:
+        load = runner._wrk(ep, env, plan.c_throughput, seconds)
+        rate = f"{load['rps']:.0f} req/s while sampled"
+    profile.finish(spy, seconds + 1)
+    return {"raw": str(raw.relative_to(ROOT)), "load": rate, **profile.summarize(raw)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run each selected gateway target from DIR/gateway (a modified "
                         "copy of the package) as TARGET+NAME, interleaved with the original; "
                         "repeatable")
-    p.add_argument("--scenarios", default="a,b,c", help="which of a,b,c to run")
+    p.add_argument("--scenarios", default="a,b,c",
+                   help="which of a,b,c to run, and of ra,rb,rc: the same through the "
+                        "Responses API (not run unless named)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     a = p.parse_args(argv)
 
@@ -167,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, seconds=a.seconds)
     if a.repeat:
         plan = replace(plan, repeat=a.repeat)
-    plan = replace(plan, scenarios=tuple(x.strip() for x in a.scenarios.split(",")))
+    scenarios = tuple(x.strip() for x in a.scenarios.split(",") if x.strip())
+    bad = [x for x in scenarios if x not in CHAT_SCENARIOS + RESPONSES_SCENARIOS]
+    if bad or not scenarios:
+        sys.exit(f"--scenarios {a.scenarios}: choose from "
+                 f"{','.join(CHAT_SCENARIOS + RESPONSES_SCENARIOS)}")
+    plan = replace(plan, scenarios=scenarios)
     if a.soak_requests is not None:
         plan = replace(plan, soak_requests=a.soak_requests)
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
@@ -208,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"redis: removed {redis_cleanup(prefix)} keys under {prefix!r}")
         shutil.rmtree(workdir, ignore_errors=True)
 
-    derived = runner.derive(results)
-    targets = {n: runner.check_targets(results, derived, n)
-               for n in results if n.startswith("gateway")}
+    derived = derive.derive(results)
+    # One list per gateway target (its chat row); the Responses rows' checks are in it.
+    targets = {n: derive.check_targets(results, derived, n)
+               for n in results if n.startswith("gateway") and "/" not in n}
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
@@ -218,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "versions": versions(),
         "plan": {**plan.__dict__, "soak_targets": list(plan.soak_targets)},
         "pinning": {"system_under_test_cpu": 1, "load_and_mocks_cpu": 0},
-        "request_body": wrk.BODY, "stream_body": stream_client.body_for("bench-stream").decode(),
+        "request_body": CHAT.json_body("bench-model", None),
+        "stream_body": CHAT.stream_body("bench-stream", None).decode(),
+        **({"responses_request_body": RESPONSES.json_body("bench-responses", False),
+            "responses_stream_body": RESPONSES.stream_body("bench-responses-stream",
+                                                           False).decode()}
+           if plan.responses else {}),
         "results": results, "derived": derived, "targets": targets,
     }
     print(report.render(doc))

@@ -1,5 +1,6 @@
 """The floor a Python gateway can reach: a bare Starlette pass-through with no auth, limits,
-routing or accounting, forwarding `/v1/chat/completions` to one upstream over a pooled client.
+routing or accounting, forwarding `/v1/chat/completions` and `/v1/responses` (the Responses
+API, by the same code) to one upstream over a pooled client.
 
     python -m bench.overhead.bare_passthrough --upstream http://127.0.0.1:9000/v1 --port 9100
     python -m bench.overhead.bare_passthrough ... --client httpx     # the same over httpx
@@ -24,10 +25,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 _JSON = {"Content-Type": "application/json"}
+# Each route forwards to the upstream's path of the same name.
+PATHS = ("/chat/completions", "/responses")
 
 
 def aiohttp_app(upstream: str) -> Starlette:
-    url = upstream.rstrip("/") + "/chat/completions"
+    base = upstream.rstrip("/")
     pool: dict[str, aiohttp.ClientSession] = {}
 
     @contextlib.asynccontextmanager
@@ -37,6 +40,7 @@ def aiohttp_app(upstream: str) -> Starlette:
         await pool["s"].close()
 
     async def forward(request: Request) -> Response:
+        url = base + request.scope["path"].removeprefix("/v1")
         resp = await pool["s"].post(url, data=await request.body(), headers=_JSON)
         if resp.content_type == "text/event-stream":
             async def chunks() -> AsyncIterator[bytes]:
@@ -49,12 +53,11 @@ def aiohttp_app(upstream: str) -> Starlette:
         resp.release()
         return Response(body, resp.status, media_type="application/json")
 
-    return Starlette(routes=[Route("/v1/chat/completions", forward, methods=["POST"])],
-                     lifespan=lifespan)
+    return Starlette(routes=_routes(forward), lifespan=lifespan)
 
 
 def httpx_app(upstream: str) -> Starlette:
-    url = upstream.rstrip("/") + "/chat/completions"
+    base = upstream.rstrip("/")
     pool: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
@@ -66,6 +69,7 @@ def httpx_app(upstream: str) -> Starlette:
 
     async def forward(request: Request) -> Response:
         client = pool["c"]
+        url = base + request.scope["path"].removeprefix("/v1")
         req = client.build_request("POST", url, content=await request.body(), headers=_JSON)
         resp = await client.send(req, stream=True)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
@@ -76,8 +80,11 @@ def httpx_app(upstream: str) -> Starlette:
         await resp.aclose()
         return Response(body, resp.status_code, media_type="application/json")
 
-    return Starlette(routes=[Route("/v1/chat/completions", forward, methods=["POST"])],
-                     lifespan=lifespan)
+    return Starlette(routes=_routes(forward), lifespan=lifespan)
+
+
+def _routes(forward: Any) -> list[Route]:
+    return [Route("/v1" + path, forward, methods=["POST"]) for path in PATHS]
 
 
 def build_app(upstream: str, client: str = "aiohttp") -> Any:

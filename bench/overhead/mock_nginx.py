@@ -1,11 +1,13 @@
 """The non-streaming mock upstream: nginx answering every request with one static chat
-completion from memory (`return 200 '…'`), so the upstream costs almost no CPU and whatever
+completion from memory (`return 200 '…'`), and a path ending in `/responses` with one static
+Response object (`responses_wire.STATIC`), so the upstream costs almost no CPU and whatever
 limits the numbers is the proxy, not the mock."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bench.overhead import responses_wire
 from bench.overhead.mock_sse import STATIC
 
 CONF = """\
@@ -31,6 +33,11 @@ http {{
             default_type application/json;
             return 200 '{body}';
         }}
+        # A regex location wins over the prefix one: POST …/responses (the Responses API).
+        location ~ /responses$ {{
+            default_type application/json;
+            return 200 '{responses}';
+        }}
     }}
 }}
 """
@@ -38,10 +45,11 @@ http {{
 
 def write_conf(workdir: Path, port: int) -> Path:
     """nginx.conf for a mock on 127.0.0.1:`port`, everything it writes kept under workdir."""
-    body = STATIC.decode()
-    assert "'" not in body and "$" not in body  # nginx would read these as syntax
+    body, responses = STATIC.decode(), responses_wire.STATIC.decode()
+    for text in (body, responses):
+        assert "'" not in text and "$" not in text  # nginx would read these as syntax
     path = workdir / "nginx.conf"
-    path.write_text(CONF.format(dir=workdir, port=port, body=body))
+    path.write_text(CONF.format(dir=workdir, port=port, body=body, responses=responses))
     return path
 
 

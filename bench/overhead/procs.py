@@ -4,7 +4,6 @@ measured (resident memory) and stopped — only ever the ones started here, by t
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import socket
@@ -222,14 +221,3 @@ def wait_answering(proc: Proc, port: int, path: str, body: bytes,
         time.sleep(0.1)
     raise TimeoutError(f"{proc.name} did not answer 200 on :{port}{path} within {timeout:g} s "
                        f"(last: {last})\n{proc.log_tail()}")
-
-
-def check_stream(reply: bytes) -> None:
-    if b"[DONE]" not in reply:
-        raise RuntimeError(f"stream reply without [DONE]: {reply[:300]!r}")
-
-
-def check_completion(reply: bytes) -> None:
-    obj = json.loads(reply)
-    if not obj.get("choices"):
-        raise RuntimeError(f"reply without choices: {reply[:300]!r}")

@@ -101,6 +101,14 @@ def render(doc: dict[str, Any]) -> str:
                    f"(c={plan['c_throughput']}, {s['errors']} errors): {pts} MB — "
                    f"{s['growth_after_first_slice_mb']:+.1f} MB after the first slice.")
 
+    rows = _responses_rows(res, der)
+    if rows:
+        out.append(f"\n### Responses API beside chat (c=1, c={plan['c_throughput']}, "
+                   f"c={plan['c_stream']} streaming; same rounds)\n")
+        out.append(_table(["row", "CPU µs/req", "vs chat", "own CPU µs/req (− bare)",
+                           "req/s", "p50 ms (c=1)", "p99 ms (c=1)", "TTFT p50 ms",
+                           "TTFT p99 ms", "CPU µs/stream", "vs chat"], rows))
+
     for name, checks in doc.get("targets", {}).items():
         if not checks:
             continue
@@ -109,6 +117,30 @@ def render(doc: dict[str, Any]) -> str:
             [c["target"], _f(c["value"], 2), c["limit"],
              "—" if c["met"] is None else ("yes" if c["met"] else "**no**")] for c in checks]))
     return "\n".join(out) + "\n"
+
+
+def _responses_rows(res: dict[str, Any], der: dict[str, Any]) -> list[list[str]]:
+    """Each target measured through the Responses API: its chat row, then its Responses rows."""
+    with_responses = {r.get("target") for r in res.values() if r.get("api") == "responses"}
+    rows = []
+    for target in [n for n, r in res.items() if n in with_responses
+                   and r.get("api", "chat") == "chat"]:
+        for name, r in res.items():
+            if r.get("target", name) != target:
+                continue
+            d = der.get(name, {})
+            a = r.get("a_latency", {}).get("latency_us", {})
+            b, c = r.get("b_throughput", {}), r.get("c_stream", {}).get("ttft_ms", {})
+            label = r["label"] + (" · chat" if r.get("api", "chat") == "chat" else "")
+            rows.append([label, _f(d.get("cpu_us_per_request"), 0),
+                         _f(d.get("cpu_vs_chat"), 2, "×"),
+                         _f(d.get("own_cpu_us_per_request"), 0), _f(b.get("rps"), 0),
+                         _f(a["p50"] / 1000 if a else None, 3),
+                         _f(a["p99"] / 1000 if a else None, 3),
+                         _f(c.get("p50"), 2), _f(c.get("p99"), 2),
+                         _f(d.get("cpu_us_per_stream"), 0),
+                         _f(d.get("cpu_stream_vs_chat"), 2, "×")])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

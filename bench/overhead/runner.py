@@ -1,26 +1,25 @@
-"""One run: start the mocks, then for each target start it, warm it, measure the three
-scenarios and its memory, stop it. Everything is bounded in time."""
+"""One run: start the mocks, then start every target, warm it, measure the scenarios
+round-robin over every row (a target through one API), its memory, a soak; stop it.
+Everything is bounded in time."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.overhead import mock_nginx, stream_client, wrk
-from bench.overhead.procs import (
-    LOAD_CPU,
-    Background,
-    Proc,
-    check_completion,
-    check_stream,
-    free_port,
-    wait_answering,
-)
+from bench.overhead.apis import CHAT, RESPONSES
+from bench.overhead.procs import LOAD_CPU, Background, Proc, free_port, wait_answering
 from bench.overhead.targets import Endpoint, Env, Target, Upstreams
+
+# Scenario letters; an `r` in front runs the same scenario through the Responses API.
+CHAT_SCENARIOS = ("a", "b", "c")
+RESPONSES_SCENARIOS = ("ra", "rb", "rc")
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,11 @@ class Plan:
     soak_slice_s: float = 5.0
     soak_max_s: float = 180.0
     soak_targets: tuple[str, ...] = ("gateway", "gateway-auth")
-    scenarios: tuple[str, ...] = ("a", "b", "c")
+    scenarios: tuple[str, ...] = CHAT_SCENARIOS
+
+    @property
+    def responses(self) -> bool:
+        return any(s in RESPONSES_SCENARIOS for s in self.scenarios)
 
 
 def log(msg: str) -> None:
@@ -54,38 +57,51 @@ def start_mocks(env_procs: Any, plan: Plan, workdir: Path, nginx: str) -> Upstre
         "mock-sse", [sys.executable, "-m", "bench.overhead.mock_sse", "--port", str(sse_port),
                      "--chunks", str(plan.chunks), "--delay-ms", str(plan.chunk_delay_ms)],
         cpu=LOAD_CPU, cwd=str(Path(__file__).resolve().parents[2]))
-    body = wrk.BODY.encode()
-    check_completion(wait_answering(ng, nginx_port, "/v1/chat/completions", body, {}, 10))
-    check_stream(wait_answering(sse, sse_port, "/v1/chat/completions",
-                                stream_client.body_for("bench-stream"), {}, 10))
+    for api, model in ((CHAT, "bench-model"), (RESPONSES, "bench-responses")):
+        body = api.json_body(model, None).encode()
+        api.check_reply(wait_answering(ng, nginx_port, "/v1" + api.path, body, {}, 10))
+        api.check_stream(wait_answering(sse, sse_port, "/v1" + api.path,
+                                        api.stream_body(model, None), {}, 10))
     return Upstreams(f"http://127.0.0.1:{nginx_port}/v1", f"http://127.0.0.1:{sse_port}/v1")
 
 
-def _ready(t: Target, ep: Endpoint, model: str, stream: bool) -> None:
+def _ready(t: Target, ep: Endpoint, stream: bool) -> None:
     if ep.proc is None:
         return
     path = ep.url.split(str(ep.port), 1)[1]
-    body = stream_client.body_for(model) if stream else wrk.BODY.replace(
-        "bench-model", model).encode()
+    body = ep.api.stream_body(ep.stream_model, ep.store) if stream \
+        else ep.api.json_body(ep.json_model, ep.store).encode()
     reply = wait_answering(ep.proc, ep.port, path, body, ep.headers, t.ready_timeout)
-    (check_stream if stream else check_completion)(reply)
+    (ep.api.check_stream if stream else ep.api.check_reply)(reply)
 
 
 def _wrk(ep: Endpoint, env: Env, c: int, seconds: float) -> dict[str, Any]:
     script = wrk.write_script(env.workdir / f"wrk-{ep.port}-{len(ep.headers)}.lua",
-                              wrk.BODY.replace("bench-model", ep.json_model), ep.headers)
+                              ep.api.json_body(ep.json_model, ep.store), ep.headers)
     return wrk.run(ep.url, script, connections=c, seconds=seconds)
 
 
 def _stream(ep: Endpoint, c: int, seconds: float) -> dict[str, Any]:
-    return stream_client.run(ep.url, ep.stream_model, concurrency=c, seconds=seconds,
-                             headers=ep.headers)
+    return stream_client.run(ep.url, ep.api.stream_body(ep.stream_model, ep.store),
+                             concurrency=c, seconds=seconds, headers=ep.headers,
+                             marks=ep.api.marks)
 
 
 def _mem(proc: Proc | None) -> dict[str, float] | None:
     if proc is None:
         return None
     return {"rss_mb": round(proc.rss_mb(), 1), "cpu_s": round(proc.cpu_seconds(), 2)}
+
+
+@dataclass
+class Lane:
+    """One row of the tables: a target through one API (and model)."""
+
+    key: str       # the target's name for its chat row, "<target>/<variant>" for the others
+    label: str
+    api: str
+    json: Endpoint
+    stream: Endpoint
 
 
 @dataclass
@@ -101,8 +117,16 @@ class Running:
         out = [e.proc for e in (self.json, self.stream) if e.proc is not None]
         return list(dict.fromkeys(out))
 
+    def lanes(self, responses: bool) -> list[Lane]:
+        t = self.target
+        out = [Lane(t.name, t.label, CHAT.name, self.json, self.stream)]
+        if responses:
+            out += [Lane(f"{t.name}/{v.key}", f"{t.label} · {v.label}", RESPONSES.name,
+                         v.json, v.stream) for v in t.variants(self.json, self.stream)]
+        return out
 
-def start_target(t: Target, env: Env) -> Running:
+
+def start_target(t: Target, env: Env, responses: bool = False) -> Running:
     t0 = time.monotonic()
     if t.shared:
         ep = t.start(env)
@@ -110,8 +134,9 @@ def start_target(t: Target, env: Env) -> Running:
     else:
         run = Running(t, t.start(env, env.upstreams.json_base),
                       t.start(env, env.upstreams.stream_base))
-    _ready(t, run.json, run.json.json_model, False)
-    _ready(t, run.stream, run.stream.stream_model, True)
+    for lane in run.lanes(responses):
+        _ready(t, lane.json, False)
+        _ready(t, lane.stream, True)
     run.startup_s = round(time.monotonic() - t0, 2)
     return run
 
@@ -134,54 +159,73 @@ def _measured(fn: Any, ep: Endpoint) -> dict[str, Any]:
     return res
 
 
+Scenario = tuple[str, str, str, Callable[[Endpoint], dict[str, Any]], Any, bool]
+
+
+def _scenarios(env: Env, plan: Plan) -> list[Scenario]:
+    """(letter, result key, endpoint, measurement, what ranks the rounds, lowest best)."""
+    return [
+        ("a", "a_latency", "json", lambda ep: _wrk(ep, env, plan.c_latency, plan.seconds),
+         lambda x: x["latency_us"]["p50"], True),
+        ("b", "b_throughput", "json",
+         lambda ep: _wrk(ep, env, plan.c_throughput, plan.seconds), lambda x: x["rps"], False),
+        ("c", "c_stream", "stream", lambda ep: _stream(ep, plan.c_stream, plan.seconds),
+         lambda x: x["ttft_ms"]["p50"], True),
+    ]
+
+
 def run_all(targets: list[Target], env: Env, plan: Plan) -> dict[str, dict[str, Any]]:
-    """Start every target, then run each scenario round-robin over the targets `repeat` times,
-    so that whatever else the machine is doing falls on all of them alike. A scenario's
-    reported run is the best of its repeats (background load only ever slows a run down);
-    every run is kept under `runs`."""
+    """Start every target, then run each scenario round-robin over every row `repeat` times,
+    so that whatever else the machine is doing falls on all of them alike — chat and
+    Responses rows of one scenario in the same rounds. A scenario's reported run is the best
+    of its repeats (background load only ever slows a run down); every run is kept under
+    `runs`. Rows are keyed by target name (chat) and `<target>/<variant>` (Responses)."""
     running: dict[str, Running] = {}
     out: dict[str, dict[str, Any]] = {}
+    lanes: list[Lane] = []
     try:
         for t in targets:
             log(f"start {t.name}")
-            r = running[t.name] = start_target(t, env)
-            out[t.name] = {"name": t.name, "label": t.label, "startup_s": r.startup_s,
+            r = running[t.name] = start_target(t, env, plan.responses)
+            out[t.name] = {"name": t.name, "label": t.label, "target": t.name,
+                           "api": CHAT.name, "startup_s": r.startup_s,
                            # Per process: the bare pass-throughs run one per upstream.
                            "rss_idle_mb": round(max(p.rss_mb() for p in r.procs()), 1)
                            if r.procs() else None,
                            "runs": {"a_latency": [], "b_throughput": [], "c_stream": []}}
-        for name, r in running.items():
-            log(f"warm-up {name}: {plan.warmup:g} s non-streaming + {plan.warmup:g} s streaming")
-            _wrk(r.json, env, plan.c_throughput, plan.warmup)
-            _stream(r.stream, plan.c_stream, plan.warmup)
-        scenarios = (
-            ("a_latency", "json", lambda ep: _wrk(ep, env, plan.c_latency, plan.seconds),
-             lambda x: x["latency_us"]["p50"], True),
-            ("b_throughput", "json",
-             lambda ep: _wrk(ep, env, plan.c_throughput, plan.seconds),
-             lambda x: x["rps"], False),
-            ("c_stream", "stream", lambda ep: _stream(ep, plan.c_stream, plan.seconds),
-             lambda x: x["ttft_ms"]["p50"], True),
-        )
-        for key, which, fn, rank, lowest in scenarios:
-            if key[0] not in plan.scenarios:
-                continue
+        # Every chat row first, then every Responses row: the order of the tables.
+        all_lanes = [ln for r in running.values() for ln in r.lanes(plan.responses)]
+        lanes = [ln for ln in all_lanes if ln.api == CHAT.name] \
+            + [ln for ln in all_lanes if ln.api != CHAT.name]
+        for ln in lanes:
+            if ln.key not in out:
+                out[ln.key] = {"name": ln.key, "label": ln.label, "target": ln.key.split("/")[0],
+                               "api": ln.api,
+                               "runs": {"a_latency": [], "b_throughput": [], "c_stream": []}}
+        for ln in lanes:
+            log(f"warm-up {ln.key}: {plan.warmup:g} s non-streaming + {plan.warmup:g} s "
+                "streaming")
+            _wrk(ln.json, env, plan.c_throughput, plan.warmup)
+            _stream(ln.stream, plan.c_stream, plan.warmup)
+        for letter, key, which, fn, rank, lowest in _scenarios(env, plan):
+            rows = [ln for ln in lanes
+                    if (letter if ln.api == CHAT.name else "r" + letter) in plan.scenarios]
             for i in range(plan.repeat):
-                for name, r in running.items():
-                    log(f"{key} round {i + 1}/{plan.repeat}: {name}")
-                    out[name]["runs"][key].append(_measured(fn, getattr(r, which)))
-            for name in running:
-                out[name][key] = _best(out[name]["runs"][key], rank, lowest)
-        for name, r in running.items():
-            if not r.json.proc:
+                for ln in rows:
+                    log(f"{key} round {i + 1}/{plan.repeat}: {ln.key}")
+                    out[ln.key]["runs"][key].append(_measured(fn, getattr(ln, which)))
+            for ln in rows:
+                out[ln.key][key] = _best(out[ln.key]["runs"][key], rank, lowest)
+        for ln in lanes:
+            if not ln.json.proc:
                 continue
             # Where wall-clock numbers are noisy, CPU per request is not: the median over every
             # measurement, as µs of proxy CPU per request.
-            out[name]["cpu_us_per_request"] = {
+            out[ln.key]["cpu_us_per_request"] = {
                 k: sorted(v)[len(v) // 2] for k, v in (
                     (k, [x["proxy_cpu_us_per_request"] for x in runs
                          if "proxy_cpu_us_per_request" in x])
-                    for k, runs in out[name]["runs"].items()) if v}
+                    for k, runs in out[ln.key]["runs"].items()) if v}
         for name, r in running.items():
             if r.procs():
                 mems = [_mem(p) for p in r.procs()]
@@ -215,95 +259,6 @@ def soak(ep: Endpoint, env: Env, plan: Plan) -> dict[str, Any]:
     return {"requests": total, "errors": errors, "samples": samples,
             "rss_first_slice_mb": first, "rss_end_mb": samples[-1]["rss_mb"],
             "growth_after_first_slice_mb": round(samples[-1]["rss_mb"] - first, 1)}
-
-
-def derive(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Overheads over direct, ratios to the bare aiohttp pass-through, and the targets."""
-    direct = results.get("direct")
-    bare = results.get("bare-aiohttp")
-    lite = results.get("litellm")
-    d: dict[str, Any] = {}
-    for name, r in results.items():
-        row: dict[str, Any] = {}
-        if direct and "a_latency" in r:
-            a, da = r["a_latency"]["latency_us"], direct["a_latency"]["latency_us"]
-            row["added_p50_us"] = a["p50"] - da["p50"]
-            row["added_p99_us"] = a["p99"] - da["p99"]
-        if direct and "c_stream" in r:
-            c, dc = r["c_stream"], direct["c_stream"]
-            row["ttft_overhead_p50_ms"] = c["ttft_ms"]["p50"] - dc["ttft_ms"]["p50"]
-            row["ttft_overhead_p99_ms"] = c["ttft_ms"]["p99"] - dc["ttft_ms"]["p99"]
-            row["total_overhead_p50_ms"] = c["total_ms"]["p50"] - dc["total_ms"]["p50"]
-        d[name] = row
-    for name, row in d.items():
-        r = results[name]
-        cpu = _cpu_per_request(r)
-        if cpu:
-            row["cpu_us_per_request"] = cpu
-            row["rps_per_core_from_cpu"] = 1e6 / cpu
-        if bare and name != "bare-aiohttp" and "b_throughput" in r:
-            row["rps_vs_bare"] = r["b_throughput"]["rps"] / bare["b_throughput"]["rps"]
-            bare_cpu = _cpu_per_request(bare)
-            if cpu and bare_cpu:
-                row["cpu_rps_vs_bare"] = bare_cpu / cpu
-        row["cpu_us_per_stream"] = _cpu_per_request(r, "c_stream")
-        if lite and "b_throughput" in r and lite["b_throughput"]["rps"]:
-            row["rps_vs_litellm"] = r["b_throughput"]["rps"] / lite["b_throughput"]["rps"]
-            lite_cpu = _cpu_per_request(lite)
-            if cpu and lite_cpu:
-                row["cpu_rps_vs_litellm"] = lite_cpu / cpu
-        if bare and name != "bare-aiohttp":
-            b = d["bare-aiohttp"]
-            if b.get("added_p50_us", 0) > 0 and "added_p50_us" in row:
-                row["added_p50_vs_bare"] = row["added_p50_us"] / b["added_p50_us"]
-            if b.get("ttft_overhead_p50_ms", 0) > 0 and "ttft_overhead_p50_ms" in row:
-                row["ttft_overhead_vs_bare"] = (row["ttft_overhead_p50_ms"]
-                                                / b["ttft_overhead_p50_ms"])
-    return d
-
-
-def _cpu_per_request(r: dict[str, Any], key: str = "b_throughput") -> float | None:
-    """Median over a scenario's runs of the proxy's CPU µs per request."""
-    vals = sorted(x["proxy_cpu_us_per_request"] for x in r.get("runs", {}).get(key, [])
-                  if x.get("proxy_cpu_us_per_request"))
-    return vals[len(vals) // 2] if vals else None
-
-
-def check_targets(results: dict[str, Any], derived: dict[str, Any],
-                  name: str = "gateway") -> list[dict[str, Any]]:
-    """The issue's targets for one gateway variant: each with its measured value and verdict."""
-    r, d = results.get(name), derived.get(name, {})
-    if r is None:
-        return []
-    checks = []
-
-    def add(what: str, value: float | None, limit: str, ok: bool | None) -> None:
-        checks.append({"target": what, "value": None if value is None else round(value, 2),
-                       "limit": limit, "met": ok})
-
-    v = d.get("added_p50_vs_bare")
-    add("added p50 latency at c=1 vs bare", v, "≤ 1.5×", None if v is None else v <= 1.5)
-    v = d.get("rps_vs_bare")
-    add("throughput at c=64 vs bare (req/s measured)", v, "≥ 0.6×",
-        None if v is None else v >= 0.6)
-    v = d.get("cpu_rps_vs_bare")
-    add("throughput at c=64 vs bare (from CPU µs/request)", v, "≥ 0.6×",
-        None if v is None else v >= 0.6)
-    v = d.get("rps_vs_litellm")
-    add("throughput at c=64 vs LiteLLM (req/s measured)", v, "≥ 20×",
-        None if v is None else v >= 20)
-    v = d.get("cpu_rps_vs_litellm")
-    add("throughput at c=64 vs LiteLLM (from CPU µs/request)", v, "≥ 20×",
-        None if v is None else v >= 20)
-    v = d.get("ttft_overhead_vs_bare")
-    add("streaming TTFT overhead vs bare", v, "≤ 1.5×", None if v is None else v <= 1.5)
-    v = r.get("rss_mb")
-    add("RSS after the run (MB)", v, "< 150", None if v is None else v < 150)
-    s = r.get("soak")
-    if s:
-        v = s["growth_after_first_slice_mb"]
-        add(f"RSS growth over {s['requests']:,} requests (MB)", v, "flat (< 10)", v < 10)
-    return checks
 
 
 def save(doc: dict[str, Any], results_dir: Path) -> Path:

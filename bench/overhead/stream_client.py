@@ -1,9 +1,12 @@
-"""Streaming load: `concurrency` aiohttp workers, each posting a streamed chat completion as
-soon as its last one ended, for a fixed time. Per request it records time to the first body
-bytes (TTFT: the first SSE event) and time to the end of the stream.
+"""Streaming load: `concurrency` aiohttp workers, each posting a streamed request as soon as
+its last one ended, for a fixed time. Per request it records time to the first body bytes
+(TTFB), to the first content token (TTFT: the first chat content chunk, or the first
+`response.output_text.delta` of a Responses stream) and to the end of the stream.
 
     python -m bench.overhead.stream_client --url http://127.0.0.1:4000/v1/chat/completions \\
         --model bench-stream --concurrency 16 --seconds 10
+    python -m bench.overhead.stream_client --api responses \\
+        --url http://127.0.0.1:4000/v1/responses --model bench-responses-stream
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -33,16 +37,29 @@ def body_for(model: str) -> bytes:
     }, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class Markers:
+    """Bytes that mark, in a stream, its first content token and its end."""
+
+    first_token: bytes = b" tok"  # the chat mock's content tokens (its first chunk: the role)
+    end: bytes = b"[DONE]"
+
+
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str], timeout: float) -> tuple[float, float, float, int, bool]:
+               headers: Mapping[str, str], timeout: float,
+               marks: Markers) -> tuple[float, float, float, int, bool]:
     t0 = time.perf_counter()
     # TTFT is the first *content* token (what a user waits for); the first bytes can be a
-    # role-only chunk, which the gateway holds until content exists (so that a stream that
-    # drops before any content can still fall back), so they are recorded apart, as TTFB.
+    # role-only chunk (or Responses' lifecycle events), which the gateway holds until content
+    # exists (so that a stream that drops before any content can still fall back), so they
+    # are recorded apart, as TTFB.
     ttfb = float("nan")
     ttft = float("nan")
     events = 0
     done = False
+    # A marker may straddle two reads: each read is searched with the end of the one before.
+    carry = b""
+    keep = max(len(marks.first_token), len(marks.end)) - 1
     async with session.post(url, data=body, headers=headers,
                             timeout=aiohttp.ClientTimeout(total=timeout)) as r:
         ok = r.status == 200
@@ -52,19 +69,20 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
                 break
             if events == 0:
                 ttfb = time.perf_counter() - t0
-            if ttft != ttft and b" tok" in data:  # the mock's first content token
+            seen = carry + data
+            if ttft != ttft and marks.first_token in seen:
                 ttft = time.perf_counter() - t0
             events += data.count(b"data:")
-            if b"[DONE]" in data:
+            if marks.end in seen:
                 done = True
+            carry = seen[-keep:]
     return ttfb, ttft, time.perf_counter() - t0, events, ok and done
 
 
-async def measure(url: str, model: str, *, concurrency: int, seconds: float,
-                  headers: Mapping[str, str] | None = None,
+async def measure(url: str, body: bytes, *, concurrency: int, seconds: float,
+                  headers: Mapping[str, str] | None = None, marks: Markers = Markers(),
                   timeout: float = 30.0) -> dict[str, Any]:
     """Closed loop for `seconds`; requests that start before the deadline count."""
-    body = body_for(model)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     ttfts: list[float] = []
     ttfbs: list[float] = []
@@ -77,7 +95,8 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
         nonlocal events, errors
         while time.perf_counter() < deadline:
             try:
-                ttfb, ttft, total, n, ok = await _one(session, url, body, hdrs, timeout)
+                ttfb, ttft, total, n, ok = await _one(session, url, body, hdrs, timeout,
+                                                      marks)
             except (aiohttp.ClientError, TimeoutError):
                 errors += 1
                 await asyncio.sleep(0.01)  # a refused connection must not spin the loop
@@ -117,23 +136,28 @@ async def measure(url: str, model: str, *, concurrency: int, seconds: float,
     }
 
 
-def run(url: str, model: str, **kw: Any) -> dict[str, Any]:
+def run(url: str, body: bytes, **kw: Any) -> dict[str, Any]:
     import uvloop
 
-    return uvloop.run(measure(url, model, **kw))
+    return uvloop.run(measure(url, body, **kw))
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.overhead.apis import APIS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True)
+    p.add_argument("--api", choices=sorted(APIS), default="chat")
     p.add_argument("--model", default="bench-stream")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--api-key", default=None)
     a = p.parse_args(argv)
+    api = APIS[a.api]
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
-    print(json.dumps(run(a.url, a.model, concurrency=a.concurrency, seconds=a.seconds,
-                         headers=headers), indent=2))
+    print(json.dumps(run(a.url, api.stream_body(a.model, None), concurrency=a.concurrency,
+                         seconds=a.seconds, headers=headers,
+                         marks=api.marks), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 """What is measured: each proxy, how it is started (pinned to the system-under-test core) and
 where its client points. Every target routes `bench-model` to the nginx mock and
 `bench-stream` to the SSE mock; the bare pass-throughs have one upstream each, so they are
-started once per upstream."""
+started once per upstream.
+
+A target can also be measured through the Responses API (`variants`): the same processes,
+another path and model. The gateway has three such rows: served natively (`kind: openai`
+providers on the same mocks) with `store: false`, the same with the response stored (the
+API's default), and translated to chat (the chat mocks' `kind: openai-compatible` providers)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.overhead.apis import CHAT, RESPONSES, Api
 from bench.overhead.procs import SUT_CPU, Proc, Procs, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +44,31 @@ class Endpoint:
     headers: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
     port: int = 0
+    api: Api = CHAT
+    store: bool | None = None  # Responses' `store`; None: not sent (the API stores)
+
+    def responses(self, json_model: str, stream_model: str, store: bool | None) -> Endpoint:
+        """The same process reached through the Responses API."""
+        assert self.url.endswith(CHAT.path), self.url
+        return replace(self, url=self.url.removesuffix(CHAT.path) + RESPONSES.path,
+                       api=RESPONSES, json_model=json_model, stream_model=stream_model,
+                       store=store)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One more row for a target: its processes reached through another API or model."""
+
+    key: str    # after the target's name: "gateway/responses-native"
+    label: str  # after its label
+    json: Endpoint
+    stream: Endpoint
+
+
+def _responses(json_ep: Endpoint, stream_ep: Endpoint, key: str, label: str, model: str,
+               store: bool | None) -> Variant:
+    return Variant(key, label, json_ep.responses(model, model + "-stream", store),
+                   stream_ep.responses(model, model + "-stream", store))
 
 
 @dataclass
@@ -60,6 +91,11 @@ class Target:
 
     def start(self, env: Env, upstream: str | None = None) -> Endpoint:
         raise NotImplementedError
+
+    def variants(self, json_ep: Endpoint, stream_ep: Endpoint) -> list[Variant]:
+        """Its Responses API rows (the pass-throughs forward the bytes: one row)."""
+        return [_responses(json_ep, stream_ep, "responses", "responses", "bench-responses",
+                           False)]
 
 
 @dataclass(frozen=True)
@@ -92,14 +128,20 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
         "providers": {
             "mock": {"kind": "openai-compatible", "base_url": ups.json_base},
             "mock-sse": {"kind": "openai-compatible", "base_url": ups.stream_base},
+            # The same mocks as OpenAI itself: Responses requests pass through natively.
+            "mock-responses": {"kind": "openai", "base_url": ups.json_base},
+            "mock-sse-responses": {"kind": "openai", "base_url": ups.stream_base},
         },
-        "models": {
-            "bench-model": {"deployments": [{"provider": "mock", "model": "bench-model",
-                                             "pricing": PRICING}]},
-            "bench-stream": {"deployments": [{"provider": "mock-sse", "model": "bench-stream",
-                                              "pricing": PRICING}]},
-        },
+        "models": {},
     }
+    # Each public name is also the upstream's model, as with chat: no `model` rewriting.
+    for model, provider in (("bench-model", "mock"), ("bench-stream", "mock-sse"),
+                            ("bench-responses", "mock-responses"),
+                            ("bench-responses-stream", "mock-sse-responses"),
+                            ("bench-responses-tr", "mock"),
+                            ("bench-responses-tr-stream", "mock-sse")):
+        policy["models"][model] = {"deployments": [{"provider": provider, "model": model,
+                                                    "pricing": PRICING}]}
     if tenants:
         # Limits high enough never to refuse, so every request pays for the whole admission.
         policy["tenants"] = {"bench": {
@@ -138,6 +180,16 @@ class Gateway(Target):
         headers = {"Authorization": f"Bearer {BENCH_KEY}"} if self.tenants else {}
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers,
                         proc=proc, port=port)
+
+    def variants(self, json_ep: Endpoint, stream_ep: Endpoint) -> list[Variant]:
+        return [
+            _responses(json_ep, stream_ep, "responses-native", "responses native",
+                       "bench-responses", False),
+            _responses(json_ep, stream_ep, "responses-stored", "responses native, stored",
+                       "bench-responses", None),
+            _responses(json_ep, stream_ep, "responses-translated", "responses translated",
+                       "bench-responses-tr", False),
+        ]
 
 
 @dataclass(frozen=True)
@@ -181,6 +233,9 @@ class LiteLLM(Target):
             cpu=SUT_CPU, cwd=str(tmp), env=env_vars)
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions",
                         headers={"Authorization": f"Bearer {BENCH_KEY}"}, proc=proc, port=port)
+
+    def variants(self, json_ep: Endpoint, stream_ep: Endpoint) -> list[Variant]:
+        return []  # chat only: the comparison with LiteLLM is issue 9's
 
 
 def patched(t: Target, src: str, tag: str = "patched") -> Target:

@@ -65,6 +65,11 @@ def _chars(value: Any) -> int:
     return 0 if value is None else 4  # a number or boolean: about one token
 
 
+def json_chars(value: Any) -> int:
+    """Characters of every string in a JSON value (keys included), for a cheap estimate."""
+    return _chars(value)
+
+
 def _content_chars(content: Any) -> tuple[int, int]:
     """(characters of text, fixed tokens of images) in a message's ``content``."""
     if isinstance(content, str):
@@ -119,6 +124,26 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     for key in ("prompt", "input"):
         if key in body:
             return _inputs(body[key], _fast_count)
+    return _scoring_tokens(body, _fast_count)
+
+
+def _scoring_tokens(body: Mapping[str, Any], count: Counter) -> int:
+    """Rerank (`query` + `documents`) and score (`text_1` × `text_2`) bodies, counted as vLLM
+    does: each document is read with the query, each pair of texts together."""
+    docs = body.get("documents")
+    if isinstance(docs, list):
+        q = count(str(body.get("query") or ""))
+        texts = [d.get("text") if isinstance(d, Mapping) else d for d in docs]
+        return sum(q + count(str(t or "")) for t in texts)
+    if "text_1" in body or "text_2" in body:
+        left, right = body.get("text_1"), body.get("text_2")
+        lefts = left if isinstance(left, list) else [left]
+        rights = right if isinstance(right, list) else [right]
+        a = [count(str(t or "")) for t in lefts]
+        b = [count(str(t or "")) for t in rights]
+        if len(a) == 1:
+            return sum(a[0] + n for n in b)
+        return sum(x + y for x, y in zip(a, b, strict=False))
     return 0
 
 
@@ -224,7 +249,7 @@ def count_prompt_tokens(body: Mapping[str, Any], model: str | None = None) -> in
     for key in ("prompt", "input"):
         if key in body:
             return _inputs(body[key], count)
-    return 0
+    return _scoring_tokens(body, count)
 
 
 def _content_tokens(content: Any, count: Counter) -> int:

@@ -3,7 +3,8 @@
 Invariant: every token is in exactly one bucket, so ``total`` is the plain sum.
 - OpenAI's ``prompt_tokens`` *includes* ``prompt_tokens_details.cached_tokens``, and
   ``completion_tokens`` *includes* ``completion_tokens_details.reasoning_tokens``: they are
-  split here (input_uncached = prompt - cached, output = completion - reasoning).
+  split here (input_uncached = prompt - cached, output = completion - reasoning). The Responses
+  API's ``input_tokens`` / ``output_tokens`` include their details the same way.
 - Anthropic's ``input_tokens`` *excludes* ``cache_read_input_tokens`` and
   ``cache_creation_input_tokens``: each maps straight to its bucket.
 """
@@ -67,10 +68,15 @@ def from_openai(u: dict[str, Any] | None, source: UsageSource = "provider") -> U
     """OpenAI / vLLM ``usage`` object → Usage. None when the object is absent or null."""
     if not isinstance(u, dict):
         return None
-    prompt = _int(u.get("prompt_tokens"))
-    completion = _int(u.get("completion_tokens"))
-    pd = u.get("prompt_tokens_details") or {}
-    cd = u.get("completion_tokens_details") or {}
+    return _inclusive(u.get("prompt_tokens"), u.get("completion_tokens"),
+                      u.get("prompt_tokens_details"), u.get("completion_tokens_details"), source)
+
+
+def _inclusive(prompt_total: Any, completion_total: Any, pd: Any, cd: Any,
+               source: UsageSource) -> Usage:
+    """Totals that include their cached and reasoning details (OpenAI's, both APIs) → Usage."""
+    prompt = _int(prompt_total)
+    completion = _int(completion_total)
     cached = min(_int(pd.get("cached_tokens")) if isinstance(pd, dict) else 0, prompt)
     reasoning = min(_int(cd.get("reasoning_tokens")) if isinstance(cd, dict) else 0, completion)
     return Usage(
@@ -93,3 +99,15 @@ def from_anthropic(u: dict[str, Any] | None, source: UsageSource = "provider") -
         output=_int(u.get("output_tokens")),
         source=source,
     )
+
+
+def from_responses(u: dict[str, Any] | None, source: UsageSource = "provider") -> Usage | None:
+    """Responses API ``usage`` → Usage. Its ``input_tokens`` includes
+    ``input_tokens_details.cached_tokens`` and ``output_tokens`` includes
+    ``output_tokens_details.reasoning_tokens``, exactly as chat's prompt and completion
+    counts do: split into the same buckets as ``from_openai``, so one upstream's count lands
+    alike through either API."""
+    if not isinstance(u, dict):
+        return None
+    return _inclusive(u.get("input_tokens"), u.get("output_tokens"),
+                      u.get("input_tokens_details"), u.get("output_tokens_details"), source)

@@ -227,6 +227,12 @@ def _api_key(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers an Anthropic backend may get (`anthropic-beta`…), lower-cased and
+    without credentials, as `Call.headers` keeps them."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+
+
 def parse_messages_request(raw: bytes, headers: Mapping[str, str] | HTTPConnection) -> Call:
     """Bytes of a `/v1/messages` request → a `Call` (ingress "anthropic"). Raises InvalidRequest,
     which the route renders with the Anthropic codec's `error_body`. `headers` may be the
@@ -238,7 +244,7 @@ def parse_messages_request(raw: bytes, headers: Mapping[str, str] | HTTPConnecti
     openai_body = to_openai_request(body)
     stream = body.get("stream") is True
     user = openai_body.get("user")
-    kept = {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+    kept = forwarded_headers(headers)
     return Call(
         endpoint="chat", model=body["model"], body=openai_body,
         # The OpenAI-shaped bytes: a pass-through adapter may send `raw` as is.

@@ -12,9 +12,10 @@ import uuid
 from typing import Any
 
 from gateway.accounting.usage import Usage, from_openai
-from gateway.call import Call
+from gateway.call import Call, Principal
 from gateway.errors import GatewayError
-from gateway.providers.base import Classified
+from gateway.providers.base import Classified, Target
+from gateway.providers.sse import SSEEvents
 
 # OpenAI finish_reason → Anthropic stop_reason.
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -72,12 +73,27 @@ class OpenAIToAnthropicStream:
     (the SDKs overwrite the snapshot's usage with it).
     """
 
-    __slots__ = ("_block", "_buf", "_call", "_closed", "_finish", "_matched", "_next", "_open",
-                 "_pass", "_started", "_tools", "_usage", "done", "error", "usage")
+    __slots__ = (
+        "_block",
+        "_call",
+        "_closed",
+        "_events",
+        "_finish",
+        "_matched",
+        "_next",
+        "_open",
+        "_pass",
+        "_started",
+        "_tools",
+        "_usage",
+        "done",
+        "error",
+        "usage",
+    )
 
     def __init__(self, call: Call) -> None:
         self._call = call
-        self._buf = b""
+        self._events = SSEEvents()
         self._started = False
         self._closed = False
         self._open: str | None = None  # kind of the open block: text, thinking, tool
@@ -99,16 +115,8 @@ class OpenAIToAnthropicStream:
             self._pass = data.lstrip().startswith(b"event:")
         if self._pass:
             return data
-        buf = self._buf + data if self._buf else data
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
-            return b""
-        self._buf = buf[end + 2:]
         out: list[bytes] = []
-        for event in buf[:end].split(b"\n\n"):
-            payload = b"\n".join(ln[5:].lstrip(b" ") for ln in event.split(b"\n")
-                                 if ln.startswith(b"data:"))
+        for _name, payload, _raw in self._events.feed(data):
             if payload == b"[DONE]":
                 out.append(self._close())
                 continue
@@ -233,6 +241,12 @@ class AnthropicCodec:
 
     def stream(self, call: Call) -> OpenAIToAnthropicStream:
         return OpenAIToAnthropicStream(call)
+
+    async def prepare(self, call: Call, principal: Principal) -> None:
+        """Nothing to resolve before routing: the Messages API keeps no state."""
+
+    async def completed(self, call: Call, target: Target, tenant: str) -> None:
+        """Nothing to store."""
 
     def error_body(self, exc: GatewayError) -> bytes:
         etype = _ERROR_TYPES.get(exc.status) or ("api_error" if exc.status >= 500

@@ -12,12 +12,11 @@ discarded), ~2–3 µs for a typical chat body. Depth is already bounded by the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
+from gateway.api.body_errors import anthropic_path, invalid_request, openai_path
 from gateway.errors import InvalidRequest
 
 # Upper bound for token counts clients send: a 32-bit signed int, as vLLM and every provider
@@ -157,6 +156,130 @@ class EmbeddingRequest(_Body):
     stream: Literal[False] | None = None
 
 
+# ---- OpenAI Responses -------------------------------------------------------------------------
+# Only the item and tool types the translation reads are typed; every other type (built-in
+# tools, their call items) passes to a native backend as sent, so their fields are not checked.
+
+
+class ResponsesPart(_Body):
+    type: str = Field(min_length=1)
+    text: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
+    file_data: str | None = None
+    filename: str | None = None
+    detail: str | None = None
+
+
+ResponsesContent = str | Annotated[list[ResponsesPart], Field(max_length=MAX_MESSAGES)]
+
+
+class ResponsesMessage(_Body):
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: ResponsesContent
+
+
+class ResponsesFunctionCall(_Body):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str
+
+
+class ResponsesFunctionCallOutput(_Body):
+    type: Literal["function_call_output"]
+    call_id: str | None = Field(None, min_length=1)
+    output: ResponsesContent
+
+
+class ResponsesOtherItem(_Body):
+    type: str | None = None
+
+
+def _item_tag(v: Any) -> str:
+    kind = v.get("type", "message" if "role" in v else None) if isinstance(v, dict) else None
+    return {"message": "Message", "function_call": "FunctionCall",
+            "function_call_output": "FunctionCallOutput"}.get(str(kind), "Other")
+
+
+# Capitalised tags: error paths leave union members out (`_is_member`), e.g. `input[2].role`.
+ResponsesItem = Annotated[
+    Annotated[ResponsesMessage, Tag("Message")]
+    | Annotated[ResponsesFunctionCall, Tag("FunctionCall")]
+    | Annotated[ResponsesFunctionCallOutput, Tag("FunctionCallOutput")]
+    | Annotated[ResponsesOtherItem, Tag("Other")],
+    Discriminator(_item_tag)]
+
+
+class ResponsesFunctionTool(_Body):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponsesOtherTool(_Body):
+    type: str = Field(min_length=1)
+
+
+ResponsesTool = Annotated[
+    Annotated[ResponsesFunctionTool, Tag("Function")] | Annotated[ResponsesOtherTool, Tag("Other")],
+    Discriminator(lambda v: "Function" if isinstance(v, dict) and v.get("type") == "function"
+                  else "Other")]
+
+
+class ResponsesToolChoice(_Body):
+    type: str = Field(min_length=1)
+    name: str | None = None
+    mode: str | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+
+
+class ResponsesTextFormat(_Body):
+    type: str = Field(min_length=1)
+    name: str | None = Field(None, max_length=256)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponsesText(_Body):
+    format: ResponsesTextFormat | None = None
+
+
+class ResponsesReasoning(_Body):
+    effort: str | None = Field(None, max_length=32)
+
+
+# OpenAI's bounds: 16 pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[dict[Annotated[str, Field(max_length=64)],
+                          Annotated[str, Field(max_length=512)]], Field(max_length=16)]
+
+
+class ResponsesRequest(_Body):
+    """`POST /v1/responses` (https://platform.openai.com/docs/api-reference/responses/create)."""
+
+    model: ModelName
+    input: str | Annotated[list[ResponsesItem], Field(max_length=MAX_MESSAGES)] | None = None
+    instructions: str | None = None
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    background: bool | None = None
+    tools: Annotated[list[ResponsesTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: str | ResponsesToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponsesText | None = None
+    reasoning: ResponsesReasoning | None = None
+    max_output_tokens: TokenCount | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: User | None = None
+    metadata: Metadata | None = None
+
+
 # ---- Anthropic Messages ---------------------------------------------------------------------
 
 
@@ -214,83 +337,58 @@ class MessagesRequest(_Body):
     output_config: AnthropicOutputConfig | None = None  # its `format` → response_format
 
 
+class CountTokensRequest(_Body):
+    """`POST /v1/messages/count_tokens` (https://docs.anthropic.com/en/api/messages-count-tokens):
+    a Messages request without the generation settings (`max_tokens` is not taken)."""
+
+    model: ModelName
+    messages: list[AnthropicMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    system: str | list[ContentBlock] | None = None
+    tools: Annotated[list[AnthropicTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: AnthropicToolChoice | None = None
+    output_config: AnthropicOutputConfig | None = None
+
+
+# ---- reranking and scoring (Cohere's and Jina's rerank, vLLM's score) ------------------------
+
+# Cohere refuses more than 10,000 documents in one rerank request.
+MAX_DOCUMENTS = 10_000
+
+
+class RerankDocument(_Body):
+    text: str
+
+
+class RerankRequest(_Body):
+    """`POST /v1/rerank` (https://docs.cohere.com/reference/rerank, https://jina.ai/reranker;
+    vLLM serves it at `/rerank`, `/v1/rerank`)."""
+
+    model: ModelName
+    query: str
+    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+    top_n: int | None = Field(None, ge=0, le=MAX_DOCUMENTS)
+    return_documents: bool | None = None
+    # Reranking has no stream form (see EmbeddingRequest.stream).
+    stream: Literal[False] | None = None
+
+
+ScoreTexts = str | Annotated[list[str], Field(min_length=1, max_length=MAX_DOCUMENTS)]
+
+
+class ScoreRequest(_Body):
+    """`POST /v1/score` (vLLM's: https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html#score-api):
+    one text against many (`text_1` a string) or pairs (two lists of one length)."""
+
+    model: ModelName
+    text_1: ScoreTexts
+    text_2: ScoreTexts
+    stream: Literal[False] | None = None
+
+
 OPENAI_BODIES: dict[str, type[_Body]] = {
     "chat": ChatRequest, "completions": CompletionRequest, "embeddings": EmbeddingRequest,
+    "rerank": RerankRequest, "score": ScoreRequest,
 }
-
-
-# ---- errors ---------------------------------------------------------------------------------
-
-Path = tuple[int | str, ...]
-
-
-def openai_path(loc: Path) -> str:
-    """`messages[0].role`, as OpenAI names parameters."""
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def anthropic_path(loc: Path) -> str:
-    """`messages.0.role`, as Anthropic names them."""
-    return ".".join(str(p) for p in loc)
-
-
-def _loc(e: ErrorDetails) -> Path:
-    # A union's member name ("str", "list[ContentPart]", "function-after[...]") is pydantic's,
-    # not the client's: keep only the keys and indices the client wrote.
-    return tuple(p for p in e["loc"] if isinstance(p, int) or not _is_member(p))
-
-
-def _is_member(part: str) -> bool:
-    return "[" in part or part[:1].isupper() or part in {"str", "int", "float", "bool", "dict",
-                                                          "list", "none"}
-
-
-def _best(errors: list[ErrorDetails]) -> ErrorDetails:
-    """One error to report: the first field's (fields validate in declaration order, so the
-    most basic — `model` — comes first). A value that matched no member of a union yields one
-    error per member; the deepest is the informative one (the member the client meant)."""
-    field = errors[0]["loc"][:1]
-    same = [e for e in errors if e["loc"][:1] == field]
-    return max(same, key=lambda e: len(_loc(e)))
-
-
-def invalid_request(err: ValidationError, render: Callable[[Path], str],
-                    openai_style: bool = True) -> InvalidRequest:
-    e = _best(err.errors(include_url=False))
-    if not e["loc"]:  # the body itself: JSON, but not an object
-        return InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    param = render(_loc(e))
-    kind = e["type"]
-    if kind == "missing":
-        msg = (f"Missing required parameter: '{param}'." if openai_style
-               else f"{param}: Field required")
-        if param == "model" and openai_style:  # OpenAI's own words for the commonest slip
-            msg = "You must provide a model parameter (a model name string)."
-        return InvalidRequest(msg, param=param, code="missing_required_parameter")
-    got = e.get("input")
-    text = _MESSAGES.get(kind) or e["msg"].replace(" after validation", "")
-    shown = "" if isinstance(got, dict | list) else f" (got {_short(got)})"
-    code = "invalid_type" if kind.endswith("_type") or kind == "model_attributes_type" \
-        else "invalid_value"
-    if openai_style:
-        msg = f"Invalid value for '{param}': {text}{shown}."
-    else:
-        msg = f"{param}: {text}{shown}"
-    return InvalidRequest(msg, param=param, code=code)
-
-
-# pydantic's wording names our classes ("instance of StreamOptions"); say it in JSON terms.
-_MESSAGES = {"model_type": "Input should be a JSON object",
-             "model_attributes_type": "Input should be a JSON object",
-             "dict_type": "Input should be a JSON object"}
-
-
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def check_openai(endpoint: str, body: Any) -> None:
@@ -302,12 +400,21 @@ def check_openai(endpoint: str, body: Any) -> None:
         raise invalid_request(err, openai_path) from None
 
 
-def check_messages(body: Any) -> None:
-    """The same for `/v1/messages`, in Anthropic's words and `a.0.b` paths."""
+def check_messages(body: Any, model: type[_Body] = MessagesRequest) -> None:
+    """The same for `/v1/messages` (and, with `CountTokensRequest`, its `count_tokens`), in
+    Anthropic's words and `a.0.b` paths."""
     if isinstance(body, dict) and body.get("messages") == []:
         raise InvalidRequest("messages: at least one message is required", param="messages",
                              code="invalid_value")
     try:
-        MessagesRequest.model_validate(body)
+        model.model_validate(body)
     except ValidationError as err:
         raise invalid_request(err, anthropic_path, openai_style=False) from None
+
+
+def check_responses(body: Any) -> None:
+    """The same for `/v1/responses`, in OpenAI's words and paths (`input[2].content[0].text`)."""
+    try:
+        ResponsesRequest.model_validate(body)
+    except ValidationError as err:
+        raise invalid_request(err, openai_path) from None

@@ -23,7 +23,16 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.bodies import ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
+from gateway.api.bodies import (
+    ChatRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    EmbeddingRequest,
+    MessagesRequest,
+    RerankRequest,
+    ResponsesRequest,
+    ScoreRequest,
+)
 from gateway.api.openapi_schemas import RESPONSES, Schema, ref
 from gateway.responses import RawResponse
 
@@ -82,6 +91,13 @@ STATUS_TEXT: dict[int, str] = {
 # OpenAI's shape on every route, /v1/messages included.
 _CONNECTION_STATUSES = frozenset({408})
 _PROXIED = (400, 401, 402, 403, 404, 408, 413, 429, 502, 503)
+# Counting is not admitted (no 402, 429) and always answers (no 502: an unreachable provider's
+# count is estimated instead).
+_COUNTED = (400, 401, 403, 404, 408, 413, 503)
+_COUNT_NOTES = {400: "The request is malformed (`param` names the field), or the provider that "
+                     "counts refused it.",
+                503: "The connection cap is reached, or (Responses) the stored conversation "
+                     "`previous_response_id` names cannot be read now."}
 _ADMIN = (401, 403)
 _ADMIN_NOTES = {401: "No admin key, or a wrong one.",
                 403: "The admin API is disabled: `server.admin_key` is not set."}
@@ -109,6 +125,12 @@ _REQUEST_FILTERS = (
 _REQUESTS_OK = {"application/json": ref("RequestList"), "text/csv": {"type": "string"}}
 
 
+# The stored-response routes (docs/responses.md, "State").
+_STORED_NOTES = {404: "No stored response with this id for this key's tenant (another "
+                      "tenant's reads exactly the same), or it expired.",
+                 503: "Stored responses cannot be read right now."}
+
+
 def _json(name: str) -> dict[str, Schema]:
     return {"application/json": ref(name)}
 
@@ -129,6 +151,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/embeddings", "createEmbedding", "Create embeddings", "openai",
               _json("EmbeddingList"), _PROXIED, body=EmbeddingRequest,
               aliases=("/embeddings",)),
+    # ---- reranking and scoring (api/rerank.py)
+    Operation("POST", "/v1/rerank", "createRerank", "Rerank documents against a query (Cohere "
+              "and Jina shape)", "openai", _json("RerankResult"), _PROXIED, body=RerankRequest,
+              aliases=("/rerank",)),
+    Operation("POST", "/v1/score", "createScore", "Score text pairs (vLLM's score API)",
+              "openai", _json("ScoreList"), _PROXIED, body=ScoreRequest, aliases=("/score",)),
     Operation("GET", "/v1/models", "listModels", "The models this key may use", "openai",
               _json("ModelList"), (401, 503)),
     Operation("GET", "/v1/models/{model}", "retrieveModel", "One model", "openai",
@@ -138,6 +166,38 @@ OPERATIONS: tuple[Operation, ...] = (
               "API), served by any backend", "anthropic",
               _streams("Message"), _PROXIED, body=MessagesRequest,
               anthropic=True),
+    # ---- OpenAI Responses (api/responses.py): proxied, and the tenant's stored responses
+    Operation("POST", "/v1/responses", "createResponse", "Create a model response (OpenAI "
+              "Responses API), served natively or by translation", "responses",
+              _streams("Response"), _PROXIED, body=ResponsesRequest, aliases=("/responses",),
+              notes={400: "As for chat, and: `previous_response_id` names no stored response "
+                     "of this tenant (`previous_response_not_found`), or the request needs a "
+                     "backend speaking Responses natively (built-in tools) and none does."}),
+    Operation("GET", "/v1/responses/{response_id}", "retrieveResponse", "A stored response "
+              "of this key's tenant", "responses", _json("Response"), (401, 404, 503),
+              aliases=("/responses/{response_id}",), notes=_STORED_NOTES),
+    Operation("DELETE", "/v1/responses/{response_id}", "deleteResponse", "Delete a stored "
+              "response", "responses", _json("DeletedResponse"), (401, 404, 503),
+              aliases=("/responses/{response_id}",), notes=_STORED_NOTES),
+    Operation("GET", "/v1/responses/{response_id}/input_items", "listInputItems", "The input "
+              "items of a stored response", "responses", _json("InputItemList"),
+              (400, 401, 404, 503), aliases=("/responses/{response_id}/input_items",),
+              params=(Param("after", "Items after this item id."),
+                      Param("before", "Items before this item id."),
+                      Param("limit", "At most this many (1–100, default 20).",
+                            {"type": "integer", "minimum": 1, "maximum": 100}),
+                      Param("order", "`asc` or `desc` (default).",
+                            {"type": "string", "enum": ["asc", "desc"]})),
+              notes=_STORED_NOTES),
+    # ---- token counting, no generation and no cost (api/count_tokens.py)
+    Operation("POST", "/v1/messages/count_tokens", "countMessageTokens", "Count a Messages "
+              "request's input tokens (Anthropic's count_tokens)", "anthropic",
+              _json("MessageTokensCount"), _COUNTED, body=CountTokensRequest, anthropic=True,
+              notes=_COUNT_NOTES),
+    Operation("POST", "/v1/responses/input_tokens", "countResponseInputTokens", "Count a "
+              "Responses request's input tokens", "openai", _json("ResponseInputTokens"),
+              _COUNTED, body=ResponsesRequest, aliases=("/responses/input_tokens",),
+              notes=_COUNT_NOTES),
     # ---- usage and admin (api/admin.py)
     Operation("GET", "/v1/usage", "ownUsage", "This key's tenant's usage", "usage", _USAGE_OK,
               (400, 401, 503), params=_DATES,

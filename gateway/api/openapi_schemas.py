@@ -37,6 +37,8 @@ def _event(payload: Schema) -> Schema:
 
 _USAGE = _object(["prompt_tokens", "total_tokens"], prompt_tokens=_INT,
                  completion_tokens=_INT, total_tokens=_INT)
+# A rerank reply's usage: vLLM's names OpenAI's counts, older vLLM and Jina only `total_tokens`.
+_USAGE_ANY = _object([], prompt_tokens=_INT, total_tokens=_INT)
 
 RESPONSES: dict[str, Schema] = {
     # ---- errors: OpenAI's object (every route but /v1/messages), Anthropic's on /v1/messages
@@ -63,6 +65,16 @@ RESPONSES: dict[str, Schema] = {
             ["object", "embedding", "index"], object={"const": "embedding"}, index=_INT,
             # A list of floats, or base64 text with `encoding_format: base64`.
             embedding={"anyOf": [{"type": "array", "items": {"type": "number"}}, _STR]})}),
+    # Cohere's and Jina's rerank reply (vLLM's adds `id`, `model`, `usage`); vLLM's score list.
+    "RerankResult": _object(
+        ["results"], id=_STR, model=_STR, usage=_USAGE_ANY,
+        results={"type": "array", "items": _object(
+            ["index", "relevance_score"], index=_INT, relevance_score={"type": "number"},
+            document={"type": "object"})}),
+    "ScoreList": _object(
+        ["object", "data"], object={"const": "list"}, model=_STR, usage=_USAGE_ANY,
+        data={"type": "array", "items": _object(
+            ["index", "score"], index=_INT, score={"type": "number"})}),
     "Model": _object(
         ["id", "object", "created", "owned_by"], id=_STR, object={"const": "model"},
         created=_INT, owned_by=_STR, type=_STR, description=_STR, context_length=_INT,
@@ -93,6 +105,29 @@ RESPONSES: dict[str, Schema] = {
         content={"type": "array", "items": _object(["type"], type=_STR)},
         usage=_object(["input_tokens", "output_tokens"], input_tokens=_INT,
                       output_tokens=_INT)),
+    # ---- OpenAI Responses: the object, its typed stream events, the stored-response routes
+    "Response": _object(
+        ["id", "object", "created_at", "status", "model", "output"], id=_STR,
+        object={"const": "response"}, created_at=_INT, status=_STR, model=_STR,
+        output={"type": "array", "items": _object(["type"], type=_STR)},
+        usage=_object(["input_tokens", "output_tokens", "total_tokens"], input_tokens=_INT,
+                      output_tokens=_INT, total_tokens=_INT)),
+    # Each event names its type twice (`event:` and `type`) and carries a sequence number.
+    "ResponseEvent": {"type": "object", "required": ["event", "data"], "properties": {
+        "event": _STR, "data": {"contentMediaType": "application/json",
+                                "contentSchema": _object(["type", "sequence_number"], type=_STR,
+                                                         sequence_number=_INT)}}},
+    "DeletedResponse": _object(["id", "object", "deleted"], id=_STR,
+                               object={"const": "response"}, deleted={"const": True}),
+    "InputItemList": _object(
+        ["object", "data", "has_more"], object={"const": "list"}, has_more={"type": "boolean"},
+        data={"type": "array", "items": _object(["type"], type=_STR)},
+        first_id=_NULLABLE_STR, last_id=_NULLABLE_STR),
+    # ---- token counts (x-gateway-token-count: provider | estimated)
+    "MessageTokensCount": _object(["input_tokens"], input_tokens=_INT),
+    "ResponseInputTokens": _object(["object", "input_tokens"],
+                                   object={"const": "response.input_tokens"},
+                                   input_tokens=_INT),
     # ---- health
     "Health": _object(["status"], status={"const": "ok"}),
     "Readiness": _object(

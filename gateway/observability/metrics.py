@@ -40,6 +40,11 @@ class Metrics:
                                registry=r)
         self.policy_reloads = Counter("gateway_policy_reloads_total", "Policy reloads",
                                       ["result"], registry=r)
+        # Token counting (/v1/messages/count_tokens, /v1/responses/input_tokens): no ledger
+        # record, so this is where it shows. source: provider (asked upstream) or estimated.
+        self.token_counts = Counter("gateway_token_count_requests_total",
+                                    "Token counting requests by public model and who counted",
+                                    ["model", "source"], registry=r)
         self._req_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         # labels() takes a lock and builds a key each call; the children are cached instead.
         self._token_children: dict[tuple[str, str, str], Counter] = {}
@@ -71,6 +76,9 @@ class Metrics:
         if child is None:
             child = self._cost_children[key] = self.cost.labels(tenant, model)
         child.inc(usd)
+
+    def token_count(self, model: str, source: str) -> None:
+        self.token_counts.labels(model, source).inc()
 
     def upstream_error(self, deployment: str, reason: str) -> None:
         self.upstream_errors.labels(deployment, reason).inc()

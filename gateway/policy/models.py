@@ -75,6 +75,10 @@ class OpenAIProvider(ProviderBase):
     metrics_url: str | None = None
     """Prometheus endpoint with vLLM metric names; defaults to `<base_url without /v1>/metrics`
     for `kind: vllm`."""
+    supports_responses: bool | None = None
+    """Whether the upstream serves the Responses API (`/v1/responses`), which then gets
+    Responses requests passed through; unset: true for `kind: openai`, false for the others
+    (vLLM ≥ 0.10 serves it: set true), which get them translated to chat."""
 
 
 class AzureProvider(ProviderBase):
@@ -84,6 +88,11 @@ class AzureProvider(ProviderBase):
     auth: Literal["api-key", "entra"] = "api-key"
     """`api-key`: the key goes in the `api-key` header; `entra`: it is a Microsoft Entra bearer
     token (from the environment) sent as `Authorization: Bearer`."""
+    supports_responses: bool | None = None
+    """Whether the resource serves the Responses API (`/openai/v1/responses`, or
+    `/openai/responses` with a dated `api_version`); unset: true when `api_version` is `v1`,
+    `preview` or a dated preview from `2025-03-01-preview` on (the versions that serve it),
+    false otherwise, and the gateway then translates Responses requests to chat."""
 
 
 class AnthropicProvider(ProviderBase):
@@ -193,8 +202,9 @@ class ModelRoute(Strict):
     max_attempts: int | None = Field(None, ge=1, le=20)
     """Upstream attempts for one request across deployments and fallbacks; defaults to
     `router.max_attempts`."""
-    type: Literal["chat", "embedding", "completion"] = "chat"
-    """What the model serves; informs `/v1/models` and validation."""
+    type: Literal["chat", "embedding", "completion", "rerank", "score"] = "chat"
+    """What the model serves; informs `/v1/models` and validation. `rerank` and `score`: a
+    cross-encoder served through `/v1/rerank` and `/v1/score` (docs/providers.md)."""
     description: str | None = None
     """Free text shown in `/v1/models`."""
     context_length: int | None = Field(None, ge=1, le=100_000_000)
@@ -314,6 +324,20 @@ class Accounting(Strict):
     `estimated`)."""
 
 
+class Responses(Strict):
+    store: bool = True
+    """Store Responses API responses (`POST /v1/responses`) so `previous_response_id`,
+    `GET /v1/responses/{id}` and its input items work, on every backend (docs/responses.md).
+    False stores nothing, whatever a request asks (its `store: true` is then answered with
+    `store: false`). A request's own `store: false` is always honoured."""
+    retention_days: int = Field(30, ge=1, le=3650)
+    """Days a stored response is kept (OpenAI keeps them 30 days); expired ones are gone at
+    once for every read and deleted in the background."""
+    max_turns: int = Field(100, ge=1, le=10_000)
+    """Most earlier responses a `previous_response_id` chain is rebuilt from; older turns
+    are left out of the conversation."""
+
+
 class Observability(Strict):
     metrics: bool = True
     """Serve Prometheus metrics at `/metrics`."""
@@ -338,6 +362,8 @@ class Policy(Strict):
     """Retries, circuit breaker, health checks."""
     observability: Observability = Field(default_factory=Observability)
     """Metrics, traces, logs."""
+    responses: Responses = Field(default_factory=Responses)
+    """Stored responses of the Responses API: whether, and for how long."""
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     """Upstreams by name."""
     models: dict[str, ModelRoute] = Field(default_factory=dict)

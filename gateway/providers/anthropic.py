@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.accounting.usage import Usage, from_anthropic
-from gateway.call import Call, Ingress
+from gateway.call import Call, Endpoint, Ingress
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.policy.models import AnthropicProvider
 from gateway.providers.anthropic_request import to_messages_request
@@ -244,7 +244,8 @@ class NativeStream(_EventReader):
 
 
 class AnthropicAdapter:
-    native_ingress: Ingress = "anthropic"
+    native_ingresses: frozenset[Ingress] = frozenset({"anthropic"})
+    endpoints: frozenset[Endpoint] = frozenset({"chat"})
 
     def __init__(self, name: str, config: AnthropicProvider) -> None:
         self.name = name
@@ -270,11 +271,21 @@ class AnthropicAdapter:
             body["model"] = target.upstream_model
         else:
             body = to_messages_request(call.body, target.upstream_model, self._default_max)
-        headers = self._headers
+        return UpstreamRequest(self._url, compact_json(body), self._headers_for(call))
+
+    def _headers_for(self, call: Call) -> dict[str, str]:
         extra = {h: call.headers[h] for h in _FORWARDED if h in call.headers}
-        if extra:
-            headers = {**headers, **extra}
-        return UpstreamRequest(self._url, compact_json(body), headers)
+        return {**self._headers, **extra} if extra else self._headers
+
+    def token_count_request(self, call: Call, target: Target) -> UpstreamRequest | None:
+        """`POST /v1/messages/count_tokens` (https://docs.anthropic.com/en/api/messages-count-tokens)
+        for a client of the same endpoint: its body, `model` the deployment's. The reply is
+        `{"input_tokens": N}`. None for another format: the gateway counts that itself."""
+        if call.ingress != "anthropic" or call.native_body is None:
+            return None
+        body = {**call.native_body, "model": target.upstream_model}
+        return UpstreamRequest(self._url + "/count_tokens", compact_json(body),
+                               self._headers_for(call))
 
     def parse_reply(self, call: Call, target: Target, body: bytes, native: bool) -> Reply:
         try:

@@ -5,6 +5,10 @@ REST reference: https://learn.microsoft.com/azure/ai-services/openai/reference
   deployment is our `Deployment.model`; with `api_version: v1` (or `preview`), the newer
   `{base_url}/openai/v1/chat/completions` with the deployment in the body's `model`.
 - Auth: `api-key: <key>`, or `Authorization: Bearer <token>` with `auth: entra`.
+- Responses API (https://learn.microsoft.com/azure/ai-foundry/openai/how-to/responses):
+  `{base_url}/openai/v1/responses` (`?api-version=preview` for `preview`); with a dated
+  api-version `{base_url}/openai/responses?api-version=…` (no deployment in the path, as the
+  `openai` SDK's AzureOpenAI client calls it), the deployment in the body's `model` either way.
 - Replies name the underlying model (`gpt-4o-2024-08-06`), not the deployment: every `model`
   value is rewritten to the public name, not just the deployment's.
 - A stream's first chunk carries only `prompt_filter_results` (`choices: []`, `"model": ""`);
@@ -18,15 +22,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from urllib.parse import quote
 
 from gateway.call import Call
-from gateway.policy.models import AzureProvider
-from gateway.providers.base import Reply, Target
-from gateway.providers.openai_compat import OpenAICompatAdapter, OpenAIStream
+from gateway.policy.models import AzureProvider, ProviderBase
+from gateway.providers.base import Target
+from gateway.providers.openai_compat import OpenAICompatAdapter
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 _MODEL = re.compile(rb'"model":(\s*)"(?:[^"\\]|\\.)*"')
+# The first dated api-version that serves the Responses API.
+_FIRST_RESPONSES_VERSION = "2025-03-01-preview"
 
 
 class AnyModelRename:
@@ -68,12 +75,23 @@ class AzureAdapter(OpenAICompatAdapter):
         deployment = quote(target.upstream_model, safe="")
         return f"{self._base}/openai/deployments/{deployment}{path}?api-version={self._version}"
 
-    def parse_reply(self, call: Call, target: Target, body: bytes, native: bool) -> Reply:
-        reply = super().parse_reply(call, target, body, native)
-        return Reply(AnyModelRename(call.model)(reply.body), reply.usage)
+    @staticmethod
+    def serves_responses(config: ProviderBase) -> bool:
+        if not isinstance(config, AzureProvider):
+            return False
+        if config.supports_responses is not None:
+            return config.supports_responses
+        version = config.api_version
+        # Dated versions sort as text; before 2025-03-01-preview none serves Responses.
+        return version in ("v1", "preview") or (
+            version.endswith("-preview") and version >= _FIRST_RESPONSES_VERSION)
 
-    def stream(self, call: Call, target: Target, native: bool) -> OpenAIStream:
-        translator = super().stream(call, target, native)
-        # The parent renames only the deployment name; Azure sends the model's own name.
-        translator._rename = AnyModelRename(call.model)  # type: ignore[assignment]
-        return translator
+    def responses_url(self) -> str:
+        if self._version in ("v1", "preview"):
+            query = "?api-version=preview" if self._version == "preview" else ""
+            return f"{self._base}/openai/v1/responses{query}"
+        return f"{self._base}/openai/responses?api-version={self._version}"
+
+    def rename(self, call: Call, target: Target) -> Callable[[bytes], bytes]:
+        # Azure's replies name the underlying model (`gpt-4o-2024-08-06`), not the deployment.
+        return AnyModelRename(call.model)

@@ -4,9 +4,10 @@ An adapter knows one API and nothing about tenants, limits or routing. It builds
 request from our `Call`, turns the reply (or each SSE chunk) back into the OpenAI shape while
 reporting the usage it saw, and classifies errors once, here.
 
-Native mode: when the client came in through an ingress whose format is the adapter's own
-(`Call.ingress == adapter.native_ingress`, e.g. `/v1/messages` to an Anthropic backend), the
-adapter sends `Call.native_body` and passes the reply through untranslated (usage still read).
+Native mode: when the client came in through an ingress whose format is one of the adapter's
+own (`Call.ingress in adapter.native_ingresses`, e.g. `/v1/messages` to an Anthropic backend,
+`/v1/responses` to OpenAI), the adapter sends `Call.native_body` (or `Call.native_raw`) and
+passes the reply through untranslated (usage still read).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.accounting.usage import Usage
-from gateway.call import Call, Ingress
+from gateway.call import Call, Endpoint, Ingress
 from gateway.policy.models import Deployment, ProviderBase
 from gateway.upstream import UpstreamRequest
 
@@ -91,7 +92,11 @@ class StreamTranslator(Protocol):
 class Adapter(Protocol):
     """One provider's wire format. Instances are built once per provider at startup."""
 
-    native_ingress: Ingress
+    # The client formats this adapter passes through untranslated (`Call.ingress`).
+    native_ingresses: frozenset[Ingress]
+    # The endpoints its provider can serve: the proxy never sends it another (it skips to the
+    # next deployment, or says which endpoint no deployment of the model serves).
+    endpoints: frozenset[Endpoint]
 
     def build_request(self, call: Call, target: Target, native: bool) -> UpstreamRequest: ...
 

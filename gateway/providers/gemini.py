@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.accounting.usage import Usage
-from gateway.call import Call, Ingress
+from gateway.call import Call, Endpoint, Ingress
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.ids import new_id
 from gateway.policy.models import GeminiProvider
@@ -177,7 +177,9 @@ class GeminiToOpenAIStream:
 # ---- the adapter -------------------------------------------------------------------------------
 
 class GeminiAdapter:
-    native_ingress: Ingress = "openai"
+    # Every client format is translated to Gemini's.
+    native_ingresses: frozenset[Ingress] = frozenset()
+    endpoints: frozenset[Endpoint] = frozenset({"chat", "embeddings"})
 
     def __init__(self, name: str, config: GeminiProvider) -> None:
         self.name = name
@@ -197,7 +199,7 @@ class GeminiAdapter:
                                    compact_json(embed_request(call.body, model)), self._headers)
         if call.endpoint != "chat":
             raise InvalidRequest(f"Model {call.model!r} is served by Gemini, which has no "
-                                 "/v1/completions endpoint; use /v1/chat/completions.",
+                                 f"/v1/{call.endpoint} endpoint; use /v1/chat/completions.",
                                  param="model")
         method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
         return UpstreamRequest(f"{self._base}/models/{model}:{method}",

@@ -7,23 +7,42 @@ replace, not a re-serialisation — and a usage chunk the client did not ask for
 Streams keep OpenAI's shape: the frames before the first content are held until it comes (so a
 stream that drops after its role chunk still falls back), and a chunk with empty `choices` that
 is not the usage chunk never reaches the client.
+
+The Responses API (`/v1/responses`) passes through natively where the upstream serves it
+(`supports_responses`: OpenAI by default, vLLM when declared): see `openai_responses.py`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.accounting.usage import Usage, from_openai
-from gateway.call import Call
+from gateway.call import Call, Endpoint, Ingress
+from gateway.errors import InvalidRequest
 from gateway.policy.models import LocalProvider, OpenAIProvider, ProviderBase
+from gateway.providers import openai_responses
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.http_errors import parse_retry_after
 from gateway.providers.scrub import scrub
+from gateway.providers.sse import SSEEvents
+from gateway.providers.sse import payload as sse_payload
 from gateway.upstream import UpstreamRequest
 
-_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+          "rerank": "/rerank", "score": "/score"}
+# Reranking and scoring are vLLM's endpoints (`/v1/rerank` in Cohere's and Jina's shape,
+# `/v1/score`), which other OpenAI-compatible hosts (Jina, Together) serve too; these kinds have
+# neither, so a request for them is refused before it is sent.
+_SCORING: frozenset[Endpoint] = frozenset({"rerank", "score"})
+_GENERATION: frozenset[Endpoint] = frozenset({"chat", "completions", "embeddings"})
+_NO_SCORING = {
+    "openai": "OpenAI's API has no /v1/{endpoint} endpoint",
+    "azure": "Azure OpenAI has no /v1/{endpoint} endpoint",
+    "local": "local_backend serves no cross-encoder for /v1/{endpoint}; point a `kind: vllm` "
+             "provider at a vLLM server that runs one (docs/local_backend.md)",
+}
 _CONTEXT_MARKERS = ("maximum context length", "context_length_exceeded", "context length",
                     "too many tokens", "prompt is too long", "reduce the length")
 
@@ -61,12 +80,12 @@ class OpenAIStream:
     is unchanged by this: it is the first *content* token either way.
     """
 
-    __slots__ = ("_buf", "_classify_body", "_filters", "_held", "_keep_every", "_keep_final",
+    __slots__ = ("_classify_body", "_events", "_filters", "_held", "_keep_every", "_keep_final",
                  "_rename", "chunks", "done", "error", "usage")
 
-    def __init__(self, rename: ModelRename, keep_final: bool, keep_every: bool,
+    def __init__(self, rename: Callable[[bytes], bytes], keep_final: bool, keep_every: bool,
                  classify_body: Any) -> None:
-        self._buf = b""
+        self._events = SSEEvents()
         self._rename = rename
         # What the client asked for itself: the final usage chunk (include_usage), and usage on
         # every chunk (vLLM's continuous_usage_stats). Anything more was our request: strip it.
@@ -85,15 +104,9 @@ class OpenAIStream:
         self._filters: Any = None
 
     def feed(self, data: bytes) -> bytes:
-        buf = self._buf + data if self._buf else data
-        if b"\r\n" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
+        whole = self._events.take(data)
+        if not whole:
             return b""
-        self._buf = buf[end + 2:]
-        whole = buf[: end + 2]
         # Fast path: content is flowing and nothing in this batch of events needs a look.
         if self._held is None and self._filters is None and b'"usage"' not in whole \
                 and b'"error"' not in whole and b"[DONE]" not in whole \
@@ -119,7 +132,7 @@ class OpenAIStream:
             self._held = None
 
     def _event(self, event: bytes, out: list[bytes]) -> None:
-        payload = b"".join(ln[5:].lstrip() for ln in event.split(b"\n") if ln.startswith(b"data:"))
+        payload = sse_payload(event)
         if payload == b"[DONE]":
             self.done = True
             self._emit(out, event + b"\n\n", True)
@@ -199,12 +212,14 @@ def _has_content(choices: Any) -> bool:
 
 
 class OpenAICompatAdapter:
-    native_ingress = "openai"
+    native_ingresses: frozenset[Ingress] = frozenset({"openai"})
 
     def __init__(self, name: str, config: ProviderBase) -> None:
         self.name = name
         self.config = config
         self._base = config.base_url.rstrip("/")
+        if self.serves_responses(config):
+            self.native_ingresses = frozenset({"openai", "responses"})
         self._stream_usage = getattr(config, "supports_stream_usage", True)
         self._vllm = (isinstance(config, OpenAIProvider) and config.kind == "vllm") \
             or isinstance(config, LocalProvider)
@@ -213,9 +228,38 @@ class OpenAICompatAdapter:
             headers["Authorization"] = f"Bearer {config.api_key}"
         self._headers = headers
         self._secrets = tuple(s for s in (config.api_key,) if s)
+        self._kind = str(getattr(config, "kind", ""))
+        # What this provider can be asked for (rerank and score only where a kind serves them).
+        self.endpoints = _GENERATION if self._kind in _NO_SCORING else _GENERATION | _SCORING
+
+    @staticmethod
+    def serves_responses(config: ProviderBase) -> bool:
+        """`supports_responses` resolved: OpenAI itself serves it unless told otherwise; other
+        OpenAI-compatible servers (vLLM < 0.10, Groq…) and `kind: local` are translated."""
+        if not isinstance(config, OpenAIProvider):
+            return False
+        declared = config.supports_responses
+        return config.kind == "openai" if declared is None else declared
 
     def url(self, call: Call, target: Target) -> str:
         return self._base + _PATHS[call.endpoint]
+
+    def responses_url(self) -> str:
+        return self._base + "/responses"
+
+    def token_count_request(self, call: Call, target: Target) -> UpstreamRequest | None:
+        """`POST /v1/responses/input_tokens` for a Responses client where this provider serves
+        Responses itself (the same body a `/v1/responses` call would send it); None otherwise:
+        the gateway counts that itself."""
+        if call.ingress != "responses" or "responses" not in self.native_ingresses:
+            return None
+        url, _, query = self.responses_url().partition("?")
+        return UpstreamRequest(url + "/input_tokens" + ("?" + query if query else ""),
+                               openai_responses.request_body(call, target), self._headers)
+
+    def rename(self, call: Call, target: Target) -> Callable[[bytes], bytes]:
+        """What rewrites `model` in reply bytes to the public name."""
+        return ModelRename(target.upstream_model, call.model)
 
     def request_body(self, call: Call, target: Target) -> bytes:
         body = call.body
@@ -235,13 +279,25 @@ class OpenAICompatAdapter:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
     def build_request(self, call: Call, target: Target, native: bool) -> UpstreamRequest:
+        if call.endpoint not in self.endpoints:
+            raise InvalidRequest(refusal(call, self._kind, _NO_SCORING[self._kind]),
+                                 param="model", code="endpoint_not_supported")
+        if native and call.ingress == "responses":
+            return UpstreamRequest(self.responses_url(),
+                                   openai_responses.request_body(call, target), self._headers)
         return UpstreamRequest(self.url(call, target), self.request_body(call, target),
                                self._headers)
 
     def parse_reply(self, call: Call, target: Target, body: bytes, native: bool) -> Reply:
-        return Reply(ModelRename(target.upstream_model, call.model)(body), _reply_usage(body))
+        if native and call.ingress == "responses":
+            return openai_responses.parse_reply(call, target, body, self.name)
+        usage = scoring_usage(body) if call.endpoint in _SCORING else _reply_usage(body)
+        return Reply(self.rename(call, target)(body), usage)
 
-    def stream(self, call: Call, target: Target, native: bool) -> OpenAIStream:
+    def stream(self, call: Call, target: Target,
+               native: bool) -> OpenAIStream | openai_responses.ResponsesPassThrough:
+        if native and call.ingress == "responses":
+            return openai_responses.ResponsesPassThrough(call, target, self._classify_body)
         opts = call.body.get("stream_options") or {}
         every = isinstance(opts, dict) and bool(opts.get("continuous_usage_stats"))
         keep = call.client_include_usage or not self._stream_usage
@@ -249,8 +305,10 @@ class OpenAICompatAdapter:
         # puts it there on its own; not when it is there only because we asked vLLM for
         # continuous stats.
         every = every or not self._stream_usage or (keep and not self._vllm)
-        return OpenAIStream(ModelRename(target.upstream_model, call.model), keep, every,
-                            lambda s, b: self.classify(s, b, {}))
+        return OpenAIStream(self.rename(call, target), keep, every, self._classify_body)
+
+    def _classify_body(self, status: int, body: bytes) -> Classified:
+        return self.classify(status, body, {})
 
     def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> Classified:
         message, code, etype, param = _error_fields(body)
@@ -293,6 +351,30 @@ def _reply_usage(body: bytes) -> Usage | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return from_openai(full.get("usage")) if isinstance(full, dict) else None
+
+
+def refusal(call: Call, kind: str, reason: str) -> str:
+    """The 400 for an endpoint a provider kind does not serve: the kind, why, the way out."""
+    return (f"Model {call.model!r} is served by a `kind: {kind}` provider, which cannot serve "
+            f"/v1/{call.endpoint}: {reason.format(endpoint=call.endpoint)}. Send it to a model "
+            "on a `vllm` or `openai-compatible` provider (docs/providers.md, endpoints).")
+
+
+def scoring_usage(body: bytes) -> Usage | None:
+    """A rerank or score reply's `usage`, all of it input (a cross-encoder generates nothing):
+    `prompt_tokens` (vLLM's score and newer rerank) or else `total_tokens` (older vLLM rerank,
+    Jina). None when the reply has neither (Cohere bills search units): the gateway estimates."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    u = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(u, dict):
+        return None
+    counts = [n for n in (u.get("prompt_tokens"), u.get("total_tokens"))
+              if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
+    # The two are equal where both are sent; the larger survives a zero placeholder.
+    return Usage(input_uncached=max(counts)) if counts else None
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]:

@@ -24,26 +24,42 @@ class SSEEvents:
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    def take(self, data: bytes) -> bytes:
+        """The whole events that `data` completes, as one block ending in a blank line (b""
+        while none is complete); the rest waits for the next call. Line ends are LF."""
         buf = self._buf + data if self._buf else data
-        if b"\r\n" in buf:  # Gemini separates events with CRLF CRLF
+        if b"\r\n" in buf:  # Gemini separates events with CRLF CRLF; SSE allows either
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
             self._buf = buf
-            return []
+            return b""
         self._buf = buf[end + 2:]
-        out = []
-        for raw in buf[:end].split(b"\n\n"):
-            name, payload = b"", []
-            for line in raw.split(b"\n"):
-                if line.startswith(b"data:"):
-                    payload.append(line[5:].lstrip(b" "))
-                elif line.startswith(b"event:"):
-                    name = line[6:].strip()
-            if payload or name:
-                out.append((name, b"\n".join(payload), raw + b"\n\n"))
-        return out
+        return buf[: end + 2]
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        whole = self.take(data)
+        return events(whole) if whole else []
+
+
+def payload(raw: bytes) -> bytes:
+    """The data of one event (its `data:` lines joined)."""
+    return b"\n".join(ln[5:].lstrip(b" ") for ln in raw.split(b"\n") if ln.startswith(b"data:"))
+
+
+def events(whole: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(event name, data payload, raw event) of each event in a block of whole events."""
+    out = []
+    for raw in whole[:-2].split(b"\n\n"):
+        name, data = b"", []
+        for line in raw.split(b"\n"):
+            if line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
+            elif line.startswith(b"event:"):
+                name = line[6:].strip()
+        if data or name:
+            out.append((name, b"\n".join(data), raw + b"\n\n"))
+    return out
 
 
 class ChunkWriter:

@@ -29,6 +29,11 @@ _TOP = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream",
         "top_p", "top_k", "tools", "tool_choice", "metadata", "thinking", "service_tier",
         "container", "mcp_servers", "context_management", "output_config", "cache_control",
         "diagnostics", "inference_geo", "speed", "user_profile_id", "workspace_id"}
+# What `POST /v1/messages/count_tokens` takes (the SDK's `messages.count_tokens` parameters):
+# no max_tokens, stream or sampling settings.
+_COUNT_TOP = {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+              "output_config", "cache_control", "context_management", "speed",
+              "user_profile_id", "workspace_id"}
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
           500: "api_error", 529: "overloaded_error"}
@@ -182,6 +187,7 @@ class FakeAnthropic(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
 
     def _error(self, status: int, message: str, etype: str | None = None) -> web.Response:
         return web.json_response(error_body(status, message, etype), status=status)
@@ -260,3 +266,32 @@ class FakeAnthropic(FakeServer):
         out.append(_event("message_delta", delta))
         out.append(_event("message_stop", {"type": "message_stop"}))
         return out
+
+    # ---- token counting (https://docs.anthropic.com/en/api/messages-count-tokens) -----------
+
+    @staticmethod
+    def token_count(body: dict[str, Any]) -> int:
+        """The fake's count: a quarter of the JSON characters of what a prompt carries."""
+        carried = [body.get("system"), body["messages"], body.get("tools")]
+        return max(1, len(json.dumps(carried)) // 4)
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body = await self.record(request)
+        if request.headers.get("x-api-key") != self.api_key:
+            return self._error(401, "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            return self._error(400, "anthropic-version: header is required")
+        pre = await self.apply_pre_fault(self.take_fault())
+        if pre is not None:
+            return pre
+        try:
+            if not isinstance(body, dict):
+                raise Invalid("Input should be an object")
+            for key in body:
+                if key not in _COUNT_TOP:
+                    raise Invalid(f"{key}: Extra inputs are not permitted")
+            # The same rules as a Messages request, but for the settings it does not take.
+            validate({**body, "max_tokens": 1})
+        except Invalid as e:
+            return self._error(400, str(e))
+        return web.json_response({"input_tokens": self.token_count(body)})

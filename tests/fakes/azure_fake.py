@@ -8,6 +8,10 @@ in `model` (not the deployment's), and a stream whose first chunk carries only
 wrong `api-key`, 404 "Resource not found" without `api-version`, 404 DeploymentNotFound for an
 unknown deployment.
 
+The Responses API: `/openai/v1/responses` and, with a dated api-version, `/openai/responses`
+(the deployment in the body's `model`), answered as OpenAI's (`responses_wire.py`) with the
+underlying model's name in `model`.
+
 Scripting is `FakeServer`'s.
 """
 
@@ -20,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, data_event, hello_words
+from tests.fakes.responses_wire import ResponsesWire
 
 _FILTER = {"hate": {"filtered": False, "severity": "safe"},
            "self_harm": {"filtered": False, "severity": "safe"},
@@ -46,11 +51,14 @@ class FakeAzure(FakeServer):
         self.prompt_tokens = prompt_tokens
         # An older api-version that ignores stream_options: no usage chunk.
         self.omit_usage = omit_usage
+        self.responses_api = ResponsesWire(self)
 
     def routes(self, app: web.Application) -> None:
         for kind in ("chat/completions", "completions", "embeddings"):
             app.router.add_post(f"/openai/deployments/{{deployment}}/{kind}", self.handle)
             app.router.add_post(f"/openai/v1/{kind}", self.handle)
+        app.router.add_post("/openai/v1/responses", self.responses)
+        app.router.add_post("/openai/responses", self.responses)
 
     def _error(self, status: int, code: str, message: str) -> web.Response:
         return web.json_response(error_body(code, message), status=status)
@@ -63,6 +71,28 @@ class FakeAzure(FakeServer):
             return True
         return self.entra_token is not None and \
             request.headers.get("Authorization") == f"Bearer {self.entra_token}"
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        self.enter()
+        try:
+            denied = self._denied(request, body)
+            if denied is not None:
+                return denied
+            return await self.responses_api.serve(request, body, self.deployments[body["model"]])
+        finally:
+            self.leave()
+
+    def _denied(self, request: web.Request, body: Any) -> web.Response | None:
+        """Azure's refusals of a Responses request: key, api-version, deployment."""
+        if not self._authorized(request):
+            return self._error(401, "401", "Access denied due to invalid subscription key.")
+        if not request.path.startswith("/openai/v1/") and not request.query.get("api-version"):
+            return self._error(404, "404", "Resource not found")
+        if not isinstance(body, dict) or body.get("model") not in self.deployments:
+            return self._error(404, "DeploymentNotFound", "The API deployment for this "
+                               "resource does not exist.")
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)

@@ -4,7 +4,12 @@ Shapes follow the API references: chat.completion / chat.completion.chunk / text
 embedding list; streams end with `data: [DONE]`; with `stream_options.include_usage` a final
 chunk with `choices: []` carries usage and every other chunk has `"usage": null` (OpenAI); vLLM
 mode adds usage to every chunk under `continuous_usage_stats` and answers an over-long prompt
-with its "maximum context length" 400.
+with its "maximum context length" 400. Reranking (`/v1/rerank`, `/rerank`) and scoring
+(`/v1/score`, `/score`) answer as vLLM's cross-encoder server does
+(https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html#re-rank-api): results
+sorted by relevance, `document.text` in each, usage counted per (query, document) pair.
+The Responses API (`/v1/responses`: objects, typed event streams, stored responses) is in
+`responses_wire.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, data_event, hello_words
+from tests.fakes.responses_wire import ResponsesWire
 
 
 class FakeOpenAI(FakeServer):
@@ -39,11 +45,22 @@ class FakeOpenAI(FakeServer):
         self.running = 0
         self.kv_usage = 0.0
         self.healthy = True
+        # `POST /v1/responses` (OpenAI's Responses API; vLLM ≥ 0.10 serves it too), with the
+        # responses it stored: tests/fakes/responses_wire.py.
+        self.responses_api = ResponsesWire(self)
+        # Rerank usage as vLLM reports it: "vllm" (prompt_tokens and total_tokens), "total"
+        # (older vLLM and Jina: total_tokens only), or "none" (Cohere bills search units).
+        self.rerank_usage = "vllm"
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/responses/input_tokens", self.input_tokens)
+        for prefix in ("/v1", ""):
+            app.router.add_post(prefix + "/rerank", self.rerank)
+            app.router.add_post(prefix + "/score", self.score)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
@@ -112,6 +129,18 @@ class FakeOpenAI(FakeServer):
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "completions")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        self.enter()
+        try:
+            denied = self._auth_error(request)
+            if denied is not None:
+                return denied
+            model = body.get("model") if isinstance(body, dict) else None
+            return await self.responses_api.serve(request, body, str(model))
+        finally:
+            self.leave()
 
     async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
         body = await self.record(request)
@@ -208,3 +237,103 @@ class FakeOpenAI(FakeServer):
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": {"prompt_tokens": 3 * len(items),
                                             "total_tokens": 3 * len(items)}})
+
+    # ---- reranking and scoring (vLLM's cross-encoder endpoints) -------------------------------
+
+    @staticmethod
+    def pair_tokens(text_1: str, text_2: str) -> int:
+        """What the fake counts for one pair: its words plus [CLS] and two [SEP]s."""
+        return len(text_1.split()) + len(text_2.split()) + 3
+
+    @staticmethod
+    def relevance(query: str, doc: str) -> float:
+        """The share of the query's words in the document: deterministic, in [0, 1]."""
+        words = set(query.lower().split())
+        return round(len(words & set(doc.lower().split())) / len(words), 4) if words else 0.0
+
+    def _vllm_error(self, message: str) -> web.Response:
+        return web.json_response({"object": "error", "message": message,
+                                  "type": "BadRequestError", "param": None, "code": 400},
+                                 status=400)
+
+    async def _scoring(self, request: web.Request) -> tuple[Any, web.Response | None]:
+        body = await self.record(request)
+        denied = self._auth_error(request)
+        if denied is not None:
+            return body, denied
+        return body, await self.apply_pre_fault(self.take_fault())
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        body, early = await self._scoring(request)
+        if early is not None:
+            return early
+        query = body.get("query")
+        docs = [d.get("text") if isinstance(d, dict) else d for d in body.get("documents") or []]
+        if not isinstance(query, str) or not docs or not all(isinstance(d, str) for d in docs):
+            return self._vllm_error("query must be a string and documents a list of texts")
+        results = sorted(({"index": i, "document": {"text": d},
+                           "relevance_score": self.relevance(query, d)}
+                          for i, d in enumerate(docs)),
+                         key=lambda r: (-r["relevance_score"], r["index"]))
+        top_n = body.get("top_n")
+        if isinstance(top_n, int) and top_n > 0:
+            results = results[:top_n]
+        tokens = sum(self.pair_tokens(query, d) for d in docs)
+        obj: dict[str, Any] = {"id": "rerank-fake", "model": body.get("model"),
+                               "results": results}
+        if self.rerank_usage == "vllm":
+            obj["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        elif self.rerank_usage == "total":
+            obj["usage"] = {"total_tokens": tokens}
+        return web.json_response(obj)
+
+    async def score(self, request: web.Request) -> web.Response:
+        body, early = await self._scoring(request)
+        if early is not None:
+            return early
+        first, second = body.get("text_1"), body.get("text_2")
+        left = [first] if isinstance(first, str) else list(first or [])
+        right = [second] if isinstance(second, str) else list(second or [])
+        if len(left) == 1:
+            left = left * len(right)
+        if not right or len(left) != len(right) \
+                or not all(isinstance(t, str) for t in left + right):
+            return self._vllm_error("text_1 and text_2 must be texts: one against many, or "
+                                    "two lists of one length")
+        data = [{"index": i, "object": "score", "score": self.relevance(a, b)}
+                for i, (a, b) in enumerate(zip(left, right, strict=True))]
+        tokens = sum(self.pair_tokens(a, b) for a, b in zip(left, right, strict=True))
+        return web.json_response({
+            "id": "score-fake", "object": "list", "created": int(time.time()),
+            "model": body.get("model"), "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}})
+
+    # ---- Responses token counting (https://platform.openai.com/docs/api-reference/responses/input-tokens)
+
+    @staticmethod
+    def input_token_count(body: dict[str, Any]) -> int:
+        """The fake's count: a quarter of the JSON characters of what the prompt carries."""
+        carried = [body.get("instructions"), body.get("input"), body.get("tools")]
+        return max(1, len(json.dumps(carried)) // 4)
+
+    async def input_tokens(self, request: web.Request) -> web.Response:
+        body = await self.record(request)
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        pre = await self.apply_pre_fault(self.take_fault())
+        if pre is not None:
+            return pre
+        if not isinstance(body, dict) or "stream" in body:
+            key = "stream" if isinstance(body, dict) else None
+            return web.json_response({"error": {
+                "message": f"Unknown parameter: '{key}'.", "type": "invalid_request_error",
+                "param": key, "code": "unknown_parameter"}}, status=400)
+        prev = body.get("previous_response_id")
+        if prev is not None and prev not in self.responses_api.stored:
+            return web.json_response({"error": {
+                "message": f"Previous response with id '{prev}' not found.",
+                "type": "invalid_request_error", "param": "previous_response_id",
+                "code": "previous_response_not_found"}}, status=400)
+        return web.json_response({"object": "response.input_tokens",
+                                  "input_tokens": self.input_token_count(body)})

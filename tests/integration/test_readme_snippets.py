@@ -38,7 +38,7 @@ def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
     gw.stop()
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/quickstart.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/quickstart.md", "docs/responses.md"])
 def test_python_snippets_run_as_written(default_gateway: GatewayProcess, doc: str) -> None:
     blocks = snippets(ROOT / doc, "python")
     assert blocks, f"{doc} has no Python snippet for the default address"

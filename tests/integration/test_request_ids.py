@@ -3,28 +3,18 @@ per request, every one billed and reported, across tenants too (issue 8, item 5)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from gateway.accounting.ledger import open_ledger
 from gateway.accounting.reports import run_report
 from gateway.keys import generate_key, hash_key
 from tests.fakes.base import wait_until
 from tests.integration.conftest import provider, simple_policy
+from tests.integration.ledger_records import records
 
 A, B = generate_key(), generate_key()
-
-
-def _records(tmp: Any) -> list[Any]:
-    ledger = open_ledger(f"sqlite:///{tmp}/ledger.db")
-    ledger.connect()
-    try:
-        today = datetime.now(UTC).date()
-        return list(ledger.read_records(today - timedelta(days=1), today + timedelta(days=1)))
-    finally:
-        ledger.close()
 
 
 def test_reused_client_ids_are_each_billed_and_reported(fakes: Any, gateway: Any,
@@ -47,8 +37,8 @@ def test_reused_client_ids_are_each_billed_and_reported(fakes: Any, gateway: Any
         assert r.headers["x-request-id"] == "dup-1"  # echoed as the client sent it
         seen_keys.add(r.headers["x-gateway-request-id"])
     assert len(seen_keys) == 7 and "dup-1" not in seen_keys
-    assert wait_until(lambda: len(_records(tmp_path)) == 7, timeout=10)
-    recs = _records(tmp_path)
+    assert wait_until(lambda: len(records(tmp_path)) == 7, timeout=10)
+    recs = records(tmp_path)
     assert {r.client_request_id for r in recs} == {"dup-1"}
     assert {r.request_id for r in recs} == seen_keys
     assert sorted(r.tenant for r in recs) == ["a"] * 6 + ["b"]
@@ -72,5 +62,5 @@ def test_the_client_id_is_only_stored_when_usable(fakes: Any, gateway: Any,
                     headers={"x-request-id": "x" * 500})
     for r in (r1, r2):
         assert r.headers["x-request-id"] == r.headers["x-gateway-request-id"]
-    assert wait_until(lambda: len(_records(tmp_path)) == 2, timeout=10)
-    assert all(rec.client_request_id is None for rec in _records(tmp_path))
+    assert wait_until(lambda: len(records(tmp_path)) == 2, timeout=10)
+    assert all(rec.client_request_id is None for rec in records(tmp_path))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,15 @@ import httpx
 import openai
 import pytest
 
-from gateway.accounting.ledger import open_ledger
 from tests.fakes.base import wait_until
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import GatewayProcess
 from tests.integration.conftest import provider, simple_policy
+from tests.integration.ledger_records import record
 
 
 def _record(tmp: Path, client_id: str) -> Any:
-    ledger = open_ledger(f"sqlite:///{tmp}/ledger.db", create=False)
-    ledger.connect()
-    try:
-        today = datetime.now(UTC).date()
-        found = [r for r in ledger.read_records(today - timedelta(days=1),
-                                                today + timedelta(days=1))
-                 if r.client_request_id == client_id]
-    finally:
-        ledger.close()
-    assert len(found) == 1, found
-    return found[0]
+    return record(tmp, client_id=client_id)
 
 
 @pytest.fixture

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from gateway.accounting.ledger import open_ledger
 from gateway.keys import generate_key, hash_key
 from tests.fakes.base import wait_until
 from tests.integration.conftest import provider, simple_policy
+from tests.integration.ledger_records import by_client_id
 
 KEY = generate_key()
 ADMIN = "adm-" + generate_key()
@@ -99,18 +98,6 @@ STAGES: list[tuple[str, Callable[[Any], Callable[[], None]], bool, int]] = [
 ]
 
 
-def _records(tmp: Any, client_id: str) -> list[Any]:
-    ledger = open_ledger(f"sqlite:///{tmp}/ledger.db")
-    ledger.connect()
-    try:
-        today = datetime.now(UTC).date()
-        return [r for r in ledger.read_records(today - timedelta(days=1),
-                                               today + timedelta(days=1))
-                if r.client_request_id == client_id]
-    finally:
-        ledger.close()
-
-
 def _reserved(gw: Any) -> str:
     r = httpx.get(gw.url + "/admin/budgets/acme", headers={"authorization": f"Bearer {ADMIN}"})
     return str(r.json()["budget"][0]["reserved_usd"])
@@ -150,8 +137,8 @@ def test_an_unexpected_exception_releases_the_reservation_and_leaves_one_record(
     assert ok.choices[0].message.content
     # ...its budget hold is gone, and the failed request has exactly one record.
     assert wait_until(lambda: _reserved(gw) == "0", timeout=5), _reserved(gw)
-    assert wait_until(lambda: len(_records(tmp_path, rid)) == 1, timeout=5)
-    (rec,) = _records(tmp_path, rid)
+    assert wait_until(lambda: len(by_client_id(tmp_path, rid)) == 1, timeout=5)
+    (rec,) = by_client_id(tmp_path, rid)
     assert rec.status == status and rec.error_code == "internal_error"
     assert rec.error_class == "Injected"
     assert rec.request_id != rid
@@ -169,5 +156,5 @@ def test_a_bug_in_the_messages_codec_is_a_clean_anthropic_error(gw: Any, tmp_pat
         undo()
     assert r.status_code == 500
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"
-    assert wait_until(lambda: len(_records(tmp_path, rid)) == 1, timeout=5)
-    assert _records(tmp_path, rid)[0].error_class == "Injected"
+    assert wait_until(lambda: len(by_client_id(tmp_path, rid)) == 1, timeout=5)
+    assert by_client_id(tmp_path, rid)[0].error_class == "Injected"

@@ -118,3 +118,18 @@ def test_falls_back_to_bytes_over_four_without_the_tokenizer(
         assert heuristic_count("é") == 1
     finally:
         est._encoding.cache_clear()
+
+
+def test_rerank_and_score_bodies_are_counted_as_vllm_reads_them() -> None:
+    """Each document is read with the query; each text pair together."""
+    from gateway.accounting.estimate import count_prompt_tokens, estimate_prompt_tokens
+
+    rerank = {"query": "capital of France", "documents": ["Paris", {"text": "Lyon is big"}]}
+    q = count_prompt_tokens({"input": "capital of France"})
+    docs = count_prompt_tokens({"input": "Paris"}) + count_prompt_tokens({"input": "Lyon is big"})
+    assert count_prompt_tokens(rerank) == 2 * q + docs
+    assert estimate_prompt_tokens(rerank) > 0
+    score = {"text_1": "a cat", "text_2": ["a dog", "a car"]}
+    one = count_prompt_tokens({"input": "a cat"})
+    assert count_prompt_tokens(score) == 2 * one + count_prompt_tokens(
+        {"input": ["a dog", "a car"]})

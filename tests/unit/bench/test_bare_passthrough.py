@@ -46,3 +46,31 @@ def test_forwards_a_stream_as_events(upstream: FakeOpenAI, client: str) -> None:
     events = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+RESPONSES_BODY = {"model": "m", "input": "Hello", "max_output_tokens": 8}
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+def test_forwards_a_responses_request_to_the_upstreams_responses_path(
+        upstream: FakeOpenAI, client: str) -> None:
+    with TestClient(build_app(upstream.url + "/v1", client)) as tc:
+        r = tc.post("/v1/responses", content=json.dumps(RESPONSES_BODY),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert r.json()["object"] == "response"
+    assert [(rec.path, rec.body) for rec in upstream.requests] == [
+        ("/v1/responses", RESPONSES_BODY)]
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+def test_forwards_a_responses_stream_as_typed_events(upstream: FakeOpenAI, client: str) -> None:
+    with TestClient(build_app(upstream.url + "/v1", client)) as tc:
+        r = tc.post("/v1/responses", content=json.dumps({**RESPONSES_BODY, "stream": True}),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    names = [ln[7:] for ln in r.text.splitlines() if ln.startswith("event: ")]
+    types = [json.loads(ln[6:])["type"] for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert names == types
+    assert names[0] == "response.created" and names[-1] == "response.completed"

@@ -1,0 +1,136 @@
+"""The Responses ingress (`POST /v1/responses`): its codec, plus the conversation around it.
+
+The proxy treats it like the Anthropic ingress — a codec that turns the internal (chat-shaped)
+reply or stream into the client's API — with two steps only this ingress has:
+- `prepare`, after authentication and before admission: `previous_response_id` is looked up in
+  the tenant's stored responses and the conversation rebuilt — as chat messages for a backend
+  reached by translation, and as `call.conversation` for a backend that speaks Responses
+  natively (it gets the upstream's own previous id when it served that turn, the history
+  otherwise, e.g. after a fallback);
+- `completed`, before the response's last byte: the response is stored (per tenant, in the
+  ledger's database), so the client's next turn finds it on any replica.
+Stored content is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic_core import to_json
+
+from gateway.accounting.estimate import json_chars as _chars
+from gateway.api.responses_codec import ResponsesCodec
+from gateway.api.responses_request import (
+    input_items,
+    to_chat_request,
+    untranslatable,
+)
+from gateway.call import Call, Conversation, Principal
+from gateway.conversation import ResponseStore, StoredResponse, StoreUnavailable
+from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.policy.models import Policy
+from gateway.providers.base import Target
+
+log = logging.getLogger("gateway.responses")
+
+_DAY = 86_400
+
+
+class ResponsesIngress:
+    def __init__(self, store: ResponseStore, policy: Callable[[], Policy],
+                 codec: ResponsesCodec | None = None) -> None:
+        self.store = store
+        self._policy = policy
+        self.codec = codec or ResponsesCodec()
+
+    # ---- the codec, as the proxy and StreamResponse use it ------------------------------------
+
+    def reply(self, chat_body: bytes, call: Call) -> bytes:
+        return self.codec.reply(chat_body, call)
+
+    def stream(self, call: Call) -> Any:
+        return self.codec.stream(call)
+
+    def error_body(self, exc: GatewayError) -> bytes:
+        return self.codec.error_body(exc)
+
+    def error_event(self, exc: GatewayError) -> bytes:
+        return self.codec.error_event(exc)
+
+    # ---- the conversation -------------------------------------------------------------------
+
+    async def prepare(self, call: Call, principal: Principal) -> None:
+        """Rebuild the conversation and fill in the chat translation (`call.body`, `raw`)."""
+        body = call.native_body or {}
+        history: list[dict[str, Any]] = []
+        prev = body.get("previous_response_id")
+        if isinstance(prev, str) and prev:
+            chain = await self._chain(principal.tenant, prev)
+            if chain is None:
+                raise InvalidRequest(f"Previous response with id '{prev}' not found.",
+                                     param="previous_response_id",
+                                     code="previous_response_not_found")
+            for r in chain:
+                history += r.input_items
+                history += r.output
+            last = chain[-1]
+            upstream = {last.provider: last.upstream_id} if last.provider and last.upstream_id \
+                else {}
+            call.conversation = Conversation(history, prev, upstream)
+        call.translation_error = untranslatable(body)
+        # Until a backend reached by translation needs the chat request, admission reads
+        # bytes / 4 (an overestimate: JSON's syntax counts) and the output cap: a native
+        # backend never needs the translation.
+        call.prompt_estimate = (len(call.native_raw or b"") + _chars(history)) // 4
+        cap = body.get("max_output_tokens")
+        call.body = {"max_completion_tokens": cap} if isinstance(cap, int) else {}
+        if call.translation_error is None:
+            call.translate = _translator(call, body, history)
+
+    async def _chain(self, tenant: str, prev: str) -> list[StoredResponse] | None:
+        try:
+            return await self.store.chain(tenant, prev, self._policy().responses.max_turns)
+        except StoreUnavailable as e:
+            log.warning("responses: the store cannot be read (%s); a follow-up turn failed", e)
+            raise ServiceUnavailable("Stored responses cannot be read right now, so "
+                                     "previous_response_id cannot be resolved; retry shortly.",
+                                     headers={"Retry-After": "5"}) from None
+
+    def stores(self, call: Call) -> bool:
+        return self._policy().responses.store and (call.native_body or {}).get("store") \
+            is not False
+
+    async def completed(self, call: Call, target: Target, tenant: str) -> None:
+        """Store the response the client is about to receive in full. A store that is down
+        costs the follow-up turn, never this answer: logged and counted, not raised."""
+        final = call.final_response
+        if final is None or call.response_id is None or not self.stores(call):
+            return
+        body = call.native_body or {}
+        now = int(time.time())
+        prev = body.get("previous_response_id")
+        stored = StoredResponse(
+            id=call.response_id, tenant=tenant, model=call.model,
+            created_at=int(final.get("created_at") or now), status=str(final.get("status")),
+            previous_response_id=prev if isinstance(prev, str) else None,
+            input_items=input_items(body), output=list(final.get("output") or []),
+            response=final, provider=target.provider_name,
+            upstream_id=call.upstream_response_id,
+            expires_at=now + self._policy().responses.retention_days * _DAY)
+        try:
+            await self.store.put(stored)
+        except StoreUnavailable as e:
+            log.warning("responses: could not store %s (%s); a follow-up naming it will not "
+                        "find it", call.response_id, e)
+
+
+def _translator(call: Call, body: dict[str, Any], history: list[dict[str, Any]]
+                ) -> Callable[[], None]:
+    def translate() -> None:
+        call.body = to_chat_request(body, history)
+        call.raw = to_json(call.body)
+        call.translate = None
+    return translate

@@ -1,0 +1,117 @@
+"""How the store reaches each database: opening a connection (and the table), running one
+statement, and which driver errors mean "the database cannot be used right now".
+
+The store gives each of its worker threads its own connection, so a backend's connection is
+only ever used by one thread at a time; neither is the ledger writer's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+
+from gateway.accounting.ledger import redact
+from gateway.accounting.ledger_postgres import pg_connect
+from gateway.accounting.ledger_sqlite import path_of
+from gateway.conversation.sql import POSTGRES, SQLITE, Dialect, statements
+
+# Replicas starting together would race on CREATE TABLE IF NOT EXISTS (not race-free in
+# PostgreSQL): creation is serialised on an advisory lock, one constant per table set.
+_SCHEMA_LOCK = 0x72657370  # "resp"
+
+
+class Backend(Protocol):
+    dialect: Dialect
+    # Driver errors that mean the database is unreachable or refusing work, not a bug.
+    unavailable: tuple[type[BaseException], ...]
+    # Those while connecting: any driver error there (a missing database, no permission to
+    # create the table) leaves the store unusable, and says why, rather than a 500 each call.
+    connect_errors: tuple[type[BaseException], ...]
+    # Where it is, for messages: the path, or the URL without its password.
+    where: str
+
+    def connect(self, create: bool) -> Any:
+        """A new connection; with ``create``, the table and index are made if missing."""
+        ...
+
+    def run(self, conn: Any, q: str, params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one statement (autocommit): its rows (if any) and the rows it changed."""
+        ...
+
+    def broken(self, conn: Any) -> bool:
+        """Whether this connection must be dropped and a new one opened."""
+        ...
+
+
+class SQLiteBackend:
+    dialect = SQLITE
+    unavailable: tuple[type[BaseException], ...] = (OSError, sqlite3.OperationalError)
+    connect_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error)
+
+    def __init__(self, url: str) -> None:
+        self.path = path_of(url)
+        self.where = f"sqlite {self.path}"
+
+    def connect(self, create: bool) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # The 10 s busy timeout lets writers in other threads and processes (other stores,
+        # the ledger writer) take turns on the database's one write lock.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=10.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # As the ledger: NORMAL in WAL mode survives a process crash; an OS crash may lose
+            # the last responses stored, which only makes their ids unknown.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                conn.executescript(statements(SQLITE).schema)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def run(self, conn: sqlite3.Connection, q: str,
+            params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
+        cur = conn.execute(q, tuple(params))
+        rows = cur.fetchall()
+        return rows, cur.rowcount
+
+    def broken(self, conn: sqlite3.Connection) -> bool:
+        return False
+
+
+class PostgresBackend:
+    dialect = POSTGRES
+    # A read-only database (a standby after failover) cannot store either.
+    unavailable: tuple[type[BaseException], ...] = (
+        psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)
+    connect_errors: tuple[type[BaseException], ...] = (OSError, psycopg.Error)
+
+    def __init__(self, url: str, schema: str | None, connect_timeout_s: int = 3) -> None:
+        self.url = url
+        self.schema = schema
+        self.connect_timeout_s = connect_timeout_s
+        self.where = f"postgres {redact(url)}"
+
+    def connect(self, create: bool) -> psycopg.Connection[Any]:
+        schema_sql = statements(POSTGRES).schema
+        # Keepalives (pg_connect's) turn a vanished database into an error in about half a
+        # minute instead of a request waiting on it forever.
+        return pg_connect(self.url, schema=self.schema, application_name="gateway-responses",
+                          connect_timeout=self.connect_timeout_s,
+                          create=(lambda c: c.execute(schema_sql)) if create else None,
+                          lock=_SCHEMA_LOCK)
+
+    def run(self, conn: psycopg.Connection[Any], q: str,
+            params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
+        cur = conn.execute(q, params)  # type: ignore[arg-type]  # the SQL is built, not literal
+        rows = cur.fetchall() if cur.description is not None else []
+        return rows, cur.rowcount
+
+    def broken(self, conn: psycopg.Connection[Any]) -> bool:
+        return conn.broken or conn.closed
