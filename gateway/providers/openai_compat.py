@@ -26,7 +26,7 @@ from gateway.providers import openai_responses
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.http_errors import parse_retry_after
 from gateway.providers.scrub import scrub
-from gateway.providers.sse import SSEEvents
+from gateway.providers.sse import HeldFrames, SSEEvents
 from gateway.providers.sse import payload as sse_payload
 from gateway.upstream import UpstreamRequest
 
@@ -99,7 +99,7 @@ class OpenAIStream:
         self.chunks = 0
         self._classify_body = classify_body
         # Client bytes held until the first content; None once released.
-        self._held: list[bytes] | None = []
+        self._held = HeldFrames()
         # Azure's `prompt_filter_results`, waiting for the next chunk to ride on.
         self._filters: Any = None
 
@@ -108,7 +108,7 @@ class OpenAIStream:
         if not whole:
             return b""
         # Fast path: content is flowing and nothing in this batch of events needs a look.
-        if self._held is None and self._filters is None and b'"usage"' not in whole \
+        if not self._held.holding and self._filters is None and b'"usage"' not in whole \
                 and b'"error"' not in whole and b"[DONE]" not in whole \
                 and b'"choices":[]' not in whole and b'"choices": []' not in whole:
             self.chunks += whole.count(b"data:")
@@ -119,25 +119,13 @@ class OpenAIStream:
                 self._event(event, out)
         return b"".join(out)
 
-    def _emit(self, out: list[bytes], data: bytes | None, opens: bool) -> None:
-        held = self._held
-        if held is None:
-            if data:
-                out.append(data)
-            return
-        if data:
-            held.append(data)
-        if opens:
-            out.extend(held)
-            self._held = None
-
     def _event(self, event: bytes, out: list[bytes]) -> None:
         payload = sse_payload(event)
         if payload == b"[DONE]":
             self.done = True
-            self._emit(out, event + b"\n\n", True)
+            self._held.emit(out, event + b"\n\n", True)
             return
-        holding = self._held is not None
+        holding = self._held.holding
         if self._filters is None and b'"usage"' not in payload and b'"error"' not in payload \
                 and b'"choices":[]' not in payload and b'"choices": []' not in payload \
                 and (not holding or (b'"content":"' in payload
@@ -145,7 +133,7 @@ class OpenAIStream:
             # Content as it came. While holding, a non-empty `"content":"…` proves it without a
             # parse: quotes inside JSON strings are escaped, so only a key can match.
             self.chunks += 1
-            self._emit(out, self._rename(event) + b"\n\n", True)
+            self._held.emit(out, self._rename(event) + b"\n\n", True)
             return
         try:
             obj = json.loads(payload)
@@ -153,7 +141,7 @@ class OpenAIStream:
             obj = None
         if not isinstance(obj, dict):
             # Not a JSON object (a comment, a keep-alive): passed on as it came, never content.
-            self._emit(out, self._rename(event) + b"\n\n", False)
+            self._held.emit(out, self._rename(event) + b"\n\n", False)
             return
         if "error" in obj and "choices" not in obj:
             self.error = self._classify_body(500, payload)
@@ -171,7 +159,8 @@ class OpenAIStream:
                     self._filters = obj["prompt_filter_results"]
                 return
             # The usage-only final chunk: forwarded only if the client asked for it.
-            self._emit(out, self._rename(event) + b"\n\n" if self._keep_final else None, False)
+            self._held.emit(out, self._rename(event) + b"\n\n" if self._keep_final else None,
+                            False)
             return
         self.chunks += 1
         opens = holding and _has_content(choices)
@@ -185,14 +174,13 @@ class OpenAIStream:
             obj["prompt_filter_results"] = self._filters
             self._filters = None
         elif not strip:
-            self._emit(out, self._rename(event) + b"\n\n", opens)
+            self._held.emit(out, self._rename(event) + b"\n\n", opens)
             return
-        self._emit(out, b"data: " + self._rename(json.dumps(obj, ensure_ascii=False).encode())
-                   + b"\n\n", opens)
+        self._held.emit(out, b"data: " + self._rename(json.dumps(obj, ensure_ascii=False)
+                                                      .encode()) + b"\n\n", opens)
 
     def finish(self) -> bytes:
-        held, self._held = self._held, None
-        return b"".join(held or ())
+        return self._held.release()
 
 
 def _has_content(choices: Any) -> bool:

@@ -29,7 +29,7 @@ from gateway.accounting.usage import Usage, from_responses
 from gateway.call import Call
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import Classified, Reply, Target
-from gateway.providers.sse import SSEEvents, compact_json
+from gateway.providers.sse import HeldFrames, SSEEvents, compact_json
 
 ClassifyBody = Callable[[int, bytes], Classified]
 
@@ -222,7 +222,7 @@ class ResponsesPassThrough:
         self._events = SSEEvents()
         self._ids = ResponseIds(call, target, None)
         # Client bytes held until the first output; None once released.
-        self._held: list[bytes] | None = []
+        self._held = HeldFrames()
         # The terminal event (and anything after it), sent by `finish`.
         self._tail: list[bytes] = []
         # The last sequence number forwarded: parsed (`_seq`), or still in the bytes of the
@@ -243,7 +243,7 @@ class ResponsesPassThrough:
             return b""
         # Fast path: output is flowing and nothing in this batch of whole events needs a look
         # (deltas and item events carry neither the response's id nor `model`).
-        if self._held is None and not self.done and self.error is None \
+        if not self._held.holding and not self.done and self.error is None \
                 and b'"response"' not in whole and b'"error"' not in whole \
                 and b"[DONE]" not in whole:
             self.chunks += whole.count(b'.delta"')
@@ -260,7 +260,7 @@ class ResponsesPassThrough:
             # the one before it, and `error_event` numbers on from there.
             self._seq, self._seq_bytes = seen
             return b""
-        if self._held is not None:
+        if self._held.holding:
             return b""
         return b"".join(out)
 
@@ -278,7 +278,7 @@ class ResponsesPassThrough:
                 name = line[6:].strip()
         payload = b"\n".join(lines)
         if not payload or payload == b"[DONE]":
-            self._emit(out, raw, payload == b"[DONE]")  # a comment, a keep-alive
+            self._held.emit(out, raw, payload == b"[DONE]")  # a comment, a keep-alive
             return
         obj: Any = None
         if not name:
@@ -297,7 +297,7 @@ class ResponsesPassThrough:
         opens = name == b"response.output_item.added" or name.endswith(b".delta")
         if name.endswith(b".delta"):
             self.chunks += 1
-        self._emit(out, self._ids(raw), opens)
+        self._held.emit(out, self._ids(raw), opens)
 
     def _lifecycle(self, name: bytes, obj: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         if name == b"error":
@@ -313,37 +313,24 @@ class ResponsesPassThrough:
         client = self._ids.client_object(response, self._call.model)
         self._snapshot = client
         if name in _LIFECYCLE:
-            self._emit(out, self._ids(raw), False)
+            self._held.emit(out, self._ids(raw), False)
             return
         usage = from_responses(response.get("usage"))
         if usage is not None:
             self.usage = usage
         self.done = True
-        if name == b"response.failed" and self._held is not None:
+        if name == b"response.failed" and self._held.holding:
             # Nothing reached the client yet: the proxy decides (fallback, or the error).
             self.error = classify_event(response, self._classify)
             return
         self._call.final_response = client
         # Released now, sent last (`finish`): the response is stored before the client's end.
-        self._emit(out, b"", True)
+        self._held.emit(out, b"", True)
         self._tail.append(self._ids(raw))
 
-    def _emit(self, out: list[bytes], data: bytes, opens: bool) -> None:
-        held = self._held
-        if held is None:
-            if data:
-                out.append(data)
-            return
-        if data:
-            held.append(data)
-        if opens:
-            out.extend(held)
-            self._held = None
-
     def finish(self) -> bytes:
-        held, self._held = self._held, None
         tail, self._tail = self._tail, []
-        return b"".join(held or ()) + b"".join(tail)
+        return self._held.release() + b"".join(tail)
 
     def last_sequence_number(self) -> int:
         seqs = _SEQ.findall(self._seq_bytes) if self._seq_bytes else ()

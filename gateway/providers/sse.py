@@ -62,6 +62,37 @@ def events(whole: bytes) -> list[tuple[bytes, bytes, bytes]]:
     return out
 
 
+class HeldFrames:
+    """A stream's client bytes held back until its first content (the role chunk, lifecycle
+    events): until then nothing has reached the client and the proxy can still fall back
+    when the upstream drops. Released, in order, by the first frame that opens the stream."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: list[bytes] | None = []
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def emit(self, out: list[bytes], data: bytes | None, opens: bool) -> None:
+        held = self._held
+        if held is None:
+            if data:
+                out.append(data)
+            return
+        if data:
+            held.append(data)
+        if opens:
+            out.extend(held)
+            self._held = None
+
+    def release(self) -> bytes:
+        held, self._held = self._held, None
+        return b"".join(held or ())
+
+
 class ChunkWriter:
     """The OpenAI chunks of one translated stream, all with the same id, time and model."""
 
