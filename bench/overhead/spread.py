@@ -1,0 +1,72 @@
+"""Median and spread over every round of one or more saved runs (`bench/results/*.json`).
+
+    .venv/bin/python -m bench.overhead.spread bench/results/overhead-A.json [B.json …]
+
+The run's own report shows each scenario's best round; this is the figure to compare across
+machines and reruns: per row and scenario, the median of all rounds of all the files given,
+with the lowest and highest, and the median's ratio to a reference row (the bare pass-through
+of the same API, or `--against ROW`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# scenario key -> (column, value of one round)
+METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
+    "b_throughput": ("CPU µs/req, c=64", lambda r: r.get("proxy_cpu_us_per_request")),
+    "a_latency": ("p50 ms, c=1", lambda r: r["latency_us"]["p50"] / 1000
+                  if "latency_us" in r else None),
+    "c_stream": ("CPU µs/stream, c=16", lambda r: r.get("proxy_cpu_us_per_request")),
+}
+
+
+def rounds(files: Sequence[Path]) -> dict[tuple[str, str], list[float]]:
+    """(row, scenario) -> every round's value, across the files."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for f in files:
+        for row, res in json.loads(f.read_text())["results"].items():
+            for scenario, runs in (res.get("runs") or {}).items():
+                _, value = METRICS.get(scenario, ("", lambda r: None))
+                vals = [v for v in (value(r) for r in runs) if v is not None]
+                if vals:
+                    out.setdefault((row, scenario), []).extend(vals)
+    return out
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.3f}"
+
+
+def table(data: dict[tuple[str, str], list[float]], against: str | None = None) -> str:
+    lines = ["| row | scenario | rounds | median | min – max | spread | vs reference |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (row, scenario), vals in sorted(data.items()):
+        med = statistics.median(vals)
+        ref_row = against or ("bare-aiohttp/responses" if "/responses" in row
+                              else "bare-aiohttp")
+        ref = data.get((ref_row, scenario))
+        ratio = f"{med / statistics.median(ref):.2f}× {ref_row}" if ref and ref_row != row \
+            else "—"
+        spread = (max(vals) - min(vals)) / med * 100 if med else 0.0
+        lines.append(f"| {row} | {METRICS[scenario][0]} | {len(vals)} | {_num(med)} | "
+                     f"{_num(min(vals))} – {_num(max(vals))} | ±{spread / 2:.0f} % | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead.spread", description=__doc__)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--against", help="reference row for the ratio (default: bare of the API)")
+    args = p.parse_args(argv)
+    print(table(rounds(args.files), args.against))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
