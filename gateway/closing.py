@@ -14,8 +14,7 @@ The Closer also owns the tasks it starts and the shutdown drain's state.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.records import RequestRecord
@@ -25,7 +24,6 @@ from gateway.observability.tracing import RequestSpan
 if TYPE_CHECKING:
     from gateway.runtime import Deps
 
-log = logging.getLogger("gateway.proxy")
 
 
 class Closer:
@@ -34,8 +32,9 @@ class Closer:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set when shutdown begins; requests then still running end with `gateway_shutdown`.
         self.draining = False
-        # Callbacks that end what is still streaming when the shutdown deadline nears.
-        self.on_drain: set[Callable[[], None]] = set()
+        # The tasks of the requests running now: cancelled when the shutdown deadline nears,
+        # and each, seeing `draining`, ends its request with `gateway_shutdown`.
+        self.running: set[asyncio.Task[Any]] = set()
 
     async def close(self, reservation: Reservation | None, record: RequestRecord,
                     span: RequestSpan | None, completion_text: str | None = None) -> None:
@@ -105,11 +104,8 @@ class Closer:
         asyncio.get_running_loop().call_later(max(grace_s - margin, 0.0), self._end_streams)
 
     def _end_streams(self) -> None:
-        for end in list(self.on_drain):
-            try:
-                end()
-            except Exception:
-                log.exception("ending a stream for shutdown failed")
+        for task in list(self.running):
+            task.cancel()
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for settlements and drains still running (shutdown)."""

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,10 +82,8 @@ class Proxy:
         record: RequestRecord | None = None
         span = self.deps.tracing.request(call)
         task = asyncio.current_task()
-        stop: Callable[[], None] | None = None
         if task is not None:
-            stop = _canceller(task)
-            self.closer.on_drain.add(stop)
+            self.closer.running.add(task)
         try:
             principal = self.deps.auth.authenticate(call.api_key)
             record = self._record(call, principal)
@@ -127,8 +124,8 @@ class Proxy:
                 f"{call.request_id}). Retry the request.", code="internal_error"),
                 record, reservation, codec, t0, span)
         finally:
-            if stop is not None:
-                self.closer.on_drain.discard(stop)
+            if task is not None:
+                self.closer.running.discard(task)
 
     async def _refused(self, rt: Runtime, call: Call, e: GatewayError,
                        record: RequestRecord | None, reservation: Reservation | None, codec: Any,
@@ -379,13 +376,6 @@ def _cannot_serve(call: Call, target: Target, kind: str) -> str:
     return (f"Model {call.model!r} has no deployment that serves /v1/{call.endpoint}: "
             f"{target.id!r} is on a `kind: {kind}` provider, which cannot serve it "
             "(docs/providers.md lists which kinds serve which endpoints).")
-
-
-def _canceller(task: asyncio.Task[Any]) -> Callable[[], None]:
-    """What the shutdown drain calls to end this request (see `Closer.begin_drain`)."""
-    def stop() -> None:
-        task.cancel()
-    return stop
 
 
 def _skipped_note(skipped: list[str] | tuple[str, ...]) -> str:

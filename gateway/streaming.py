@@ -62,7 +62,6 @@ class StreamResponse:
         self.t0 = t0
         self.gone = False
         self.complete = False
-        self._stopping = False
         self._attempt: AttemptRecord | None = None
         self._producer: Any = opened.translator
 
@@ -83,19 +82,15 @@ class StreamResponse:
                         task.cancel()
                     return
 
-        def stop() -> None:
-            self._stopping = True
-            task.cancel()
-
         watcher = asyncio.get_running_loop().create_task(watch())
-        self.closer.on_drain.add(stop)
+        self.closer.running.add(task)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await self._pump(send)
         except asyncio.CancelledError:
             if self.gone:
                 task.uncancel()
-            elif self._stopping or self.closer.draining:
+            elif self.closer.draining:
                 task.uncancel()
                 await self._fail(send, ServiceUnavailable(
                     "The gateway is shutting down and ended this stream; retry the request.",
@@ -114,7 +109,7 @@ class StreamResponse:
                 "Retry the request.", code="internal_error"), "failed_midstream")
         finally:
             watcher.cancel()
-            self.closer.on_drain.discard(stop)
+            self.closer.running.discard(task)
             self._closed_anyway()
 
     async def _pump(self, send: Send) -> None:

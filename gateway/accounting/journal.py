@@ -3,8 +3,8 @@
 The ledger writer ships records to the database in batches, off the request path; until a
 batch commits, a record lives only in this process's memory, and `kill -9` (an OOM kill, a
 lost node) would lose answered requests. So the request path appends each record here first —
-one `write()` of one JSON line (the spill file's format) into the OS page cache, which survives
-the death of the process — and only then sends the response's last byte.
+one JSON line (the spill file's format) copied into the OS page cache, which survives the
+death of the process — and only then sends the response's last byte.
 
 - Segments are memory-mapped files (`MAP_SHARED`, their blocks allocated up front): an append
   is a copy into the page cache — no system call on the request path — and the kernel
@@ -19,9 +19,9 @@ the death of the process — and only then sends the response's last byte.
   database or the spill file (the writer reports that through `done`). Each segment is held
   with an exclusive `flock` while its process lives, so start-up recovers only the segments
   of dead processes, even with several processes sharing the folder.
-- Durability: `write()` survives a process kill. A machine crash can lose what the OS had not
-  written back; `sync()` (fsync, run by the writer thread every `journal_fsync_s`) bounds that
-  window (docs/accounting.md).
+- Durability: a page-cache copy survives a process kill. A machine crash can lose what the
+  OS had not written back; `sync()` (fsync, run by the writer thread every `journal_fsync_s`)
+  bounds that window (docs/accounting.md).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Journal:
                 self.flush()
 
     def append(self, rec: RequestRecord) -> None:
-        """Journal the final record now, with any markers still buffered (one `write()`).
+        """Journal the final record now, with any markers still buffered (one copy).
         Never raises: a failed write is logged and counted, and the writer still has the
         record in memory."""
         self._markers.pop(rec.request_id, None)
@@ -297,7 +297,7 @@ def _read(paths: list[Path]) -> list[RequestRecord]:
                 try:
                     rec = record_from_json(from_json(line))
                 except (ValueError, KeyError, TypeError) as e:
-                    # A torn last line: the process died inside write(). Nothing else is lost
+                    # A torn last line: the process died mid-copy. Nothing else is lost
                     # this way: every earlier line was whole.
                     log.error("journal %s line %d unreadable, skipped: %s", path, lineno, e)
                     continue

@@ -157,7 +157,8 @@ class Settler:
 
     def seal(self, record: RequestRecord) -> None:
         """Price the record and journal it: after this the process may die without losing it.
-        Synchronous (one `write()`), so it runs even where the caller cannot await."""
+        Synchronous (one copy into the journal's mapped segment), so it runs even where the
+        caller cannot await."""
         try:
             self.price_book.price_record(record)
         except Exception:

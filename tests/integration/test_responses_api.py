@@ -224,3 +224,24 @@ def test_http_details(env: Any) -> None:
     r = httpx.get(gw.base_url + "/responses/resp_nope",
                   headers={"authorization": f"Bearer {A_KEY}"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_store_that_is_down_answers_503_and_never_costs_the_answer(
+        fakes: Callable[..., FakeOpenAI], gateway: Any, tmp_path: Path) -> None:
+    """The ledger's database (and with it the stored responses) unreachable: a new response is
+    still answered (and its record spilled), but reading or continuing a stored one says the
+    store is down (503), never that the response does not exist (404)."""
+    chat = fakes("chat-only")
+    policy = simple_policy(tmp_path, {"chat": provider(chat)},
+                           {"chat": {"deployments": [{"provider": "chat", "model": "llama"}]}})
+    policy["ledger"]["url"] = "postgresql://postgres@127.0.0.1:1/nothing"  # nothing listens
+    gw = gateway(policy)
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=20)
+    answered = c.responses.create(model="chat", input="hi")
+    assert answered.output_text
+    with pytest.raises(openai.InternalServerError) as e:
+        c.responses.retrieve(answered.id)
+    assert e.value.status_code == 503
+    with pytest.raises(openai.InternalServerError) as e:
+        c.responses.create(model="chat", input="again", previous_response_id=answered.id)
+    assert e.value.status_code == 503 and "retry" in e.value.message.lower()

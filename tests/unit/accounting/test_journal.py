@@ -9,6 +9,8 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from gateway.accounting import journal as jf
 from gateway.accounting.journal import Journal
 from gateway.accounting.records import AttemptRecord, RequestRecord
@@ -108,4 +110,23 @@ def test_markers_are_written_in_one_write_with_the_next_final(tmp_path: Path) ->
     (seg,) = tmp_path.glob("journal-*.jsonl")
     assert seg.read_bytes().count(b"\n") == 2
     j.done([rec("a"), rec("b")])
+    j.close()
+
+
+def test_a_journal_that_cannot_write_never_raises_into_the_request_path(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full or read-only disk: records stay in memory for the ledger, errors are counted
+    and logged once a minute, not once per request."""
+    import logging
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    j = Journal(blocker / "journal")
+    with caplog.at_level(logging.ERROR, logger="gateway.accounting.journal"):
+        for i in range(5):
+            j.mark(rec(f"m{i}", 500, "gateway_interrupted"))
+            j.append(rec(f"r{i}"))
+    assert j.write_errors == 10
+    assert sum("write failed" in r.getMessage() for r in caplog.records) == 1
+    j.done([rec("r0")])
     j.close()
