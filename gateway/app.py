@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,16 +16,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import console
+from gateway.accounting.estimate import warm_up
 from gateway.accounting.gpu_lifetimes import GpuLifetimes
 from gateway.accounting.settle import Settler
+from gateway.alerts import Alerter
 from gateway.api import admin as admin_api
+from gateway.api import admin_status as admin_status_api
+from gateway.api import alerts_admin as alerts_api
 from gateway.api import count_tokens as count_tokens_api
 from gateway.api import health as health_api
 from gateway.api import messages as messages_api
+from gateway.api import moderations as moderations_api
 from gateway.api import openai as openai_api
 from gateway.api import openapi as openapi_api
 from gateway.api import rerank as rerank_api
 from gateway.api import responses as responses_api
+from gateway.api import rollouts as rollouts_api
 from gateway.api.anthropic_codec import CODEC as ANTHROPIC_CODEC
 from gateway.api.responses_ingress import ResponsesIngress
 from gateway.auth import Authenticator
@@ -34,11 +42,14 @@ from gateway.limits.base import Limiter
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
+from gateway.policy.history import PolicyHistory
 from gateway.policy.load import policy_warnings
 from gateway.policy.models import Policy
 from gateway.policy.reload import PolicyWatcher, ReloadRefused, restart_required
 from gateway.proxy import Proxy
 from gateway.responses import error_response
+from gateway.rollouts import RolloutController
+from gateway.rollouts.shadow import ShadowTraffic
 from gateway.routing.health import Health
 from gateway.routing.signals import SignalCollector, probes_from_policy
 from gateway.runtime import Deps, Runtime
@@ -68,10 +79,17 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     state = _State()
     metrics = Metrics()
     health = Health(policy.router.circuit_breaker, tenants=len(policy.tenants))
+    alerts = Alerter(policy, metrics=metrics)  # webhooks (docs/alerts.md)
+    health.on_open(alerts.circuit_opened)
     signals = SignalCollector.from_policy(policy)
-    limiter = _build_limiter(policy, metrics)
+    limiter = _build_limiter(policy, metrics, alerts.budget_alert)
+    alerts.limiter = limiter
     auth = Authenticator.from_policy(policy)
     settler = Settler.from_policy(policy, limiter, metrics)
+    settler.listeners.append(alerts.request_settled)
+    # GenAI histograms, per-deployment series, demand signals (observability/request_metrics.py)
+    settler.listeners.append(lambda r: metrics.settled.observe(r, settler.policy))
+    settler.listeners.append(metrics.guards_settled)  # guard verdicts (gateway/guards)
     gpu_lifetimes = GpuLifetimes.from_policy(policy)  # what GPU-hour billing charges for
     # Stored Responses API responses (previous_response_id), beside the ledger.
     responses_store = ResponseStore.from_policy(policy)
@@ -79,16 +97,20 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     deps = Deps(runtime=state.current, auth=auth, limiter=limiter, settler=settler,
                 signals=signals, metrics=metrics,
                 codecs={"anthropic": ANTHROPIC_CODEC, "responses": responses},
-                tracing=Tracing.from_policy(policy))
+                tracing=Tracing.from_policy(policy), alerts=alerts)
+    rollouts = deps.rollouts = RolloutController.from_policy(
+        policy, metrics.registry, deps.tracing, lambda: deps.alerts)
     proxy = Proxy(deps)
+    rollouts.shadow = ShadowTraffic(proxy)  # copies of baseline requests to the candidate
     backends = LocalBackends(policy)
 
     def install(new: Policy) -> None:
         """Build a runtime for `new` and swap it in; in-flight requests keep the old one."""
         new = backends.resolve(new)
         pools = Runtime.clients_for(new, state.pools)
+        rollouts.set_policy(new)
         rt = Runtime(new, {n: c for n, (_, c) in pools.items()}, health, signals,
-                     lambda: _unavailable(new, signals, backends))
+                     lambda: _unavailable(new, signals, backends), rollouts)
         old_pools = state.pools
         state.pools = pools
         state.runtime = rt
@@ -120,8 +142,11 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         settler.update(new, state.current().prices)
         gpu_lifetimes.update(new)
         deps.tracing.update(new)
+        alerts.update(new)
 
-    watcher = PolicyWatcher(policy_path, reload, metrics) if policy_path else None
+    history = PolicyHistory.start(policy, policy_path)  # the console's policy page
+    watcher = PolicyWatcher(policy_path, reload, metrics, history=history) \
+        if policy_path else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -129,12 +154,18 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         await backends.wait_ready()  # serve (and say ready) only with the local models up
         install(policy)
         _log_warnings(policy)
+        # Loading a tokenizer takes about a second; the first record needing an estimate (a
+        # stream cut at shutdown, say) must not pay it, and start-up must not wait for it.
+        threading.Thread(target=warm_up, name="tokenizers", daemon=True, args=(
+            sorted({d.model for r in policy.models.values() for d in r.deployments}),)).start()
         await auth.start()
+        await alerts.start()  # before anything that may alert
         await settler.start()
         await gpu_lifetimes.start()
         await responses_store.start()
         purge = asyncio.get_running_loop().create_task(_purge_expired(responses_store))
         signals.start()
+        await rollouts.start()  # reads the shared state before the first request
         if watcher is not None:
             watcher.start()
         log.info("gateway ready: %d models, %d providers", len(policy.models),
@@ -146,12 +177,15 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
                 await watcher.stop()
             await signals.stop()
             await proxy.drain()
+            await rollouts.stop()  # after the drain: the last requests' counts are flushed
             deps.request_log.flush()
             await settler.close()
+            await alerts.close()
             await gpu_lifetimes.close()
             purge.cancel()
             await responses_store.close()
             deps.tracing.shutdown()  # after drain: settle tasks end their spans first
+            metrics.settled.shutdown()  # the last OTLP metric export, if on
             await auth.close()
             if limiter is not None:
                 await limiter.close()
@@ -160,13 +194,17 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
             await backends.stop()
 
     proxied: list[BaseRoute] = [*openai_api.routes(proxy), *messages_api.routes(proxy),
-                                *rerank_api.routes(proxy),
+                                *rerank_api.routes(proxy), *moderations_api.routes(proxy),
                                 *responses_api.routes(proxy, responses)]
     routes: list[BaseRoute] = [
         *proxied,
         *count_tokens_api.routes(proxy),
         *health_api.routes(proxy),
         *admin_api.routes(proxy, auth, settler),
+        *admin_status_api.routes(proxy, history),
+        console.mount(proxy, auth, settler, history, gpu_lifetimes),
+        *rollouts_api.routes(proxy, rollouts),
+        *alerts_api.routes(alerts, lambda: state.current().policy.server.admin_key),
         *openapi_api.routes(),
     ]
 
@@ -263,14 +301,14 @@ class _Gateway(Starlette):
         await response(scope, receive, send)
 
 
-def _build_limiter(policy: Policy, metrics: Metrics) -> Limiter:
+def _build_limiter(policy: Policy, metrics: Metrics, on_budget_alert: Any = None) -> Limiter:
     """Built even in open mode, so tenants added by a reload are limited at once (the proxy
     skips admission while the policy has no tenants). Changing `state.redis_url` needs a
     restart."""
     if policy.state.redis_url:
         from gateway.limits.redis import RedisLimiter
 
-        return RedisLimiter.from_policy(policy, metrics)
+        return RedisLimiter.from_policy(policy, metrics, on_budget_alert)
     from gateway.limits.memory import MemoryLimiter
 
-    return MemoryLimiter.from_policy(policy, metrics)
+    return MemoryLimiter.from_policy(policy, metrics, on_budget_alert)

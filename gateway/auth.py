@@ -165,6 +165,18 @@ class Authenticator:
                             "admin for a new one.")
         return entry.principal
 
+    def authenticate_hash(self, digest: str) -> Principal:
+        """The Principal of the key whose `hash_key` is `digest`, checked as `authenticate`
+        checks the key itself (unknown, revoked, expired → AuthError). A console session holds
+        the hash, never the key, and calls this on every request: a revoked key's session ends
+        as soon as the key does. No I/O."""
+        entry = None if self._open else self._entries.get(digest)
+        if entry is None or not hmac.compare_digest(entry.hash, digest) or (
+                entry.expires_at is not None and self._clock() >= entry.expires_at):
+            raise AuthError("The key this session signed in with is no longer valid (revoked "
+                            "or expired). Sign in again.")
+        return entry.principal
+
     def check_model(self, principal: Principal, model: str, available: Iterable[str]) -> None:
         """PermissionDenied (403) naming the allowed models when `model` is not among them."""
         if principal.may_use(model):

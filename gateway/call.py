@@ -9,7 +9,7 @@ from typing import Any, Literal
 # Which client-facing API a call came in through. Adapters translate from the OpenAI shape;
 # "messages" (Anthropic ingress) is converted to the OpenAI shape at the edge, and kept as the
 # ingress so an Anthropic backend can take the original body untranslated.
-Endpoint = Literal["chat", "completions", "embeddings", "rerank", "score"]
+Endpoint = Literal["chat", "completions", "embeddings", "rerank", "score", "moderations"]
 Ingress = Literal["openai", "anthropic", "responses"]
 
 

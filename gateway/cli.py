@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 
 DEFAULT_POLICY = "policies/default.yaml"
@@ -21,16 +20,27 @@ def _policy_path(arg: str | None) -> str:
     return arg or os.environ.get("GATEWAY_CONFIG") or DEFAULT_POLICY
 
 
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {n})")
+    return n
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.app import build_app
     from gateway.policy.load import PolicyError, load_policy
-    from gateway.server import ListenError, listen, serve
+    from gateway.server import ListenError, listen, run_policy
+    from gateway.workers import WorkerArgs, refusal, run_workers
 
     path = _policy_path(args.config)
     try:
         policy = load_policy(path)
     except PolicyError as e:
         print(e, file=sys.stderr)
+        return 2
+    refused = refusal(args.workers, policy)
+    if refused:
+        print(refused, file=sys.stderr)
         return 2
     host = args.host or policy.server.host
     port = args.port or policy.server.port
@@ -40,16 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ListenError as e:
         print(e, file=sys.stderr)
         return 1
-    app = build_app(policy, policy_path=path)
-    # Requests allocate short-lived objects fast; with CPython's default thresholds the
-    # collector ran ~340 times a second at 3,000 req/s and each full pass re-scanned the
-    # ~65,000 objects made at start-up (~12 % of the core, docs/benchmarks.md). Park those
-    # in the permanent generation and collect young objects less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)
-    return serve(app, sock, policy.server, log_level=args.log_level,
-                 graceful_timeout_s=args.graceful_timeout)
+    if args.workers > 1:
+        return run_workers(args.workers, sock, WorkerArgs(path, args.log_level,
+                                                          args.graceful_timeout))
+    return run_policy(policy, path, sock, log_level=args.log_level,
+                      graceful_timeout_s=args.graceful_timeout)
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--log-level", default="warning", help="uvicorn's own log level")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="processes serving the port, one per core (more than 1 needs "
+                            "state.redis_url: docs/operations.md)")
     serve.add_argument("--graceful-timeout", type=float, default=30.0,
                        help="seconds to let running requests (long streams) finish on shutdown")
     serve.set_defaults(func=cmd_serve)
@@ -94,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     from gateway import cli_admin
 
     cli_admin.add_commands(sub, _policy_arg, _policy_path)
+    from gateway import cli_rollout
+
+    cli_rollout.add_commands(sub, _policy_arg, _policy_path)
 
     args = parser.parse_args(argv)
     result = args.func(args)

@@ -75,6 +75,8 @@ class Closer:
     async def _finish(self, reservation: Reservation | None, record: RequestRecord,
                       span: RequestSpan | None) -> None:
         await self.deps.settler.finish(reservation, record)
+        if record.rollout_arm is not None and self.deps.rollouts is not None:
+            self.deps.rollouts.observe(record)  # after pricing: the cost gate reads it
         if span is not None:
             # After settlement: the span carries the settled usage (estimates) and cost.
             span.finish(record)

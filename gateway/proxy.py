@@ -31,6 +31,8 @@ from gateway.observability.tracing import RequestSpan
 from gateway.providers.base import Classified, ErrorKind, StreamTranslator, Target
 from gateway.responses import RawResponse, error_response
 from gateway.runtime import Deps, Runtime
+from gateway.stages.pipeline import RequestStages
+from gateway.stages.pipeline import begin as begin_stages
 from gateway.streaming import Opened, StreamResponse
 from gateway.upstream import (
     UpstreamConnectError,
@@ -100,7 +102,12 @@ class Proxy:
                 reservation = await self.deps.limiter.admit(
                     principal, call.model, rt.estimate(call, principal))
             self.deps.settler.admitted(record)
-            return await self._serve(rt, call, principal, record, reservation, codec, t0, span)
+            stages = begin_stages(rt, call, principal, record) if rt.stages else None
+            if stages is not None and (answered := await stages.before(
+                    self.closer, reservation, codec, t0, span)) is not None:
+                return answered  # a stage answered (cache hit): its record is closed
+            return await self._serve(rt, call, principal, record, reservation, codec, t0, span,
+                                     stages)
         except GatewayError as e:
             return await self._refused(rt, call, e, record, reservation, codec, t0, span)
         except asyncio.CancelledError:
@@ -174,10 +181,11 @@ class Proxy:
     # ---- attempts ----------------------------------------------------------------------------
 
     async def _serve(self, rt: Runtime, call: Call, principal: Principal, record: RequestRecord,
-                     reservation: Reservation | None, codec: Any, t0: float, span: RequestSpan
-                     ) -> RawResponse | StreamResponse:
+                     reservation: Reservation | None, codec: Any, t0: float, span: RequestSpan,
+                     stages: RequestStages | None = None) -> RawResponse | StreamResponse:
         allowed = principal.allowed_models
         plan = rt.router.plan(call, allowed=allowed)
+        record.rollout_arm = plan.arm  # the rollout measures this request on its arm
         queue = list(plan.attempts)
         skipped = list(plan.skipped)
         context_switched = False
@@ -195,6 +203,8 @@ class Proxy:
             if call.translate is not None and not _native(call, adapter):
                 call.translate()
                 record.request_body = call.body  # what estimates of missing usage read
+            if stages is not None:
+                await stages.attempt(target)  # may block or redact for this destination
             try:
                 result = await self._attempt(rt, call, target, record, span)
             except _Retry as r:
@@ -218,13 +228,21 @@ class Proxy:
             headers["x-gateway-attempts"] = str(len(record.attempts) + isinstance(result, Opened))
             if reservation is not None:
                 headers.update(reservation.headers)
+            if stages is not None:
+                headers.update(stages.headers)
             # A native reply (Anthropic ingress → Anthropic backend) is already in the
             # client's format; anything else is OpenAI-shaped and goes through the codec.
             native = _native(call, rt.adapters[target.provider_name])
             if isinstance(result, Opened):
                 return StreamResponse(self.closer, call, record, reservation, result, codec,
-                                      headers, t0, translate=not native, span=span)
+                                      headers, t0, translate=not native, span=span,
+                                      watch=None if stages is None else stages.stream(
+                                          target, native, result.translator))
             body, usage_ok = result
+            if plan.arm is not None:  # the rollout's length gate (JSON escapes inner quotes)
+                record.finish_length = b'"length"' in body
+            if stages is not None:
+                body = await stages.reply(body, target, native)  # may redact or block
             # A reply without usage is estimated from its text (rare: most providers report).
             text = None if usage_ok or native else _reply_text(body)
             if codec is not None:

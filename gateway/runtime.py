@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.accounting.estimate import estimate_prompt_tokens
 from gateway.accounting.pricing import PriceBook
+from gateway.alerts import Alerter
 from gateway.call import Call, Principal
 from gateway.limits.base import Estimate, Limiter
 from gateway.observability.logs import RequestLog
@@ -19,6 +20,8 @@ from gateway.providers.base import Adapter
 from gateway.providers.registry import build_adapter
 from gateway.routing.health import Health
 from gateway.routing.plan import Router
+from gateway.stages.base import Stage
+from gateway.stages.registry import build_stages
 from gateway.upstream import UpstreamClient
 
 
@@ -28,7 +31,8 @@ class Runtime:
 
     def __init__(self, policy: Policy, clients: dict[str, UpstreamClient],
                  health: Health, signals: Any,
-                 unavailable: Callable[[], frozenset[str]] | None = None) -> None:
+                 unavailable: Callable[[], frozenset[str]] | None = None,
+                 rollouts: Any = None) -> None:
         self.policy = policy
         self.clients = clients
         self.health = health
@@ -36,8 +40,11 @@ class Runtime:
             name: build_adapter(name, cfg) for name, cfg in policy.providers.items()
         }
         self.unavailable = unavailable or signals.unhealthy_ids
-        self.router = Router(policy, health, signals.snapshot, self.unavailable)
+        self.router = Router(policy, health, signals.snapshot, self.unavailable, rollouts)
         self.prices = PriceBook.from_policy(policy)
+        # Request stages (guards, response cache), in run order; empty: none configured, and
+        # the request path skips every stage hook (gateway/stages/base.py).
+        self.stages: tuple[Stage, ...] = build_stages(policy, self)
         self._default_max = policy.accounting.default_max_tokens
         # A request can land on its model's deployments or any fallback's its tenant may use:
         # budgets reserve the dearest of them.
@@ -53,7 +60,7 @@ class Runtime:
         body = call.body
         prompt = call.prompt_estimate if call.prompt_estimate is not None \
             else estimate_prompt_tokens(body)
-        if call.endpoint in ("embeddings", "rerank", "score"):  # nothing generated
+        if call.endpoint in ("embeddings", "rerank", "score", "moderations"):  # nothing generated
             completion = 0
         else:
             cap = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -89,3 +96,7 @@ class Deps:
     codecs: dict[str, Any]
     request_log: RequestLog = field(default_factory=RequestLog)
     tracing: Tracing = field(default_factory=Tracing)
+    # gateway.rollouts.RolloutController: measures settled requests of models in a rollout.
+    rollouts: Any = None
+    # Webhook alerts (gateway/alerts): `deps.alerts.emit(event_type, payload)`.
+    alerts: Alerter = field(default_factory=Alerter)

@@ -23,6 +23,8 @@ from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, sse_
 from gateway.limits.base import Reservation
 from gateway.observability.tracing import RequestSpan
 from gateway.providers.base import StreamTranslator, Target
+from gateway.stages.base import Blocked, StreamWatch
+from gateway.stages.pipeline import content_filter_chunk
 from gateway.upstream import UpstreamFailure, UpstreamResponse
 
 log = logging.getLogger("gateway.proxy")
@@ -48,7 +50,7 @@ class StreamResponse:
     def __init__(self, closer: Closer, call: Call, record: RequestRecord,
                  reservation: Reservation | None, opened: Opened, codec: Any,
                  headers: dict[str, str], t0: float, translate: bool = True,
-                 span: RequestSpan | None = None) -> None:
+                 span: RequestSpan | None = None, watch: StreamWatch | None = None) -> None:
         self.closer = closer
         self.deps = closer.deps
         self.span = span
@@ -64,6 +66,10 @@ class StreamResponse:
         self.complete = False
         self._attempt: AttemptRecord | None = None
         self._producer: Any = opened.translator
+        # The request stages' watcher (gateway/stages): None when no stage watches this stream.
+        self.watch = watch
+        # The upstream stream is OpenAI-shaped (not a native pass-through).
+        self.openai_shaped = translate
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
@@ -99,6 +105,8 @@ class StreamResponse:
                 raise
         except OSError:
             self.gone = True
+        except Blocked as e:  # a stage stopped the stream (gateway/stages/base.py)
+            await self._blocked(send, e)
         except Exception as e:
             # A bug in a translator or codec: the client still gets a clear end, and the
             # record says what happened (status 200 was already sent).
@@ -122,11 +130,18 @@ class StreamResponse:
         def shaped(data: bytes) -> bytes:
             return codec_tr.feed(data) if codec_tr is not None and data else data
 
+        async def watched(data: bytes) -> bytes:
+            return await self.watch.feed(data) if self.watch is not None and data else data
+
         error: GatewayError | None = None
         last = b""
         held = b""
+        # A model in a rollout: its length gate counts replies cut by `finish_reason: length`.
+        measure = self.record.rollout_arm is not None
+        if measure and b'"length"' in o.first:
+            self.record.finish_length = True
         try:
-            first = shaped(o.first)
+            first = shaped(await watched(o.first))
             if tr.done:
                 held = first  # the whole stream came in one read: it goes after the record
             elif first:
@@ -134,6 +149,8 @@ class StreamResponse:
             if not tr.done:
                 async for data in o.resp.chunks():
                     chunk = tr.feed(data)
+                    if measure and b'"length"' in chunk:
+                        self.record.finish_length = True
                     if tr.error is not None:
                         error = UpstreamError(f"upstream {o.target.id} failed mid-stream: "
                                               f"{tr.error.message}", code="upstream_stream_error")
@@ -141,7 +158,7 @@ class StreamResponse:
                     if tr.done:
                         last = chunk  # held: the record is journaled before the end
                         break
-                    chunk = shaped(chunk)
+                    chunk = shaped(await watched(chunk))
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
@@ -156,7 +173,9 @@ class StreamResponse:
             self.deps.metrics.upstream_error(o.target.id, "midstream")
             await self._fail(send, error, "failed_midstream")
             return
-        tail = held + shaped(last) + shaped(tr.finish())
+        tail = held + shaped(await watched(last)) + shaped(await watched(tr.finish()))
+        if self.watch is not None:
+            await self.watch.finish()
         if codec_tr is not None:
             tail += codec_tr.finish()
         if self.error_codec is not None:
@@ -188,6 +207,21 @@ class StreamResponse:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
         except Exception:  # the connection is gone or broken: nothing more can reach it
             self.gone = True
+
+    async def _blocked(self, send: Send, e: Blocked) -> None:
+        """End a stream a stage blocked: a `finish_reason: content_filter` chunk (OpenAI-shaped
+        streams, through the ingress codec), then the error event; what streamed is billed."""
+        end = e.release
+        if self.openai_shaped:
+            end += content_filter_chunk(self.call)
+            if self._producer is not self.o.translator:  # the ingress codec's stream
+                end = self._producer.feed(end)
+        if end and not self.gone:
+            try:
+                await send({"type": "http.response.body", "body": end, "more_body": True})
+            except Exception:  # the connection is gone: the record still closes below
+                self.gone = True
+        await self._fail(send, e, "blocked")
 
     def _end(self, outcome: AttemptOutcome, error: str | None = None) -> AttemptRecord:
         """Record the serving attempt, once: its outcome, usage and timings."""

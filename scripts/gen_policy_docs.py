@@ -13,7 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from gateway.policy import alerts as al
+from gateway.policy import cache as c
+from gateway.policy import guards as g
 from gateway.policy import models as m
+from gateway.policy import rollouts as r
 from gateway.policy import tenants as t
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "policy.md"
@@ -30,6 +34,19 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("router.circuit_breaker", m.CircuitBreaker),
     ("observability", m.Observability),
     ("responses", m.Responses),
+    ("console", m.Console),
+    ("alerts", al.Alerts),
+    ("alerts.webhooks[]", al.Webhook),
+    ("cache (the store and the default rule)", c.CacheSettings),
+    ("models.NAME.cache (also tenants.NAME.cache)", c.CacheRule),
+    ("guards.NAME", g.Guard),
+    ("guards.NAME.applies_to", g.GuardScope),
+    ("guards.NAME.detector with kind secrets", g.SecretsDetector),
+    ("guards.NAME.detector with kind pii", g.PiiDetector),
+    ("guards.NAME.detector with kind deny_list", g.DenyListDetector),
+    ("guards.NAME.detector with kind regex", g.RegexDetector),
+    ("guards.NAME.detector with kind length", g.LengthDetector),
+    ("guards.NAME.detector with kind model", g.ModelDetector),
     ("providers.NAME (every kind)", m.ProviderBase),
     ("providers.NAME with kind openai / openai-compatible / vllm", m.OpenAIProvider),
     ("providers.NAME with kind azure", m.AzureProvider),
@@ -40,6 +57,14 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("models.NAME", m.ModelRoute),
     ("models.NAME.deployments[]", m.Deployment),
     ("models.NAME.deployments[].pricing[] (also tenants.NAME.pricing.DEPLOYMENT[])", m.Price),
+    ("models.NAME.rollout", r.Rollout),
+    ("models.NAME.rollout.candidate", r.RolloutCandidate),
+    ("models.NAME.rollout.steps[]", r.RolloutStep),
+    ("models.NAME.rollout.gates", r.RolloutGates),
+    ("models.NAME.rollout.gates.error_rate (also length_share)", r.RateGate),
+    ("models.NAME.rollout.gates.ttft_p95 (also tpot_p50, tpot_p95, latency_p95, "
+     "cost_per_request)", r.RatioGate),
+    ("models.NAME.rollout.shadow", r.RolloutShadow),
     ("tenants.NAME", t.TenantConfig),
     ("tenants.NAME.keys[]", t.KeyConfig),
     ("tenants.NAME.limits (also model_limits.MODEL, keys[].limits)", t.RateLimits),

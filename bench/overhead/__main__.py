@@ -176,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="a,b,c",
                    help="which of a,b,c to run, and of ra,rb,rc: the same through the "
                         "Responses API (not run unless named)")
+    p.add_argument("--body-kb", type=int, default=0,
+                   help="pad the non-streaming prompt (scenarios a, b, ra, rb) to a body of "
+                        "about this many KiB, e.g. 200 for a RAG or coding-agent prompt")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="SSE events per streamed reply (default 20); with a second run at "
+                        "another count, the difference per event is the per-chunk cost")
+    p.add_argument("--chunk-delay-ms", type=float, default=None,
+                   help="milliseconds before each SSE event (default 5)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     a = p.parse_args(argv)
 
@@ -186,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, seconds=a.seconds)
     if a.repeat:
         plan = replace(plan, repeat=a.repeat)
+    if a.chunks:
+        plan = replace(plan, chunks=a.chunks)
+    if a.chunk_delay_ms is not None:
+        plan = replace(plan, chunk_delay_ms=a.chunk_delay_ms)
     scenarios = tuple(x.strip() for x in a.scenarios.split(",") if x.strip())
     bad = [x for x in scenarios if x not in CHAT_SCENARIOS + RESPONSES_SCENARIOS]
     if bad or not scenarios:
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"mocks: nginx + mock_sse (core 0); work dir {workdir}")
         ups = runner.start_mocks(procs, plan, workdir, nginx)
-        env = Env(procs, workdir, ups, REDIS_URL, prefix)
+        env = Env(procs, workdir, ups, REDIS_URL, prefix, body_kb=a.body_kb)
         if a.profile:
             for t in selected:  # the target, then its patched variants
                 prof = run_profile(t, env, plan, plan.seconds)
@@ -243,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "versions": versions(),
         "plan": {**plan.__dict__, "soak_targets": list(plan.soak_targets)},
         "pinning": {"system_under_test_cpu": 1, "load_and_mocks_cpu": 0},
-        "request_body": CHAT.json_body("bench-model", None),
+        "request_body": CHAT.json_body("bench-model", None) if not a.body_kb
+        else f"{CHAT.json_body('bench-model', None)} with its prompt padded to {a.body_kb} KiB",
+        "body_kb": a.body_kb,
         "stream_body": CHAT.stream_body("bench-stream", None).decode(),
         **({"responses_request_body": RESPONSES.json_body("bench-responses", False),
             "responses_stream_body": RESPONSES.stream_body("bench-responses-stream",

@@ -27,6 +27,28 @@ def _responses_stream(model: str, store: bool | None) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# Prose to pad a prompt with: words, punctuation, quotes and non-ASCII letters (each costs a JSON
+# encoder an escape or a multi-byte copy), and line breaks, as a RAG or coding prompt has.
+_FILLER = ('The retrieved passage says "see section 4.2" and then — in a footnote — that the '
+           "café's schema uses {\"id\": 7}; résumé, naïve, Zürich.\n")
+
+
+def padded(body: str, kb: int) -> str:
+    """`body` (a chat or Responses request) with its prompt grown to make the body about `kb`
+    KiB: the last message's `content`, or the Responses `input` text."""
+    if kb <= 0:
+        return body
+    obj = json.loads(body)
+    size = len(body.encode())
+    unit = len(json.dumps(_FILLER, ensure_ascii=False).encode()) - 2  # as it is sent
+    text = _FILLER * (max(0, kb * 1024 - size) // unit + 1)
+    if "messages" in obj:
+        obj["messages"][-1]["content"] = text + obj["messages"][-1]["content"]
+    else:
+        obj["input"] = text + obj["input"]
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
 def check_completion(reply: bytes) -> None:
     obj = json.loads(reply)
     if not obj.get("choices"):

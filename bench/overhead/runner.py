@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.overhead import mock_nginx, stream_client, wrk
-from bench.overhead.apis import CHAT, RESPONSES
+from bench.overhead.apis import CHAT, RESPONSES, padded
 from bench.overhead.procs import LOAD_CPU, Background, Proc, free_port, wait_answering
 from bench.overhead.targets import Endpoint, Env, Target, Upstreams
 
@@ -76,8 +76,9 @@ def _ready(t: Target, ep: Endpoint, stream: bool) -> None:
 
 
 def _wrk(ep: Endpoint, env: Env, c: int, seconds: float) -> dict[str, Any]:
-    script = wrk.write_script(env.workdir / f"wrk-{ep.port}-{len(ep.headers)}.lua",
-                              ep.api.json_body(ep.json_model, ep.store), ep.headers)
+    body = padded(ep.api.json_body(ep.json_model, ep.store), env.body_kb)
+    script = wrk.write_script(env.workdir / f"wrk-{ep.port}-{len(ep.headers)}.lua", body,
+                              ep.headers)
     return wrk.run(ep.url, script, connections=c, seconds=seconds)
 
 

@@ -79,6 +79,8 @@ class Env:
     redis_url: str
     redis_prefix: str
     python: str = sys.executable
+    # `--body-kb`: the non-streaming request's prompt padded to about this many KiB (0: as is).
+    body_kb: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class Bare(Target):
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", proc=proc, port=port)
 
 
-def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path) -> dict:
+def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path,
+                   renamed: bool = False) -> dict:
     ups = env.upstreams
     policy: dict = {
         "version": 1,
@@ -134,14 +137,17 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
         },
         "models": {},
     }
-    # Each public name is also the upstream's model, as with chat: no `model` rewriting.
+    # Each public name is also the upstream's model, as with chat: no `model` rewriting —
+    # except with `renamed`, where every deployment's model is `<public>-upstream`, as in
+    # production: the gateway rewrites `model` in each request (and looks for it in replies).
     for model, provider in (("bench-model", "mock"), ("bench-stream", "mock-sse"),
                             ("bench-responses", "mock-responses"),
                             ("bench-responses-stream", "mock-sse-responses"),
                             ("bench-responses-tr", "mock"),
                             ("bench-responses-tr-stream", "mock-sse")):
-        policy["models"][model] = {"deployments": [{"provider": provider, "model": model,
-                                                    "pricing": PRICING}]}
+        policy["models"][model] = {"deployments": [{
+            "provider": provider, "model": model + "-upstream" if renamed else model,
+            "pricing": PRICING}]}
     if tenants:
         # Limits high enough never to refuse, so every request pays for the whole admission.
         policy["tenants"] = {"bench": {
@@ -155,10 +161,22 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
     return policy
 
 
+# Policy sections a gateway target adds (`Gateway.stages`): request stages measured on the
+# same mocks. "guard": one regex input guard that never matches the bench prompt, so every
+# request pays for the scan and nothing else changes (docs/guards.md).
+STAGE_SECTIONS: dict[str, dict] = {
+    "guard": {"guards": {"order-ids": {"detector": {
+        "kind": "regex", "patterns": [r"ORD-\d{6}-[A-Z]{2}\b"]}}}},
+}
+
+
 @dataclass(frozen=True)
 class Gateway(Target):
     tenants: bool = False
     redis: bool = False
+    renamed: bool = False
+    # A key of STAGE_SECTIONS whose sections the policy gets ("": none).
+    stages: str = ""
     # A directory holding a modified copy of the `gateway` package, imported ahead of the
     # project's (`--patched DIR`): a proposed change measured in the same run as the original.
     src: str | None = None
@@ -168,9 +186,10 @@ class Gateway(Target):
         tmp = env.workdir / self.name.replace("+", "-")
         tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / "policy.yaml"
-        path.write_text(yaml.safe_dump(gateway_policy(env, port, tenants=self.tenants,
-                                                      redis=self.redis, tmp=tmp),
-                                       sort_keys=False))
+        policy = gateway_policy(env, port, tenants=self.tenants, redis=self.redis, tmp=tmp,
+                                renamed=self.renamed)
+        policy.update(STAGE_SECTIONS.get(self.stages, {}))
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
         proc = env.procs.start(
             self.name, [env.python, "-m", "gateway", "serve", "--config", str(path),
                         "--host", "127.0.0.1", "--port", str(port)],
@@ -250,6 +269,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Bare("bare-aiohttp", "bare pass-through, aiohttp", shared=False),
     Bare("bare-httpx", "bare pass-through, httpx", shared=False, client="httpx"),
     Gateway("gateway", "this gateway (open mode)"),
+    Gateway("gateway-guard", "this gateway (open mode) + one regex input guard", stages="guard"),
+    Gateway("gateway-renamed", "this gateway (open mode), renamed models", renamed=True),
     Gateway("gateway-auth", "this gateway + tenants, auth, memory limits", tenants=True),
     Gateway("gateway-redis", "this gateway + tenants, auth, Redis limits", tenants=True,
             redis=True),

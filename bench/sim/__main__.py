@@ -18,6 +18,7 @@ STRATEGIES = {
     "round-robin": "weighted",
     "least-busy": "least-busy",
     "prefix-affinity": "prefix-affinity",
+    "prefix-load": "prefix-load",
     "latency": "latency",
     "cost": "cost",
 }

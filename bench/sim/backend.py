@@ -42,11 +42,14 @@ class BackendConfig:
 
 class Request:
     __slots__ = ("arrival", "backend", "finish", "first_token", "hit_tokens", "keys",
-                 "measured", "output_tokens", "prompt_tokens", "remaining", "session", "turn")
+                 "measured", "output_tokens", "prompt_tokens", "remaining", "session", "tenant",
+                 "turn")
 
     def __init__(self, session: int, turn: int, arrival: float, prompt_tokens: int,
-                 output_tokens: int, keys: list[int], measured: bool) -> None:
+                 output_tokens: int, keys: list[int], measured: bool,
+                 tenant: str = "main") -> None:
         self.session = session
+        self.tenant = tenant
         self.turn = turn
         self.arrival = arrival
         self.prompt_tokens = prompt_tokens

@@ -9,6 +9,8 @@ whose body holds the session's messages, exactly as the proxy would ask it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from bench.sim.backend import Backend, BackendConfig, Request
 from bench.sim.workload import (
     Session,
+    SystemPrompt,
     WorkloadConfig,
     reply_text,
     request_means,
@@ -27,6 +30,7 @@ from bench.sim.workload import (
 from gateway.call import Call
 from gateway.policy.models import Deployment
 from gateway.providers.base import Target
+from gateway.routing.base import Strategy
 from gateway.routing.registry import make_strategy
 from gateway.routing.signals import EngineMetrics, SignalCollector
 
@@ -47,18 +51,47 @@ class SimConfig:
     seed: int = 1
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    slow_backends: int = 0
+    """How many backends (the first ones) are slower: heterogeneous hardware."""
+    slow_factor: float = 1.0
+    """Their step times are this many times longer (2.0: half the speed)."""
+    flood: WorkloadConfig | None = None
+    """A second workload mixed in (another tenant's flood), offered at `flood_load`."""
+    flood_load: float = 0.0
+
+
+def backend_configs(cfg: SimConfig) -> list[BackendConfig]:
+    slow = dataclasses.replace(cfg.backend, step_base_s=cfg.backend.step_base_s * cfg.slow_factor,
+                               decode_s=cfg.backend.decode_s * cfg.slow_factor,
+                               prefill_s=cfg.backend.prefill_s * cfg.slow_factor)
+    return [slow if i < cfg.slow_backends else cfg.backend for i in range(cfg.backends)]
+
+
+@functools.lru_cache(maxsize=64)
+def _means(wl: WorkloadConfig, seed: int, cache_tokens: int | None) -> tuple[float, float, float]:
+    """`request_means`, once per workload and seed: 20,000 sampled sessions take seconds."""
+    return request_means(wl, random.Random(seed + 1), cache_tokens=cache_tokens)
+
+
+def _capacity(cfg: SimConfig, wl: WorkloadConfig) -> tuple[float, dict[str, float]]:
+    b = cfg.backend
+    uncached, output, turns = _means(wl, cfg.seed, b.kv_blocks * b.block_tokens)
+    full_step = b.step_base_s + b.decode_s * b.max_batch
+    work = output * full_step / b.max_batch + uncached * b.prefill_s
+    speed = sum(1.0 / (cfg.slow_factor if i < cfg.slow_backends else 1.0)
+                for i in range(cfg.backends))
+    return speed / work, {"gpu_s_per_request": work, "mean_uncached_prompt": uncached,
+                          "mean_output": output, "mean_turns": turns,
+                          "backend_speed_sum": speed}
 
 
 def capacity_rps(cfg: SimConfig) -> tuple[float, dict[str, float]]:
-    """Requests/s the cluster sustains with every batch full, when each request prefills its
-    prompt minus the (always cached) system prompt: the capacity of a router that ignores
-    prefixes. Per request: output × (step at full batch ÷ batch) + uncached × prefill cost."""
-    b = cfg.backend
-    uncached, output, turns = request_means(cfg.workload, random.Random(cfg.seed + 1))
-    full_step = b.step_base_s + b.decode_s * b.max_batch
-    work = output * full_step / b.max_batch + uncached * b.prefill_s
-    return cfg.backends / work, {"gpu_s_per_request": work, "mean_uncached_prompt": uncached,
-                                 "mean_output": output, "mean_turns": turns}
+    """Requests/s the cluster sustains with every batch full, when each request prefills what
+    a router that ignores prefixes must: its prompt minus the system prompt where one
+    backend's cache holds every system prompt (a few chat apps), and all of it but the share a
+    backend's cache holds where it cannot (150 long documents). Per request: output × (step at
+    full batch ÷ batch) + uncached × prefill cost; slow backends count at their speed."""
+    return _capacity(cfg, cfg.workload)
 
 
 def _keys(segments: list[tuple[int, int]], block: int) -> list[int]:
@@ -86,23 +119,41 @@ class Outcome:
     window_s: float
 
 
-def run(cfg: SimConfig, strategy_name: str) -> Outcome:
-    rng = random.Random(cfg.seed)
-    wl = cfg.workload
+def _workload(cfg: SimConfig, wl: WorkloadConfig, load: float,
+              rng: random.Random) -> tuple[list[SystemPrompt], list[Session]]:
     systems = system_prompts(wl, rng)
-    rate, _ = capacity_rps(cfg)
-    session_rate = cfg.load * rate / request_means(wl, random.Random(cfg.seed + 1))[2]
-    all_sessions = sessions(wl, session_rate, cfg.duration_s, rng)
+    rate, _ = _capacity(cfg, wl)
+    turns = _means(wl, cfg.seed, None)[2]
+    return systems, sessions(wl, load * rate / turns, cfg.duration_s, rng)
+
+
+def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) -> Outcome:
+    """Simulate `cfg` routed by the policy strategy `strategy_name` (or by `strategy`, an
+    instance with non-default constants, when tuning)."""
+    rng = random.Random(cfg.seed)
+    systems, all_sessions = _workload(cfg, cfg.workload, cfg.load, rng)
+    if cfg.flood is not None and cfg.flood_load > 0:
+        flood_systems, flood = _workload(cfg, cfg.flood, cfg.flood_load,
+                                         random.Random(cfg.seed + 2))
+        # Prompts are looked up by index and sessions by sid: renumber the flood's.
+        base = len(systems)
+        systems = [*systems, *flood_systems]
+        for s in flood:
+            s.system += base
+        all_sessions = sorted([*all_sessions, *flood], key=lambda s: s.start)
+        for i, s in enumerate(all_sessions):
+            s.sid = i
 
     deployments = [Deployment(provider="sim", model="llama", name=f"gpu-{i}")
                    for i in range(cfg.backends)]
     targets = [Target("llama", d, "sim") for d in deployments]
     index = {t.id: i for i, t in enumerate(targets)}
-    strategy = make_strategy(strategy_name, cfg.seed)
+    if strategy is None:
+        strategy = make_strategy(strategy_name, cfg.seed)
     now = 0.0
     collector = SignalCollector(interval_s=cfg.scrape_interval_s,
                                 stale_s=3 * cfg.scrape_interval_s, clock=lambda: now)
-    backends = [Backend(i, cfg.backend) for i in range(cfg.backends)]
+    backends = [Backend(i, bc) for i, bc in enumerate(backend_configs(cfg))]
     block = cfg.backend.block_tokens
 
     events: list[tuple[float, int, int, object]] = []
@@ -130,7 +181,7 @@ def run(cfg: SimConfig, strategy_name: str) -> Outcome:
         keys = _keys([*s.segments, (segment_id(s, s.next_turn, True), turn.output_tokens)],
                      block)
         r = Request(s.sid, s.next_turn, t, prompt, turn.output_tokens, keys,
-                    measured=cfg.warmup_s <= t < cfg.duration_s)
+                    measured=cfg.warmup_s <= t < cfg.duration_s, tenant=s.tenant)
         call = Call(endpoint="chat", model="llama", raw=b"", stream=True,
                     request_id=f"{s.sid}-{s.next_turn}",
                     body={"model": "llama", "messages": list(s.messages), "stream": True,
@@ -173,7 +224,8 @@ def run(cfg: SimConfig, strategy_name: str) -> Outcome:
         else:
             for be in backends:
                 collector.observe(targets[be.index].id, EngineMetrics(
-                    waiting=len(be.waiting), running=be.running, kv_cache_usage=be.kv_usage()))
+                    waiting=len(be.waiting), running=be.running, kv_cache_usage=be.kv_usage(),
+                    cache_tokens=be.cfg.kv_blocks * be.cfg.block_tokens))
             if now < cfg.duration_s:
                 push(now + cfg.scrape_interval_s, _SCRAPE, None)
     return Outcome(strategy_name, measured, backends, cfg.duration_s - cfg.warmup_s)

@@ -41,6 +41,14 @@ class WorkloadConfig:
     """Mean pause between a reply and the user's next message (exponential)."""
     common_opener_share: float = 0.1
     """Sessions that open with a stock greeting ("Hi") shared by many users."""
+    burst_on_s: float = 0.0
+    """On/off arrivals: sessions start only during `burst_on_s` out of every `burst_on_s +
+    burst_off_s` seconds, at the rate that keeps the mean load. 0: plain Poisson."""
+    burst_off_s: float = 0.0
+    tenant: str = "main"
+    """Tenant the sessions belong to (the flood family mixes two workloads)."""
+    prompt_offset: int = 0
+    """First system-prompt index, so two mixed workloads do not share prompts."""
 
 
 @dataclass(slots=True)
@@ -57,6 +65,7 @@ class Session:
     system: int  # index of its system prompt
     opener: int | None  # index into _OPENERS, or None for a session-specific first message
     turns: list[Turn]
+    tenant: str = "main"
     # Running state while simulated: segments of the conversation so far and its messages.
     segments: list[tuple[int, int]] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
@@ -70,17 +79,27 @@ class SystemPrompt:
     text: str
 
 
-def _text(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(words))
+CHARS_PER_TOKEN = 4
+"""Message texts are this many characters per simulated token, so that a router estimating
+tokens from characters (as `prefix-load` does) sees the lengths the backend computes on."""
+_FILLER = " ".join(_WORDS[(i * 7) % len(_WORDS)] for i in range(20_000))
+
+
+def _text(head: str, tokens: int) -> str:
+    """`head` (what makes the text distinct), padded to `tokens` × CHARS_PER_TOKEN chars."""
+    n = max(len(head), tokens * CHARS_PER_TOKEN)
+    filler = _FILLER if len(_FILLER) >= n else _FILLER * (n // len(_FILLER) + 1)
+    return head + filler[len(head): n]
 
 
 def system_prompts(cfg: WorkloadConfig, rng: random.Random) -> list[SystemPrompt]:
     out = []
-    for i in range(cfg.system_prompts):
+    for j in range(cfg.system_prompts):
+        i = j + cfg.prompt_offset
         tokens = rng.randint(*cfg.system_tokens)
-        # The text is a stand-in: distinct per app and long enough for a prefix hash.
         out.append(SystemPrompt(seg_id=-(i + 1), tokens=tokens,
-                                text=f"You are assistant #{i} of app {i}. " + _text(rng, 200)))
+                                text=_text(f"You are assistant #{i} of app {i}. "
+                                           f"{rng.random():.12f}", tokens)))
     return out
 
 
@@ -96,7 +115,7 @@ def _session(cfg: WorkloadConfig, rng: random.Random, sid: int, start: float,
                   rng.expovariate(1.0 / cfg.think_s)) for _ in range(n)]
     if opener is not None:  # one stock text, one length: its KV blocks are shared
         turns[0].user_tokens = _OPENER_TOKENS
-    return Session(sid, start, system, opener, turns)
+    return Session(sid, start, system, opener, turns, cfg.tenant)
 
 
 def _weights(cfg: WorkloadConfig) -> list[float]:
@@ -108,26 +127,42 @@ def sessions(cfg: WorkloadConfig, rate_per_s: float, duration_s: float,
     """Sessions starting in [0, duration_s) at `rate_per_s`, with all their draws made."""
     weights = _weights(cfg)
     out: list[Session] = []
+    on, off = cfg.burst_on_s, cfg.burst_off_s
+    bursty = on > 0 and off > 0
+    if bursty:  # the same mean rate, squeezed into the on periods
+        rate_per_s *= (on + off) / on
     t = 0.0
     while True:
         t += rng.expovariate(rate_per_s)
-        if t >= duration_s:
+        if bursty:  # time counts only while on: map it onto the wall clock
+            cycles, into = divmod(t, on)
+            start = cycles * (on + off) + into
+        else:
+            start = t
+        if start >= duration_s:
             return out
-        out.append(_session(cfg, rng, len(out), t, weights))
+        out.append(_session(cfg, rng, len(out), start, weights))
 
 
-def request_means(cfg: WorkloadConfig, rng: random.Random,
+def request_means(cfg: WorkloadConfig, rng: random.Random, cache_tokens: int | None = None,
                   samples: int = 20_000) -> tuple[float, float, float]:
-    """Per request: mean prompt tokens beyond the system prompt (what a router that ignores
-    prefixes must prefill: every backend caches the few system prompts, not the histories),
-    mean output tokens, and mean turns per session."""
+    """Per request: mean prompt tokens a router that ignores prefixes must prefill, mean output
+    tokens, and mean turns per session. Such a router finds no history cached, and the system
+    prompts only as far as one backend's cache (`cache_tokens`) holds all of them: every
+    backend caches the few shared prompts of a chat app, but not 150 × 6k-token documents."""
     weights = _weights(cfg)
+    all_system = cfg.system_prompts * sum(cfg.system_tokens) / 2
+    cached_share = 1.0 if cache_tokens is None else min(1.0, cache_tokens / all_system)
     uncached = output = 0.0
     count = 0
     for i in range(samples):
         history = 0
         s = _session(cfg, rng, i, 0.0, weights)
+        first = True
         for turn in s.turns:
+            if first:
+                uncached += (1.0 - cached_share) * sum(cfg.system_tokens) / 2
+                first = False
             uncached += history + turn.user_tokens
             output += turn.output_tokens
             history += turn.user_tokens + turn.output_tokens
@@ -138,12 +173,13 @@ def request_means(cfg: WorkloadConfig, rng: random.Random,
 def user_text(session: Session, turn: int) -> str:
     if turn == 0 and session.opener is not None:
         return _OPENERS[session.opener]
-    return f"Session {session.sid}, message {turn}: " + " ".join(
-        _WORDS[(session.sid * 7 + turn * 3 + i) % len(_WORDS)] for i in range(12))
+    return _text(f"{session.tenant} session {session.sid}, message {turn}:",
+                 session.turns[turn].user_tokens)
 
 
 def reply_text(session: Session, turn: int) -> str:
-    return f"Reply {turn} to session {session.sid}."
+    return _text(f"Reply {turn} to {session.tenant} session {session.sid}.",
+                 session.turns[turn].output_tokens)
 
 
 def segment_id(session: Session, turn: int, reply: bool) -> int:

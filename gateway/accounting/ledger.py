@@ -138,6 +138,7 @@ CREATE TABLE IF NOT EXISTS requests (
     client_request_id {text}, error_class {text}
 );
 CREATE INDEX IF NOT EXISTS requests_day_tenant ON requests (day, tenant);
+CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
 CREATE TABLE IF NOT EXISTS attempts (
     request_id {text} NOT NULL, idx {int} NOT NULL, deployment {text} NOT NULL,
     provider {text} NOT NULL, upstream_model {text} NOT NULL, outcome {text} NOT NULL,
@@ -163,6 +164,10 @@ CREATE TABLE IF NOT EXISTS rollups_daily (
 ADDED_COLUMNS = (
     ("requests", "client_request_id", "text"),
     ("requests", "error_class", "text"),
+    # What a cache hit saved (exact decimal text; NULL when nothing was saved).
+    ("requests", "saved_usd", "text"),
+    # The guards that ran, as JSON text (docs/guards.md); NULL when none ran.
+    ("requests", "guards", "text"),
 )
 
 
@@ -243,6 +248,8 @@ def tokens_sql(n_deployments: int, ph: str) -> str:
     return (
         f"SELECT deployment, tenant, SUM({total}) FROM rollups_daily "
         f"WHERE day >= {ph} AND day <= {ph} AND deployment IN ({marks}) "
+        # A response-cache hit names the deployment that first answered but used no GPU time.
+        "AND provider <> 'cache' "
         "GROUP BY deployment, tenant"
     )
 

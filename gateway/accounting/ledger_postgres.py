@@ -39,7 +39,7 @@ SCHEMA = schema_sql({"text": "text", "time": "timestamptz", "day": "date", "bool
 
 _REQUEST_TYPES = (
     "text", "timestamptz", "date", "text", "text", "text", "text", "boolean", "integer",
-    "float8", "float8", "text", "boolean", "integer", "numeric", "text", "text",
+    "float8", "float8", "text", "boolean", "integer", "numeric", "text", "text", "text", "text",
 )
 _ATTEMPT_TYPES = (
     "text", "integer", "text", "text", "text", "text", "integer",

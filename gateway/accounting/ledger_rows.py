@@ -12,6 +12,7 @@ the same sum over the requests/attempts tables.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -105,6 +106,9 @@ def request_row(rec: RequestRecord) -> tuple[Any, ...]:
         None if rec.ttft_ms is None else float(rec.ttft_ms),
         text(rec.error_code), rec.client_disconnected, len(rec.attempts), rec.cost_usd,
         text(rec.client_request_id), text(rec.error_class),
+        # Exact decimal text in both backends (an added column; NULL: nothing saved).
+        plain(rec.saved_usd) if rec.saved_usd else None,
+        json.dumps(rec.guards, separators=(",", ":")) if rec.guards else None,
     )
 
 
@@ -125,7 +129,7 @@ def attempt_rows(rec: RequestRecord) -> list[tuple[Any, ...]]:
 REQUEST_COLUMNS = (
     "request_id", "ts", "day", "tenant", "key_id", "model", "endpoint", "stream", "status",
     "latency_ms", "ttft_ms", "error_code", "client_disconnected", "attempts", "cost_usd",
-    "client_request_id", "error_class",
+    "client_request_id", "error_class", "saved_usd", "guards",
 )
 ATTEMPT_COLUMNS = (
     "request_id", "idx", "deployment", "provider", "upstream_model", "outcome", "status",
@@ -158,6 +162,8 @@ def record_from_rows(req: dict[str, Any], attempts: list[dict[str, Any]]) -> Req
         error_code=req["error_code"], attempts=out,
         client_disconnected=bool(req["client_disconnected"]),
         client_request_id=req.get("client_request_id"), error_class=req.get("error_class"),
+        saved_usd=Decimal(str(req.get("saved_usd") or 0)),
+        guards=json.loads(req["guards"]) if req.get("guards") else None,
     )
 
 
@@ -171,7 +177,7 @@ def to_json(rec: RequestRecord) -> dict[str, Any]:
     ts = rec.ts_text
     if ts is None:
         ts = rec.ts_text = (rec.ts if rec.ts.tzinfo is UTC else as_utc(rec.ts)).isoformat()
-    return {
+    d = {
         "request_id": rec.request_id, "ts": ts, "tenant": rec.tenant,
         "key_id": rec.key_id, "model": rec.model, "endpoint": rec.endpoint,
         "stream": rec.stream, "status": rec.status, "latency_ms": rec.latency_ms,
@@ -180,6 +186,11 @@ def to_json(rec: RequestRecord) -> dict[str, Any]:
         "client_request_id": rec.client_request_id, "error_class": rec.error_class,
         "attempts": [_attempt_json(a) for a in rec.attempts] if rec.attempts else [],
     }
+    if rec.saved_usd:  # cache hits only: other lines stay as they were
+        d["saved_usd"] = plain(rec.saved_usd)
+    if rec.guards:
+        d["guards"] = rec.guards
+    return d
 
 
 def _attempt_json(a: AttemptRecord) -> dict[str, Any]:
@@ -217,4 +228,6 @@ def from_json(d: dict[str, Any]) -> RequestRecord:
         error_code=d.get("error_code"), attempts=attempts,
         client_disconnected=bool(d.get("client_disconnected", False)),
         client_request_id=d.get("client_request_id"), error_class=d.get("error_class"),
+        saved_usd=Decimal(d.get("saved_usd") or "0"),
+        guards=d.get("guards"),
     )

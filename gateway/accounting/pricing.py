@@ -253,9 +253,16 @@ class PriceBook:
         return worst
 
     def price_record(self, record: RequestRecord) -> RequestRecord:
-        """Set ``cost_usd`` on every attempt from its usage (in place; returns the record)."""
+        """Set ``cost_usd`` on every attempt from its usage (in place; returns the record). A
+        `cache_hit` attempt costs nothing: its price is what the record saved (``saved_usd``)."""
+        saved = ZERO
         for a in record.attempts:
-            a.cost_usd = self.cost(a.deployment, a.usage, record.ts, record.tenant)
+            cost = self.cost(a.deployment, a.usage, record.ts, record.tenant)
+            if a.outcome == "cache_hit":
+                saved += cost
+                cost = ZERO
+            a.cost_usd = cost
+        record.saved_usd = saved
         return record
 
 

@@ -12,8 +12,12 @@ from gateway.accounting.usage import Usage
 # ok: the attempt served the client; error: failed before any byte reached the client (fell
 # through to the next); failed_midstream: failed after bytes reached the client; cancelled: the
 # client went away and the upstream was cancelled; drained: the client went away and the
-# upstream was read to its end for its exact usage.
-AttemptOutcome = Literal["ok", "error", "failed_midstream", "cancelled", "drained"]
+# upstream was read to its end for its exact usage; blocked: a request stage (guard) ended the
+# stream after bytes reached the client (what streamed is billed); cache_hit: the response
+# cache answered — no upstream call, the usage it would have cost, zero cost (`saved_usd`);
+# guard: a model-based safety check's classifier call (its tokens billed to the tenant).
+AttemptOutcome = Literal["ok", "error", "failed_midstream", "cancelled", "drained", "blocked",
+                         "cache_hit", "guard"]
 
 
 @dataclass(slots=True)
@@ -60,6 +64,18 @@ class RequestRecord:
     closed: bool = field(default=False, repr=False, compare=False)
     # In memory only: `ts` as ISO text, formatted once for the journal's two lines.
     ts_text: str | None = field(default=None, repr=False, compare=False)
+    # In memory only: the rollout arm the router chose (`baseline`/`candidate`), None when the
+    # model has no rollout; and whether the reply ended with `finish_reason: length`, measured
+    # only then (gateway/rollouts).
+    rollout_arm: str | None = field(default=None, repr=False, compare=False)
+    finish_length: bool = field(default=False, repr=False, compare=False)
+
+    # What cache hits saved: the price of their usage at the deployment that first answered
+    # (set by pricing; the hit itself costs nothing).
+    saved_usd: Decimal = Decimal(0)
+    # The safety checks that ran (gateway/guards/verdicts.py): name, stage, verdict, latency
+    # and the labels of what they found — never the matched text. None: no guard ran.
+    guards: list[dict[str, Any]] | None = None
 
     @property
     def cost_usd(self) -> Decimal:

@@ -40,6 +40,7 @@ from gateway.accounting.gpu_periods import open_period_store
 from gateway.accounting.ledger import GROUPS, Ledger, check_groups, open_ledger
 from gateway.accounting.ledger_rows import BUCKETS, ROLLUP_VALUES
 from gateway.accounting.pricing import EXACT, ZERO, plain
+from gateway.accounting.savings import Savings, savings_by_tenant
 from gateway.policy.models import Policy
 
 Format = Literal["table", "csv", "json"]
@@ -77,6 +78,12 @@ class Report:
     rows: list[ReportRow]
     totals: ReportRow
     gpu: list[GpuAllocation] = field(default_factory=list)
+    # Tenant → response-cache hits and the cost they saved (gateway/accounting/savings.py).
+    savings: dict[str, Savings] = field(default_factory=dict)
+
+    @property
+    def saved_usd(self) -> Decimal:
+        return sum((s.saved_usd for s in self.savings.values()), ZERO)
 
     @property
     def gpu_cost_usd(self) -> Decimal:
@@ -134,7 +141,8 @@ def report_from_ledger(
     gpu = gpu_allocations(ledger, periods, start, end, now or datetime.now(UTC))
     if tenant is not None:
         gpu = [g for g in gpu if g.tenant == tenant]
-    return Report(start, end, tenant, groups, rows, totals, gpu)
+    return Report(start, end, tenant, groups, rows, totals, gpu,
+                  savings_by_tenant(ledger, start, end, tenant))
 
 
 def run_report(
@@ -210,8 +218,12 @@ def _cell(v: Any) -> str:
 def _csv_columns(r: Report) -> list[str]:
     # GPU rows always say whose share of which deployment they are.
     extra = [c for c in ("tenant", "deployment") if r.gpu and c not in r.group_by]
+    if r.savings and "tenant" not in (*r.group_by, *extra):
+        extra.append("tenant")
+    # Only a report with cache hits has the column (older readers see the same CSV as before).
+    saved = ["cache_hits", "saved_usd"] if r.savings else []
     return ["kind", *r.group_by, *extra, *_COUNTS, "total_tokens", "gpu_hours",
-            "gpu_rate_per_hour", "cost_usd"]
+            "gpu_rate_per_hour", "cost_usd", *saved]
 
 
 def _table_rows(r: Report) -> list[dict[str, Any]]:
@@ -226,10 +238,17 @@ def _table_rows(r: Report) -> list[dict[str, Any]]:
         out.append({"kind": "gpu", "tenant": g.tenant, "deployment": g.deployment,
                     "provider": g.provider, "total_tokens": g.tokens, "gpu_hours": g.hours,
                     "gpu_rate_per_hour": g.rate_per_hour, "cost_usd": g.cost_usd})
+    # What cache hits saved, per tenant: not part of the cost the total row sums.
+    for name, s in r.savings.items():
+        out.append({"kind": "saved", "tenant": name, "cache_hits": s.hits,
+                    "saved_usd": s.saved_usd})
     t = {"kind": "total", "total_tokens": r.totals.total_tokens, "cost_usd": r.total_cost_usd}
     t.update({c: getattr(r.totals, c) for c in _COUNTS})
     if r.gpu:
         t["gpu_hours"] = r.gpu_hours
+    if r.savings:
+        t["cache_hits"] = sum(s.hits for s in r.savings.values())
+        t["saved_usd"] = r.saved_usd
     out.append(t)
     return out
 
@@ -255,7 +274,9 @@ def render_json(r: Report) -> str:
 
     totals = row(r.totals)
     totals.update(token_cost_usd=totals.pop("cost_usd"), gpu_hours=plain(r.gpu_hours),
-                  gpu_cost_usd=plain(r.gpu_cost_usd), cost_usd=plain(r.total_cost_usd))
+                  gpu_cost_usd=plain(r.gpu_cost_usd), cost_usd=plain(r.total_cost_usd),
+                  cache_hits=sum(s.hits for s in r.savings.values()),
+                  saved_usd=plain(r.saved_usd))
     doc = {
         "from": r.start.isoformat(), "to": r.end.isoformat(), "tenant": r.tenant,
         "group_by": list(r.group_by), "rows": [row(x) for x in r.rows],
@@ -264,17 +285,25 @@ def render_json(r: Report) -> str:
              "hours": plain(g.hours), "rate_per_hour": plain(g.rate_per_hour), "tokens": g.tokens,
              "cost_usd": plain(g.cost_usd)} for g in r.gpu
         ],
+        "cache_savings": [{"tenant": name, "cache_hits": s.hits, "saved_usd": plain(s.saved_usd)}
+                          for name, s in r.savings.items()],
         "totals": totals,
     }
     return json.dumps(doc, indent=2)
 
 
-def render_table(r: Report) -> str:
+def table_cells(r: Report) -> tuple[list[str], list[list[str]]]:
+    """The columns and cells of `gateway usage report`'s table (the console shows the same):
+    usage rows, GPU rows, then the total row last."""
     cols = [c for c in _csv_columns(r) if c not in ("errors", "attempts")]
     if not r.gpu:
         cols.remove("gpu_hours")
         cols.remove("gpu_rate_per_hour")
-    rows = [[_cell(d.get(c)) for c in cols] for d in _table_rows(r)]
+    return cols, [[_cell(d.get(c)) for c in cols] for d in _table_rows(r)]
+
+
+def render_table(r: Report) -> str:
+    cols, rows = table_cells(r)
     widths = [max(len(c), *(len(x[i]) for x in rows)) for i, c in enumerate(cols)]
     text_cols = {"kind", *GROUPS}
 

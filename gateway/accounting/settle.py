@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -42,7 +42,7 @@ from gateway.policy.models import Policy
 
 log = logging.getLogger(__name__)
 
-_GENERATED = frozenset({"ok", "failed_midstream", "cancelled", "drained"})
+_GENERATED = frozenset({"ok", "failed_midstream", "cancelled", "drained", "blocked"})
 
 
 class Settler:
@@ -65,6 +65,9 @@ class Settler:
         self.failures: Counter[str] = Counter()
         self.settled = 0
         self._spilled_seen = 0
+        # Told of every settled record, after the limiter and the ledger queue (alerts:
+        # a 402 may report an exhausted budget). Each must be quick and not raise.
+        self.listeners: list[Callable[[RequestRecord], None]] = []
 
     @classmethod
     def from_policy(
@@ -186,6 +189,11 @@ class Settler:
             self.observe(record)
         except Exception:
             self._failed("metrics", record)
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                self._failed("listener", record)
 
     def _estimate(
         self,

@@ -88,6 +88,29 @@ def _budget_json(s: BudgetStatus) -> dict[str, Any]:
             "resets_at": s.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
+def key_request(body: dict[str, Any], policy: Policy) -> tuple[str, str | None,
+                                                                datetime | None]:
+    """(tenant, name, expiry) of a key to issue, checked (a 400 naming the field); the admin
+    API and the console's keys page both issue keys through it."""
+    tenant = body.get("tenant")
+    if not isinstance(tenant, str) or tenant not in policy.tenants:
+        raise InvalidRequest(f"Unknown tenant {tenant!r}; tenants are declared in the "
+                             f"policy: {', '.join(sorted(policy.tenants)) or 'none'}.",
+                             param="tenant")
+    name, expires = body.get("name"), body.get("expires")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("name must be a string (a label for the key) or null.",
+                             param="name")
+    if expires is not None and not isinstance(expires, str):
+        raise InvalidRequest("expires must be a string: an ISO date (2026-03-31) or "
+                             "datetime (2026-03-31T18:00:00Z), or null.", param="expires")
+    try:
+        until = parse_expiry(expires) if expires is not None else None
+    except ValueError as e:
+        raise InvalidRequest(f"{e}.", param="expires") from None
+    return tenant, name, until
+
+
 def routes(proxy: Proxy, auth: Authenticator, settler: Any) -> list[Route]:
     def admin(request: Request) -> None:
         check_admin_key(api_key_from_headers(request.headers),
@@ -152,24 +175,7 @@ def routes(proxy: Proxy, auth: Authenticator, settler: Any) -> list[Route]:
         async def go(request: Request) -> RawResponse:
             limit = proxy.deps.runtime().policy.server.max_body_bytes
             body = parse_json_object(await read_body(request, limit))
-            tenant = body.get("tenant")
-            policy = proxy.deps.runtime().policy
-            if not isinstance(tenant, str) or tenant not in policy.tenants:
-                raise InvalidRequest(f"Unknown tenant {tenant!r}; tenants are declared in the "
-                                     f"policy: {', '.join(sorted(policy.tenants)) or 'none'}.",
-                                     param="tenant")
-            name, expires = body.get("name"), body.get("expires")
-            if name is not None and not isinstance(name, str):
-                raise InvalidRequest("name must be a string (a label for the key) or null.",
-                                     param="name")
-            if expires is not None and not isinstance(expires, str):
-                raise InvalidRequest("expires must be a string: an ISO date (2026-03-31) or "
-                                     "datetime (2026-03-31T18:00:00Z), or null.",
-                                     param="expires")
-            try:
-                until = parse_expiry(expires) if expires is not None else None
-            except ValueError as e:
-                raise InvalidRequest(f"{e}.", param="expires") from None
+            tenant, name, until = key_request(body, proxy.deps.runtime().policy)
             issued = await auth.create_key(tenant, name, until)
             out = {"key": issued.key, **issued.record.public()}
             return RawResponse(201, json.dumps(out, default=str).encode())

@@ -385,9 +385,20 @@ class ScoreRequest(_Body):
     stream: Literal[False] | None = None
 
 
+class ModerationRequest(_Body):
+    """`POST /v1/moderations` (OpenAI's moderation API, passed through like embeddings). The
+    gateway routes by `model`, so unlike OpenAI it must be named (a public model name)."""
+
+    model: ModelName
+    # A text, texts, or OpenAI's multimodal parts (`{"type": "text" | "image_url", …}`).
+    input: str | Annotated[list[str | dict[str, Any]], Field(min_length=1,
+                                                             max_length=MAX_INPUTS)]
+    stream: Literal[False] | None = None
+
+
 OPENAI_BODIES: dict[str, type[_Body]] = {
     "chat": ChatRequest, "completions": CompletionRequest, "embeddings": EmbeddingRequest,
-    "rerank": RerankRequest, "score": ScoreRequest,
+    "rerank": RerankRequest, "score": ScoreRequest, "moderations": ModerationRequest,
 }
 
 

@@ -49,6 +49,9 @@ def routes(proxy: Proxy) -> list[Route]:
             for d in route.deployments:
                 m.cooldowns.labels(d.id).set(cooling.get(d.id, 0.0))
         proxy.deps.settler.observe()
+        # Autoscaling gauges are computed from these as the registry renders (demand.py).
+        signals = proxy.deps.signals
+        m.settled.demand.update(rt.policy, signals.snapshot(), signals.queue_times.mean_s)
         return RawResponse(200, m.render(), content_type=b"text/plain; version=0.0.4")
 
     return [

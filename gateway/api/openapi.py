@@ -29,6 +29,7 @@ from gateway.api.bodies import (
     CountTokensRequest,
     EmbeddingRequest,
     MessagesRequest,
+    ModerationRequest,
     RerankRequest,
     ResponsesRequest,
     ScoreRequest,
@@ -125,6 +126,7 @@ _REQUEST_FILTERS = (
 _REQUESTS_OK = {"application/json": ref("RequestList"), "text/csv": {"type": "string"}}
 
 
+_ROLLOUT_STORE = "The rollout state store (Redis) cannot be reached."
 # The stored-response routes (docs/responses.md, "State").
 _STORED_NOTES = {404: "No stored response with this id for this key's tenant (another "
                       "tenant's reads exactly the same), or it expired.",
@@ -157,6 +159,11 @@ OPERATIONS: tuple[Operation, ...] = (
               aliases=("/rerank",)),
     Operation("POST", "/v1/score", "createScore", "Score text pairs (vLLM's score API)",
               "openai", _json("ScoreList"), _PROXIED, body=ScoreRequest, aliases=("/score",)),
+    # ---- moderation (api/moderations.py)
+    Operation("POST", "/v1/moderations", "createModeration", "Classify text (and images) "
+              "against OpenAI's moderation categories, passed through to an OpenAI-compatible "
+              "backend", "openai", _json("ModerationList"), _PROXIED, body=ModerationRequest,
+              aliases=("/moderations",)),
     Operation("GET", "/v1/models", "listModels", "The models this key may use", "openai",
               _json("ModelList"), (401, 503)),
     Operation("GET", "/v1/models/{model}", "retrieveModel", "One model", "openai",
@@ -228,6 +235,46 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/admin/budgets/{tenant}", "budgetStatus", "A tenant's budget: limit, "
               "spent, reserved, reset", "admin", _json("BudgetStatus"), (*_ADMIN, 404, 503),
               auth="admin", notes={**_ADMIN_NOTES, 404: "The tenant is not in the policy."}),
+    # ---- alert webhooks (api/alerts_admin.py)
+    Operation("GET", "/admin/alerts/deliveries", "listAlertDeliveries", "The alert webhook "
+              "delivery log of this replica, newest first", "admin", _json("AlertDeliveryList"),
+              (*_ADMIN, 400), auth="admin",
+              params=(Param("event", "Only this event type.", {"type": "string", "enum": [
+                          "budget_threshold", "budget_exhausted", "circuit_open", "rollout"]}),
+                      Param("status", "Only deliveries in this state.", {
+                          "type": "string", "enum": ["pending", "retrying", "delivered",
+                                                     "failed", "dropped", "abandoned"]}),
+                      Param("limit", "At most this many (default 100).",
+                            {"type": "integer", "minimum": 1, "maximum": 100000})),
+              notes={**_ADMIN_NOTES, 400: "`event`, `status` or `limit` is not one the "
+                     "parameter allows; `param` names it."}),
+    # ---- rollouts (api/rollouts.py, docs/rollouts.md)
+    Operation("GET", "/admin/rollouts", "listRollouts", "Every model's rollout: step, split, "
+              "gates", "admin", _json("RolloutList"), (*_ADMIN, 503), auth="admin",
+              notes={**_ADMIN_NOTES, 503: _ROLLOUT_STORE}),
+    Operation("GET", "/admin/rollouts/{model}", "rolloutStatus", "One model's rollout: step, "
+              "split, each gate with both figures and sample sizes", "admin",
+              _json("RolloutStatus"), (*_ADMIN, 404, 503), auth="admin",
+              notes={**_ADMIN_NOTES, 404: "The model has no rollout in the policy.",
+                     503: _ROLLOUT_STORE}),
+    Operation("POST", "/admin/rollouts/{model}/{action}", "controlRollout", "pause, resume, "
+              "promote or abort a model's rollout (`action`); returns the new status", "admin",
+              _json("RolloutStatus"), (*_ADMIN, 404, 409, 503), auth="admin",
+              notes={**_ADMIN_NOTES, 404: "The model has no rollout, or `action` is not one of "
+                     "pause, resume, promote, abort.",
+                     409: "The rollout's state does not allow it (resuming a rolled-back one).",
+                     503: _ROLLOUT_STORE}),
+    # ---- the gateway's own state, as the console shows it (api/admin_status.py)
+    Operation("GET", "/admin/deployments", "deploymentStatus", "Every deployment's weight, "
+              "health, circuit, in-flight, scraped queue and KV cache, and its last 15 minutes",
+              "admin", _json("DeploymentStatus"), _ADMIN, auth="admin", notes=_ADMIN_NOTES),
+    Operation("GET", "/admin/limits", "tenantLimits", "Each tenant's limits and budgets "
+              "against its current usage", "admin", _json("TenantLimits"), (*_ADMIN, 404),
+              auth="admin", params=(Param("tenant", "Only this tenant."),),
+              notes={**_ADMIN_NOTES, 404: "The tenant is not in the policy."}),
+    Operation("GET", "/admin/policy", "policyStatus", "The policy in force (secrets masked), "
+              "when it was loaded, the last reload and the diff against the previous one",
+              "admin", _json("PolicyStatus"), _ADMIN, auth="admin", notes=_ADMIN_NOTES),
     # ---- operations (api/health.py)
     Operation("GET", "/health", "health", "Liveness", "operations", _json("Health"), (),
               auth="none"),

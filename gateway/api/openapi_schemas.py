@@ -40,6 +40,25 @@ _USAGE = _object(["prompt_tokens", "total_tokens"], prompt_tokens=_INT,
 # A rerank reply's usage: vLLM's names OpenAI's counts, older vLLM and Jina only `total_tokens`.
 _USAGE_ANY = _object([], prompt_tokens=_INT, total_tokens=_INT)
 
+_NUM_OR_NULL: Schema = {"type": ["number", "null"]}
+_GATE = _object(["gate", "verdict", "candidate", "baseline", "candidate_n", "baseline_n", "z"],
+                gate={"type": "string", "description": "`ttft_p95.max_ratio`, `error_rate.max`…"},
+                verdict={"enum": ["hold", "breach", "wait"]}, candidate=_NUM_OR_NULL,
+                baseline=_NUM_OR_NULL, candidate_n=_INT, baseline_n=_INT, z=_NUM_OR_NULL)
+_ARM = _object(["deployments", "served", "requests"],
+               deployments={"type": "array", "items": _STR}, served=_INT, requests=_INT)
+_ROLLOUT = _object(
+    ["model", "rollout", "status", "step", "steps", "percent", "reason", "gates"],
+    model=_STR, rollout=_STR, status={"enum": ["running", "paused", "promoted", "rolled_back"]},
+    step={"type": "integer", "description": "Index of the current step (0-based)."},
+    steps=_INT, percent={"type": "number", "description": "Candidate share now, 0..100."},
+    step_started={"type": "number"}, step_elapsed_s={"type": "number"},
+    step_min_duration_s={"type": "number"}, step_min_requests=_INT, reason=_STR, version=_INT,
+    candidate=_ARM, baseline=_ARM,
+    gates={"type": "array", "items": _GATE, "description": "Each gate over the current step."},
+    last_transition_gates={"type": "array", "items": _GATE,
+                           "description": "The verdicts that made the last transition."})
+
 RESPONSES: dict[str, Schema] = {
     # ---- errors: OpenAI's object (every route but /v1/messages), Anthropic's on /v1/messages
     "Error": _object(["error"], error=_object(
@@ -71,6 +90,14 @@ RESPONSES: dict[str, Schema] = {
         results={"type": "array", "items": _object(
             ["index", "relevance_score"], index=_INT, relevance_score={"type": "number"},
             document={"type": "object"})}),
+    # OpenAI's moderation reply, passed through as the backend sent it.
+    "ModerationList": _object(
+        ["id", "model", "results"], id=_STR, model=_STR,
+        results={"type": "array", "items": _object(
+            ["flagged", "categories", "category_scores"], flagged={"type": "boolean"},
+            categories={"type": "object", "additionalProperties": {"type": "boolean"}},
+            category_scores={"type": "object", "additionalProperties": {"type": "number"}},
+            category_applied_input_types={"type": "object"})}),
     "ScoreList": _object(
         ["object", "data"], object={"const": "list"}, model=_STR, usage=_USAGE_ANY,
         data={"type": "array", "items": _object(
@@ -158,8 +185,13 @@ RESPONSES: dict[str, Schema] = {
         ["from", "to", "group_by", "rows", "totals"], tenant=_NULLABLE_STR,
         group_by={"type": "array", "items": _STR},
         rows={"type": "array", "items": {"type": "object"}},
-        totals={"type": "object", "properties": {"cost_usd": _MONEY}},
+        totals={"type": "object", "properties": {"cost_usd": _MONEY, "saved_usd": _MONEY,
+                                                  "cache_hits": _INT}},
         gpu_allocation={"type": "array", "items": {"type": "object"}},
+        cache_savings={"type": "array", "description": "Per tenant: response-cache hits and "
+                       "the cost they saved (docs/stages.md).", "items": _object(
+                           ["tenant", "cache_hits", "saved_usd"], tenant=_STR, cache_hits=_INT,
+                           saved_usd=_MONEY)},
         **{"from": {"type": "string", "format": "date"},
            "to": {"type": "string", "format": "date"}}),
     "RequestList": _object(
@@ -187,4 +219,72 @@ RESPONSES: dict[str, Schema] = {
             ["period", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at"],
             period={"enum": ["month", "day"]}, period_id=_STR, limit_usd=_MONEY,
             spent_usd=_MONEY, reserved_usd=_MONEY, remaining_usd=_MONEY, resets_at=_STR)}),
+    # ---- the gateway's own state (api/admin_status.py, docs/console.md)
+    "DeploymentStatus": _object(
+        ["generated_at", "models"], generated_at=_STR,
+        models={"type": "array", "items": _object(
+            ["model", "strategy", "deployments"], model=_STR, strategy=_STR,
+            deployments={"type": "array", "items": _object(
+                ["id", "provider", "weight", "health", "circuit", "in_flight"],
+                id=_STR, provider=_STR, upstream_model=_STR, weight={"type": "number"},
+                health={"enum": ["healthy", "unhealthy"]},
+                circuit={"enum": ["open", "closed"], "description": "Open: cooling down "
+                         "after failures (`cooldown_s` left); this replica's breaker."},
+                cooldown_s={"type": "number"}, in_flight=_INT,
+                queue_waiting={"type": ["integer", "null"], "description": "The backend's "
+                               "`vllm:num_requests_waiting` from its last fresh scrape."},
+                queue_running={"type": ["integer", "null"]},
+                kv_cache_usage={"type": ["number", "null"], "description": "0..1, scraped."},
+                window_s={"type": "number", "description": "The traffic window (900 s)."},
+                attempts=_INT, requests_per_s={"type": "number"},
+                error_rate={"type": ["number", "null"]},
+                ttft_p50_ms={"type": ["number", "null"]},
+                ttft_p95_ms={"type": ["number", "null"]})})}),
+    "TenantLimits": _object(
+        ["generated_at", "tenants"], generated_at=_STR,
+        tenants={"type": "array", "items": _object(
+            ["tenant", "limits", "budget_status", "last_minute"], tenant=_STR,
+            limits={"type": "object"}, key_limits={"type": ["object", "null"]},
+            model_limits={"type": "object"}, budget={"type": ["object", "null"]},
+            budget_status={"type": "array", "items": _object(
+                ["period", "limit_usd", "spent_usd", "reserved_usd"], period=_STR,
+                limit_usd=_MONEY, spent_usd=_MONEY, reserved_usd=_MONEY,
+                used={"type": ["number", "null"]}, resets_at=_STR)},
+            last_minute=_object(["requests", "tokens"], requests=_INT, tokens=_INT))}),
+    "PolicyStatus": _object(
+        ["loaded_at", "policy", "diff", "last_reload"], path=_NULLABLE_STR, loaded_at=_STR,
+        warnings={"type": "array", "items": _STR},
+        last_reload={"anyOf": [{"type": "null"}, _object(
+            ["at", "result", "messages"], at=_STR,
+            result={"enum": ["ok", "rejected", "refused", "failed"]},
+            messages={"type": "array", "items": _STR})]},
+        policy={"type": "string", "description": "YAML, defaults filled in, secrets `***`."},
+        diff={"type": "string", "description": "Unified diff from the previous version."}),
+    # ---- alert webhooks (gateway/alerts, docs/alerts.md)
+    "AlertDeliveryList": _object(
+        ["object", "data", "pending", "dropped"], object={"const": "list"},
+        pending={"type": "integer", "description": "Deliveries queued, in flight or waiting "
+                 "to retry on this replica."},
+        dropped={"type": "integer", "description": "Deliveries dropped since start: the queue "
+                 "(`alerts.queue_size`) was full."},
+        data={"type": "array", "description": "Newest first; this replica's last "
+              "`alerts.log_size` deliveries.", "items": _object(
+                  ["id", "event_id", "event", "webhook", "host", "status", "attempts"],
+                  id=_STR, event_id={"type": "string", "description": "The event's id, sent "
+                                     "as `X-Gateway-Delivery` (the same on every retry)."},
+                  event={"enum": ["budget_threshold", "budget_exhausted", "circuit_open",
+                                  "rollout"]},
+                  tenant=_NULLABLE_STR, webhook=_STR, kind={"enum": ["json", "slack"]},
+                  host={"type": "string", "description": "The webhook URL's host (never its "
+                        "path, which may be a secret)."},
+                  status={"enum": ["pending", "retrying", "delivered", "failed", "dropped",
+                                   "abandoned"]},
+                  attempts=_INT, response_status={"type": ["integer", "null"]},
+                  last_error=_NULLABLE_STR, created_at=_STR,
+                  last_attempt_at=_NULLABLE_STR, next_attempt_at=_NULLABLE_STR,
+                  finished_at=_NULLABLE_STR)}),
+    # ---- rollouts (gateway/rollouts, docs/rollouts.md)
+    "RolloutStatus": _ROLLOUT,
+    "RolloutList": _object(["object", "data"], object={"const": "list"},
+                           data={"type": "array", "items": ref("RolloutStatus")}),
 }

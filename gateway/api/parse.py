@@ -86,14 +86,26 @@ def openai_call(endpoint: Endpoint, raw: bytes, request: Request) -> Call:
         request_id=new_id(), client_request_id=client_request_id(headers),
         api_key=api_key(request), client_include_usage=include_usage,
         session=headers.get("x-session-id") or (user if isinstance(user, str) else None),
-        headers=_trace_headers(request),
+        headers={**_trace_headers(request), **session_header(request)},
     )
 
 
 def _trace_headers(request: Request) -> dict[str, str]:
-    """W3C trace context, for tracing (the Anthropic ingress keeps every header)."""
+    """W3C trace context, for tracing, and `Cache-Control`, for the response cache
+    (gateway/stages/cache.py); the Anthropic ingress keeps every header."""
+    cc = request.headers.get("cache-control")
     tp = request.headers.get("traceparent")
     if tp is None:
-        return {}
+        return {} if cc is None else {"cache-control": cc}
     ts = request.headers.get("tracestate")
-    return {"traceparent": tp, "tracestate": ts} if ts else {"traceparent": tp}
+    out = {"traceparent": tp, "tracestate": ts} if ts else {"traceparent": tp}
+    if cc is not None:
+        out["cache-control"] = cc
+    return out
+
+
+def session_header(request: Request) -> dict[str, str]:
+    """`x-session-id` as sent, for a model whose `session_key` is `header`
+    (gateway/routing/affinity.py): `Call.session` alone cannot tell it from `user`."""
+    sid = request.headers.get("x-session-id")
+    return {} if sid is None else {"x-session-id": sid}

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from gateway.api.bodies import check_responses
 from gateway.api.json_body import parse_json_object
-from gateway.api.parse import api_key, client_request_id, echo_id, read_body
+from gateway.api.parse import api_key, client_request_id, echo_id, read_body, session_header
 from gateway.api.responses_ingress import ResponsesIngress
 from gateway.call import Call
 from gateway.conversation import StoreUnavailable
@@ -55,6 +55,7 @@ def responses_call(raw: bytes, request: Request) -> Call:
         # One conversation stays on one backend while it can (prefix caches).
         session=headers.get("x-session-id") or (user if isinstance(user, str) else None)
         or (prev if isinstance(prev, str) else None),
+        headers=session_header(request),
     )
 
 

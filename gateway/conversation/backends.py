@@ -64,7 +64,10 @@ class SQLiteBackend:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=10.0)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Switching the mode takes a lock that is not retried under the busy timeout: only
+            # the first connection to a new database switches it (the mode is persistent).
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
             # As the ledger: NORMAL in WAL mode survives a process crash; an OS crash may lose
             # the last responses stored, which only makes their ids unknown.
             conn.execute("PRAGMA synchronous=NORMAL")

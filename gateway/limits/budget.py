@@ -91,6 +91,21 @@ def metrics_alert_sink(metrics: Any) -> AlertSink | None:
     return lambda a: metrics.budget_alerts.labels(tenant=a.tenant, threshold=str(a.threshold)).inc()
 
 
+def chain_sinks(*sinks: AlertSink | None) -> AlertSink | None:
+    """One sink telling each of `sinks` (metrics, the alerts' webhooks) in turn."""
+    live = [s for s in sinks if s is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def tell_each(alert: BudgetAlert) -> None:
+        for sink in live:
+            try:
+                sink(alert)
+            except Exception:  # one failing sink must not silence the others
+                log.exception("budget alert callback failed")
+    return tell_each
+
+
 def period_label(period: str) -> str:
     """"monthly" / "daily" (not "dayly")."""
     return "monthly" if period == "month" else "daily"

@@ -137,9 +137,11 @@ class MemoryLimiter:
         """Alerts fired so far (the lead's metrics read it or pass `on_budget_alert`)."""
 
     @classmethod
-    def from_policy(cls, policy: Policy, metrics: Any = None) -> MemoryLimiter:
+    def from_policy(cls, policy: Policy, metrics: Any = None,
+                    on_budget_alert: b.AlertSink | None = None) -> MemoryLimiter:
         return cls(policy.tenants, lease_s=lease_for(policy),
-                   on_budget_alert=b.metrics_alert_sink(metrics))
+                   on_budget_alert=b.chain_sinks(b.metrics_alert_sink(metrics),
+                                                 on_budget_alert))
 
     def set_policy(self, policy: Policy) -> None:
         self.update_tenants(policy.tenants)

@@ -130,7 +130,8 @@ class RedisLimiter:
         """Budget alerts this replica fired (each crossing fires on one replica only)."""
 
     @classmethod
-    def from_policy(cls, policy: Policy, metrics: Any = None) -> RedisLimiter:
+    def from_policy(cls, policy: Policy, metrics: Any = None,
+                    on_budget_alert: b.AlertSink | None = None) -> RedisLimiter:
         """Wired to the gateway's metrics: store failures by outcome, budget alerts."""
         if policy.state.redis_url is None:
             raise ValueError("RedisLimiter needs state.redis_url")
@@ -142,7 +143,9 @@ class RedisLimiter:
 
         return cls(policy.tenants, url=policy.state.redis_url, key_prefix=policy.state.key_prefix,
                    on_redis_error=outcome, lease_s=lease_for(policy),
-                   on_budget_alert=b.metrics_alert_sink(metrics), on_store_error=count_error)
+                   on_budget_alert=b.chain_sinks(b.metrics_alert_sink(metrics),
+                                                 on_budget_alert),
+                   on_store_error=count_error)
 
     def set_policy(self, policy: Policy) -> None:
         self.update_tenants(policy.tenants)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.observability.labels import reason_code
+from gateway.observability.request_metrics import RequestMetrics
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -35,6 +40,14 @@ class Metrics:
         self.budget_alerts = Counter("gateway_budget_alerts_total",
                                      "Budget alert thresholds crossed", ["tenant", "threshold"],
                                      registry=r)
+        # Alert webhooks (gateway/alerts): outcome is delivered, retried (an attempt failed
+        # and will be retried), failed (given up), dropped (queue full), abandoned (shutdown).
+        self.alert_deliveries = Counter("gateway_alert_deliveries_total",
+                                        "Alert webhook deliveries by event and outcome",
+                                        ["event", "outcome"], registry=r)
+        self.alert_pending = Gauge("gateway_alert_deliveries_pending",
+                                   "Alert deliveries queued, in flight or waiting to retry",
+                                   registry=r)
         self.cooldowns = Gauge("gateway_deployment_cooldown_seconds",
                                "Seconds of cooldown left per deployment", ["deployment"],
                                registry=r)
@@ -49,6 +62,13 @@ class Metrics:
         # labels() takes a lock and builds a key each call; the children are cached instead.
         self._token_children: dict[tuple[str, str, str], Counter] = {}
         self._cost_children: dict[tuple[str, str], Counter] = {}
+        # From settled records: GenAI conventions, per-deployment series, demand signals,
+        # the tenant label cap (request_metrics.py).
+        self.settled = RequestMetrics(r)
+        # Safety checks (gateway/guards), counted from each settled record's verdicts.
+        self.guard_verdicts = Counter("gateway_guard_verdicts_total",
+                                      "Guard verdicts by guard, verdict and tenant",
+                                      ["guard", "verdict", "tenant"], registry=r)
 
     def request_done(self, model: str, status: int, seconds: float, ttft: float | None) -> None:
         key = (model, status)
@@ -64,6 +84,7 @@ class Metrics:
             self.ttft.labels(model).observe(ttft)
 
     def add_tokens(self, tenant: str, model: str, bucket: str, n: int) -> None:
+        tenant = self.settled.tenants(tenant)  # capped first: the cache stays bounded too
         key = (tenant, model, bucket)
         child = self._token_children.get(key)
         if child is None:
@@ -71,6 +92,7 @@ class Metrics:
         child.inc(n)
 
     def add_cost(self, tenant: str, model: str, usd: float) -> None:
+        tenant = self.settled.tenants(tenant)
         key = (tenant, model)
         child = self._cost_children.get(key)
         if child is None:
@@ -80,8 +102,17 @@ class Metrics:
     def token_count(self, model: str, source: str) -> None:
         self.token_counts.labels(model, source).inc()
 
+    def guards_settled(self, record: Any) -> None:
+        """A settlement listener: one count per guard verdict in the record (docs/guards.md)."""
+        if not record.guards:
+            return
+        tenant = self.settled.tenants(record.tenant)
+        for v in record.guards:
+            self.guard_verdicts.labels(v["name"], v["verdict"], tenant).inc()
+
     def upstream_error(self, deployment: str, reason: str) -> None:
-        self.upstream_errors.labels(deployment, reason).inc()
+        # A stable code (`http_503`, `timeout`, `connect`), never the message's free text.
+        self.upstream_errors.labels(deployment, reason_code(reason)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,6 +39,10 @@ log = logging.getLogger("gateway.tracing")
 
 _W3C = TraceContextTextMapPropagator()
 
+# A guard verdict (gateway/guards/verdicts.py) → gen_ai.guardrail.decision.
+_GUARD_DECISION = {"pass": "allow", "fail_open": "allow", "flag": "warn", "redact": "modify",
+                   "block": "deny", "fail_closed": "deny"}
+
 # Our endpoint → gen_ai.operation.name (well-known values of the conventions).
 _OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 
@@ -185,6 +189,8 @@ class _Request(RequestSpan):
             end = min(now, self._start_ns + int(record.latency_ms * 1_000_000))
         for att, rec in _match(self._attempts, record.attempts if record is not None else []):
             att.close_from(rec, end)
+        if record is not None and record.guards:
+            self._guardrails(record.guards)
         span = self.span
         if not span.is_recording():  # sampled out: nothing to describe
             span.end(end_time=end)
@@ -207,6 +213,32 @@ class _Request(RequestSpan):
         if failed:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=end)
+
+    def _guardrails(self, verdicts: Sequence[Mapping[str, Any]]) -> None:
+        """One `apply_guardrail {name}` child span per guard verdict (gateway/guards), timed
+        from the verdict; the GenAI conventions' `gen_ai.guardrail.*` attributes."""
+        ctx = trace.set_span_in_context(self.span)
+        for v in verdicts:
+            start = self._start_ns + int(float(v.get("at_ms") or 0) * 1_000_000)
+            verdict = str(v.get("verdict"))
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "apply_guardrail",
+                "gen_ai.guardrail.name": str(v.get("name")),
+                "gen_ai.guardrail.target": "llm_input" if v.get("stage") == "input"
+                else "llm_output",
+                "gen_ai.guardrail.decision": _GUARD_DECISION.get(verdict, verdict),
+                "gateway.guard.verdict": verdict,
+            }
+            if v.get("labels"):
+                attrs["gen_ai.guardrail.findings"] = [str(x) for x in v["labels"]]
+            if v.get("deployment"):
+                attrs["gateway.deployment"] = str(v["deployment"])
+            s = self._tracer.start_span(f"apply_guardrail {v.get('name')}", context=ctx,
+                                        kind=SpanKind.INTERNAL, attributes=attrs,
+                                        start_time=start)
+            if verdict in ("block", "fail_closed"):
+                s.set_status(Status(StatusCode.ERROR, "blocked by guard"))
+            s.end(end_time=start + int(float(v.get("ms") or 0) * 1_000_000))
 
     def _describe(self, record: RequestRecord) -> dict[str, Any]:
         attrs: dict[str, Any] = {
@@ -322,6 +354,16 @@ class Tracing:
         if host:
             self._providers[name] = info
         return info
+
+    def rollout_event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        """A rollout transition (gateway/rollouts/events.py): a short internal span
+        `gateway.rollout` carrying it as a span event. No request is in progress then."""
+        if not self._enabled or self._tracer is None:
+            return
+        span = self._tracer.start_span("gateway.rollout", kind=SpanKind.INTERNAL,
+                                       attributes=dict(attributes))
+        span.add_event(name, dict(attributes))
+        span.end()
 
     def shutdown(self) -> None:
         """Export what is queued and stop the exporter thread (app shutdown)."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from gateway.policy.issues import Lines, Loc, PolicyIssue, issue
+from gateway.policy.rollout_checks import rollout_issues
 
 _CLOSE = 0.6  # difflib's own default cutoff: 'fallback' → 'fallbacks', 'gpt4o' → 'gpt-4o'
 _LISTED = 20  # names shown after "known:"; a policy can have thousands of tenants
@@ -90,6 +91,7 @@ def reference_issues(data: Mapping[str, Any], lines: Lines,
         deployments = route.get("deployments")
         if isinstance(deployments, list):
             out += _deployment_issues(mname, deployments, lines, ref, providers)
+        out += rollout_issues(mname, route, models, _mapping(data.get("tenants")), lines, ref)
         for key in ("fallbacks", "context_fallbacks"):
             fallbacks = route.get(key)
             for i, fb in enumerate(fallbacks if isinstance(fallbacks, list) else []):
@@ -106,6 +108,23 @@ def reference_issues(data: Mapping[str, Any], lines: Lines,
             ref(("tenants", tname, "models", i), "model", m, models)
         for m in _mapping(tenant.get("model_limits")):
             ref(("tenants", tname, "model_limits", m), "model", m, models)
+    tenants = _mapping(data.get("tenants"))
+    for gname, guard in _mapping(data.get("guards")).items():
+        # A guard's classifier and scope name models and tenants (docs/guards.md).
+        g = _mapping(guard)
+        ref(("guards", gname, "detector", "model"), "model",
+            _mapping(g.get("detector")).get("model"), models)
+        scope = _mapping(g.get("applies_to"))
+        for key, declared in (("models", models), ("tenants", tenants)):
+            names = scope.get(key)
+            for i, n in enumerate(names if isinstance(names, list) and declared else []):
+                ref(("guards", gname, "applies_to", key, i), key[:-1], n, declared)
+    # The shared response cache lives in Redis (docs/stages.md): it needs the URL.
+    if _mapping(data.get("cache")).get("backend") == "redis" and not _mapping(
+            data.get("state")).get("redis_url") and not _skipped(("state", "redis_url"), skip):
+        out.append(issue(("cache", "backend"), "`redis` needs state.redis_url "
+                         "(where every replica's shared cache lives); set it, or use "
+                         "backend: memory", lines))
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from gateway.policy.alerts import alert_secret_issues
 from gateway.policy.checks import fallback_warnings, reference_issues
 from gateway.policy.issues import Loc, PolicyError, PolicyIssue, by_line, fmt_path, issue
 from gateway.policy.models import Policy
@@ -216,6 +217,7 @@ def _check(text: str, file: str, env: Mapping[str, str]) -> PolicyCheck:
                           f"${{{name}:-default}} to make it optional", lines)
                for loc, name in missing.items()]
     errors += _read_key_files(data, file, lines)
+    errors += alert_secret_issues(raw, data, file, lines)
     _drop_unkeyed_optional(data)
     policy: Policy | None = None
     try:

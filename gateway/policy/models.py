@@ -13,6 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.policy.alerts import Alerts
+from gateway.policy.cache import CacheRule, CacheSettings
+from gateway.policy.guards import Guard
+from gateway.policy.rollouts import Rollout
 from gateway.policy.tenants import TenantConfig
 
 
@@ -185,15 +189,23 @@ class Deployment(Strict):
         return self.name or f"{self.provider}/{self.model}"
 
 
-Strategy = Literal["weighted", "least-busy", "latency", "prefix-affinity", "cost"]
+Strategy = Literal["weighted", "least-busy", "latency", "prefix-affinity", "prefix-load", "cost"]
+SessionKey = Literal["auto", "header", "user", "previous_response_id", "none"]
 
 
 class ModelRoute(Strict):
     deployments: list[Deployment] = Field(min_length=1)
     """Where the model is served. At least one."""
     strategy: Strategy = "weighted"
-    """How a deployment is chosen: `weighted`, `least-busy`, `latency`, `prefix-affinity` or
-    `cost` (docs/routing.md)."""
+    """How a deployment is chosen: `weighted`, `least-busy`, `latency`, `prefix-affinity`,
+    `prefix-load` or `cost` (docs/routing.md). Unset: `prefix-load` when every deployment is
+    on a `vllm` or `local` provider, else `weighted`. Example: `strategy: least-busy`."""
+    session_key: SessionKey = "auto"
+    """What pins a conversation to one deployment for `prefix-affinity` and `prefix-load`:
+    `header` (the `x-session-id` request header), `user` (the request's `user` field),
+    `previous_response_id` (the Responses API conversation it continues), `none` (the prompt
+    alone decides), or `auto`: the first of those three that the request has
+    (docs/routing.md, "Session affinity"). Example: `session_key: previous_response_id`."""
     fallbacks: list[str] = Field(default_factory=list)
     """Other public model names tried, in order, when every deployment of this one failed with
     a retryable error (connect, timeout, 429, 5xx)."""
@@ -210,6 +222,12 @@ class ModelRoute(Strict):
     context_length: int | None = Field(None, ge=1, le=100_000_000)
     """The model's context window in tokens, shown in `/v1/models` for applications that size
     prompts by it; the gateway does not enforce it."""
+    rollout: Rollout | None = None
+    """An SLO-gated canary of a new version of this model: steps, gates, automatic promotion
+    and rollback (docs/rollouts.md)."""
+    cache: CacheRule | None = None
+    """This model's response-cache rule, over the top-level `cache:` (docs/stages.md).
+    Example: `{enabled: true, ttl_s: 3600}`."""
 
 
 class CircuitBreaker(Strict):
@@ -345,6 +363,25 @@ class Observability(Strict):
     """Emit OpenTelemetry spans (GenAI semantic conventions); exporter from OTEL_* variables."""
     log_requests: bool = True
     """One structured log line per request (never with keys or bodies)."""
+    otlp_metrics: bool = False
+    """Also export the OpenTelemetry GenAI metrics (`gen_ai.client.token.usage`,
+    `gen_ai.server.request.duration`, …) over OTLP, exporter and interval from OTEL_*
+    variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_METRIC_EXPORT_INTERVAL`). They are on
+    `/metrics` in Prometheus form either way. Example: `otlp_metrics: true`."""
+    tenant_label_limit: int = Field(100, ge=1, le=100_000)
+    """Most tenants that get their own label value in per-tenant metric series
+    (`gateway_tokens_total`, `gateway_cost_usd_total`); tenants seen after that are summed
+    under `tenant="_other"`, so thousands of tenants cannot blow up the series count. The
+    ledger and reports are exact whatever this is. Example: `tenant_label_limit: 500`."""
+
+
+class Console(Strict):
+    enabled: bool = True
+    """Serve the web console at `/ui` (docs/console.md) while `server.admin_key` is set;
+    false turns it off (every `/ui` path is then a 404). Example: `enabled: false`."""
+    session_ttl_s: int = Field(8 * 3600, ge=60, le=7 * 86400)
+    """Seconds a console sign-in lasts; after it the browser must sign in again with its key.
+    Example: `session_ttl_s: 3600`."""
 
 
 class Policy(Strict):
@@ -364,6 +401,18 @@ class Policy(Strict):
     """Metrics, traces, logs."""
     responses: Responses = Field(default_factory=Responses)
     """Stored responses of the Responses API: whether, and for how long."""
+    console: Console = Field(default_factory=Console)
+    """The web console at `/ui`: on or off, how long a sign-in lasts."""
+    alerts: Alerts = Field(default_factory=Alerts)
+    """Webhooks told of budget thresholds, exhausted budgets, open circuits and rollouts
+    (docs/alerts.md)."""
+    cache: CacheSettings | None = None
+    """The exact response cache: its store and default rule; absent, nothing is cached unless
+    a model says `cache: {enabled: true}` (docs/stages.md). Example: `{backend: redis}`."""
+    guards: dict[str, Guard] = Field(default_factory=dict)
+    """Named safety checks on prompts and replies, run in this order (docs/guards.md).
+    Example: `{no-cards: {detector: {kind: pii, types: [card]}, applies_to: {external_only:
+    true}}}`."""
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     """Upstreams by name."""
     models: dict[str, ModelRoute] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
+from gateway.policy.history import PolicyHistory, Result
 from gateway.policy.load import PolicyError, load_policy
 from gateway.policy.models import Policy
 
@@ -44,8 +45,10 @@ def restart_required(old: Policy, new: Policy) -> list[str]:
 
 class PolicyWatcher:
     def __init__(self, path: str, apply: Callable[[Policy], Awaitable[None]], metrics: Any,
-                 interval_s: float = 1.0) -> None:
+                 interval_s: float = 1.0, history: PolicyHistory | None = None) -> None:
         self._path = path
+        # Every attempt's result, for the console's policy page and `GET /admin/policy`.
+        self.history = history
         self._apply = apply
         self._metrics = metrics
         self._interval = interval_s
@@ -90,17 +93,26 @@ class PolicyWatcher:
         except PolicyError as e:
             self._metrics.policy_reloads.labels("rejected").inc()
             log.error("policy reload rejected; keeping the last good policy:\n%s", e)
+            self._report("rejected", str(e))
             return False
         try:
             await self._apply(policy)
         except ReloadRefused as e:
             self._metrics.policy_reloads.labels("rejected").inc()
             log.error("policy reload refused; keeping the last good policy: %s", e)
+            self._report("refused", str(e))
             return False
         except Exception:
             self._metrics.policy_reloads.labels("failed").inc()
             log.exception("policy reload failed to apply; keeping the last good policy")
+            self._report("failed", "the new policy failed to apply (see the gateway's log)")
             return False
         self._metrics.policy_reloads.labels("ok").inc()
+        if self.history is not None:
+            self.history.applied(policy)
         log.info("policy reloaded from %s: %d models", self._path, len(policy.models))
         return True
+
+    def _report(self, result: Result, message: str) -> None:
+        if self.history is not None:
+            self.history.not_applied(result, [message])

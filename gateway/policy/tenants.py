@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.policy.cache import CacheRule
+
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -116,6 +118,9 @@ class TenantConfig(_Strict):
     """Spending limit in USD."""
     pricing: dict[str, list[dict[str, object]]] = Field(default_factory=dict)
     """Per-deployment price overrides for this tenant (deployment id → prices)."""
+    cache: CacheRule | None = None
+    """This tenant's response-cache rule, over its model's (docs/stages.md). Example:
+    `{enabled: false}`."""
 
     @model_validator(mode="after")
     def _unique_keys(self) -> TenantConfig:

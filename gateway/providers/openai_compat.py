@@ -25,18 +25,20 @@ from gateway.policy.models import LocalProvider, OpenAIProvider, ProviderBase
 from gateway.providers import openai_responses
 from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.http_errors import parse_retry_after
+from gateway.providers.request_json import with_members
 from gateway.providers.scrub import scrub
 from gateway.providers.sse import HeldFrames, SSEEvents
 from gateway.providers.sse import payload as sse_payload
 from gateway.upstream import UpstreamRequest
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
-          "rerank": "/rerank", "score": "/score"}
+          "rerank": "/rerank", "score": "/score", "moderations": "/moderations"}
 # Reranking and scoring are vLLM's endpoints (`/v1/rerank` in Cohere's and Jina's shape,
 # `/v1/score`), which other OpenAI-compatible hosts (Jina, Together) serve too; these kinds have
 # neither, so a request for them is refused before it is sent.
 _SCORING: frozenset[Endpoint] = frozenset({"rerank", "score"})
 _GENERATION: frozenset[Endpoint] = frozenset({"chat", "completions", "embeddings"})
+_MODERATION: frozenset[Endpoint] = frozenset({"moderations"})
 _NO_SCORING = {
     "openai": "OpenAI's API has no /v1/{endpoint} endpoint",
     "azure": "Azure OpenAI has no /v1/{endpoint} endpoint",
@@ -219,6 +221,9 @@ class OpenAICompatAdapter:
         self._kind = str(getattr(config, "kind", ""))
         # What this provider can be asked for (rerank and score only where a kind serves them).
         self.endpoints = _GENERATION if self._kind in _NO_SCORING else _GENERATION | _SCORING
+        # OpenAI's moderation API, passed through to whoever serves it; local_backend does not.
+        if self._kind != "local":
+            self.endpoints = self.endpoints | _MODERATION
 
     @staticmethod
     def serves_responses(config: ProviderBase) -> bool:
@@ -255,16 +260,18 @@ class OpenAICompatAdapter:
             call.client_include_usage and not self._vllm)
         if target.upstream_model == call.model and not needs_usage:
             return call.raw
-        body = dict(body)
-        body["model"] = target.upstream_model
+        changes: dict[str, Any] = {}
+        if target.upstream_model != call.model:
+            changes["model"] = target.upstream_model
         if needs_usage:
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True
             if self._vllm:
                 # vLLM reports usage on every chunk, so a stream cut short still has a count.
                 opts["continuous_usage_stats"] = True
-            body["stream_options"] = opts
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            changes["stream_options"] = opts
+        # The prompt is not re-encoded: only these members are (request_json.py).
+        return with_members(call.raw, body, changes)
 
     def build_request(self, call: Call, target: Target, native: bool) -> UpstreamRequest:
         if call.endpoint not in self.endpoints:

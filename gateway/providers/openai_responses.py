@@ -29,6 +29,7 @@ from gateway.accounting.usage import Usage, from_responses
 from gateway.call import Call
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import Classified, Reply, Target
+from gateway.providers.request_json import with_members
 from gateway.providers.sse import HeldFrames, SSEEvents, compact_json
 
 ClassifyBody = Callable[[int, bytes], Classified]
@@ -67,6 +68,10 @@ def request_body(call: Call, target: Target) -> bytes:
     conv = call.conversation
     if conv is None and target.upstream_model == call.model and call.native_raw is not None:
         return call.native_raw
+    if conv is None and call.native_raw is not None:
+        # A renamed deployment: the rest of the client's bytes (the prompt) is not re-encoded.
+        return with_members(call.native_raw, call.native_body or {},
+                            {"model": target.upstream_model})
     body = dict(call.native_body or {})
     body["model"] = target.upstream_model
     if conv is not None:

@@ -26,6 +26,8 @@ class EndpointLoad:
     """`vllm:num_requests_running` from the last fresh scrape."""
     kv_cache_usage: float | None = None
     """`vllm:kv_cache_usage_perc` (or the older `vllm:gpu_cache_usage_perc`), 0..1."""
+    cache_tokens: int | None = None
+    """KV-cache size in tokens from `vllm:cache_config_info`; None until a scrape reports it."""
     latency_ewma_s: float | None = None
     """Smoothed total latency of recent successful requests."""
     ttft_ewma_s: float | None = None

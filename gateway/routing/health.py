@@ -16,6 +16,7 @@ and every replica learns the same failures from its own requests within a few at
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from gateway.policy.models import CircuitBreaker
 _BUCKETS = 10
 # The pseudo-caller of failures no request can cause: it satisfies the caller rule alone.
 _BACKEND = "\x00backend"
+
+log = logging.getLogger("gateway.routing")
+
+# Told (deployment id, cooldown seconds) when a closed breaker opens (alerts' circuit_open).
+OpenListener = Callable[[str, float], None]
 
 
 @dataclass(slots=True)
@@ -52,6 +58,7 @@ class Health:
                  now: Callable[[], float] = time.monotonic, tenants: int = 0) -> None:
         self._states: dict[str, _State] = {}
         self._now = now
+        self._listeners: list[OpenListener] = []
         self.configure(config, tenants)
 
     def configure(self, config: CircuitBreaker, tenants: int) -> None:
@@ -59,6 +66,11 @@ class Health:
         self._cfg = config
         self._need = max(1, min(config.min_tenants, tenants))
         self._bucket_s = config.window_s / _BUCKETS
+
+    def on_open(self, listener: OpenListener) -> None:
+        """Call `listener` when a deployment's breaker goes from closed to open (not when a
+        failed probe re-opens it: that is the same outage)."""
+        self._listeners.append(listener)
 
     def available(self, deployment_id: str) -> bool:
         """False while cooling down; after the cooldown one caller gets through as the probe."""
@@ -103,14 +115,15 @@ class Health:
         # An upstream that says when to come back is believed at once (within the cap);
         # a failed probe re-opens immediately.
         if retry_after is not None or st.probe_since:
-            return self._open(st, retry_after)
+            return self._open(deployment_id, st, retry_after)
         if st.failures >= cfg.failures and self._enough(st.callers):
-            return self._open(st, None)
+            return self._open(deployment_id, st, None)
         if self._ratio_exceeded(st):
-            return self._open(st, None)
+            return self._open(deployment_id, st, None)
         return False
 
-    def _open(self, st: _State, retry_after: float | None) -> bool:
+    def _open(self, deployment_id: str, st: _State, retry_after: float | None) -> bool:
+        was_closed = st.open_until == 0.0
         cfg = self._cfg
         wait = cfg.cooldown_s
         if retry_after is not None:
@@ -122,6 +135,12 @@ class Health:
         # What opened it is spent: after the cooldown, a probe and fresh evidence decide.
         for b in st.window:
             b.epoch = -1
+        if was_closed:
+            for listener in self._listeners:
+                try:
+                    listener(deployment_id, wait)
+                except Exception:  # an observer must never fail the request that failed
+                    log.exception("circuit-open listener failed")
         return True
 
     def _enough(self, callers: set[str]) -> bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.call import Call
 from gateway.errors import ServiceUnavailable
 from gateway.policy.models import ModelRoute, Policy
 from gateway.providers.base import Target
+from gateway.routing.affinity import keyed
 from gateway.routing.base import NO_SIGNALS, Signals, Strategy
+from gateway.routing.defaults import strategy_for
 from gateway.routing.health import Health
 from gateway.routing.registry import make_strategy
 
@@ -23,6 +26,9 @@ class RoutePlan:
     max_attempts: int
     skipped: tuple[str, ...] = ()
     """Fallback models left out because the caller may not use them (named in the 502)."""
+    arm: str | None = None
+    """The rollout arm (`baseline`/`candidate`) the primary model's targets came from; None
+    when the model has no rollout (gateway/rollouts)."""
 
 
 class Router:
@@ -30,8 +36,12 @@ class Router:
 
     def __init__(self, policy: Policy, health: Health,
                  signals: Callable[[], Signals] | None = None,
-                 unhealthy: Callable[[], frozenset[str]] | None = None) -> None:
+                 unhealthy: Callable[[], frozenset[str]] | None = None,
+                 rollouts: Any = None) -> None:
         self._policy = policy
+        # gateway.rollouts.RolloutController (or None): asked for a model's arm before the
+        # strategy orders its targets.
+        self._controller = rollouts
         self._health = health
         self._signals = signals or (lambda: NO_SIGNALS)
         self._unhealthy = unhealthy or frozenset
@@ -40,12 +50,17 @@ class Router:
             for name, route in policy.models.items()
         }
         self._strategies: dict[str, Strategy] = {
-            name: make_strategy(route.strategy, policy.router.seed)
+            name: keyed(make_strategy(strategy_for(policy, route), policy.router.seed),
+                        route.session_key)
             for name, route in policy.models.items()
         }
 
     def route(self, model: str) -> ModelRoute:
         return self._policy.models[model]
+
+    def rollout(self, model: str) -> Any:
+        """The model's rollout (gateway.rollouts.ModelRollout), or None."""
+        return self._controller.rollouts.get(model) if self._controller is not None else None
 
     def candidates(self, model: str, unhealthy: frozenset[str]) -> list[Target]:
         return [t for t in self._targets.get(model, ())
@@ -75,15 +90,37 @@ class Router:
         unhealthy = self._unhealthy()
         attempts: list[Target] = []
         seen: set[tuple[str, str]] = set()
+        arm: str | None = None
+        rollout = self.rollout(call.model)
         for name in names:
-            for t in self.order(name, call, signals, unhealthy):
+            if rollout is not None and name == call.model:
+                arm = rollout.arm(call)
+                ordered = self._order_arm(name, rollout, arm, call, signals, unhealthy)
+            else:
+                ordered = self.order(name, call, signals, unhealthy)
+            for t in ordered:
                 if (name, t.id) not in seen:
                     seen.add((name, t.id))
                     attempts.append(t)
         max_attempts = route.max_attempts or self._policy.router.max_attempts
         if not attempts and require:
             raise self._all_down(names, skipped)
-        return RoutePlan(tuple(attempts), tuple(route.context_fallbacks), max_attempts, skipped)
+        return RoutePlan(tuple(attempts), tuple(route.context_fallbacks), max_attempts, skipped,
+                         arm)
+
+    def _order_arm(self, model: str, rollout: Any, arm: str, call: Call, signals: Signals,
+                   unhealthy: frozenset[str]) -> list[Target]:
+        """The arm's live targets in strategy order; the baseline's when none of the
+        candidate's is live (the request is served, and counts as a candidate failure)."""
+        for side in (arm, "baseline") if arm == "candidate" else (arm,):
+            cands = [t for t in rollout.targets[side]
+                     if t.deployment.weight > 0 and t.id not in unhealthy
+                     and self._health.available(t.id)]
+            if len(cands) > 1:
+                return self._strategies[model].order(cands, signals, call)
+            if cands:
+                return cands
+        return []
 
     def _all_down(self, names: Sequence[str], skipped: Sequence[str] = ()) -> ServiceUnavailable:
         ids = [t.id for n in names for t in self._targets.get(n, ()) if t.deployment.weight > 0]

@@ -9,6 +9,7 @@ from gateway.routing.strategies.cost import Cheapest
 from gateway.routing.strategies.latency import LowestLatency
 from gateway.routing.strategies.least_busy import LeastBusy
 from gateway.routing.strategies.prefix_affinity import PrefixAffinity
+from gateway.routing.strategies.prefix_load import PrefixLoad
 from gateway.routing.strategies.weighted import WeightedRoundRobin
 
 # Keys are the `strategy:` values of `gateway.policy.models.Strategy`.
@@ -17,6 +18,7 @@ STRATEGIES: dict[str, Callable[[int | None], Strategy]] = {
     "least-busy": LeastBusy,
     "latency": LowestLatency,
     "prefix-affinity": PrefixAffinity,
+    "prefix-load": PrefixLoad,
     "cost": Cheapest,
 }
 

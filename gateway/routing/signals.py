@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 from gateway.policy.models import LocalProvider, OpenAIProvider, Policy
 from gateway.routing.base import EndpointLoad, Signals
+from gateway.routing.queue_time import NAMES as QUEUE_TIME_NAMES
+from gateway.routing.queue_time import QueueTimes, queue_totals
+from gateway.routing.window import TrafficWindow
 from gateway.upstream import UpstreamClient, UpstreamFailure
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,10 @@ WAITING = "vllm:num_requests_waiting"
 # vLLM renamed the KV-cache gauge around 0.10 (exporting both for a while); older servers
 # only have the second name. The first one present wins.
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-SCRAPED = (RUNNING, WAITING, *KV_USAGE)
+# An info gauge whose labels give the KV cache's size: what `prefix-load` assumes the
+# backend's prefix cache can hold.
+CACHE_CONFIG = "vllm:cache_config_info"
+SCRAPED = (RUNNING, WAITING, *KV_USAGE, CACHE_CONFIG, *QUEUE_TIME_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,22 @@ class EngineMetrics:
     waiting: int | None = None
     running: int | None = None
     kv_cache_usage: float | None = None
+    cache_tokens: int | None = None
+    """KV-cache size in tokens (`num_gpu_blocks` × `block_size` of `vllm:cache_config_info`,
+    summed across engines)."""
+    queue_time: tuple[float, float] | None = None
+    """(seconds, requests) of `vllm:request_queue_time_seconds`, summed across engines."""
+
+
+def _cache_tokens(samples: Sequence[Sample]) -> int | None:
+    total = 0
+    for s in samples:
+        if s.name == CACHE_CONFIG:
+            try:
+                total += int(s.labels["num_gpu_blocks"]) * int(s.labels["block_size"])
+            except (KeyError, ValueError):
+                continue
+    return total or None
 
 
 def engine_metrics(text: str, model: str | None = None) -> EngineMetrics:
@@ -153,6 +175,8 @@ def engine_metrics(text: str, model: str | None = None) -> EngineMetrics:
         waiting=int(sums[WAITING]) if WAITING in sums else None,
         running=int(sums[RUNNING]) if RUNNING in sums else None,
         kv_cache_usage=sum(kv) / len(kv) if kv else None,
+        cache_tokens=_cache_tokens(samples),
+        queue_time=queue_totals(samples),
     )
 
 
@@ -196,8 +220,8 @@ def probes_from_policy(policy: Policy, base_urls: Mapping[str, str] | None = Non
 
 
 class _Endpoint:
-    __slots__ = ("health_failures", "in_flight", "kv", "latency", "latency_at", "running",
-                 "scraped_at", "ttft", "waiting")
+    __slots__ = ("cache_tokens", "health_failures", "in_flight", "kv", "latency", "latency_at",
+                 "running", "scraped_at", "ttft", "waiting")
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -207,6 +231,7 @@ class _Endpoint:
         self.waiting: int | None = None
         self.running: int | None = None
         self.kv: float | None = None
+        self.cache_tokens: int | None = None  # kept across failed scrapes: it is static
         self.scraped_at = -math.inf
         self.health_failures = 0
 
@@ -252,6 +277,11 @@ class SignalCollector:
         self._cached_version = -1
         self._cached_until = -math.inf
         self._task: asyncio.Task[None] | None = None
+        # The last 15 minutes per deployment for the console (requests/s, errors, TTFT
+        # percentiles); fed from `end`, read only by the admin side.
+        self.window = TrafficWindow(clock=clock)
+        # Mean queue time per deployment over its last scrape interval (demand gauges).
+        self.queue_times = QueueTimes()
 
     @classmethod
     def from_policy(cls, policy: Policy, *, client: UpstreamClient | None = None,
@@ -289,6 +319,7 @@ class SignalCollector:
         fast (an instant 503) and must not make a broken deployment look quick."""
         ep = self._ep(deployment_id)
         ep.in_flight = max(0, ep.in_flight - 1)
+        self.window.record(deployment_id, ok, ttft_s)
         if ok:
             now = self._clock()
             fresh = now - ep.latency_at <= self._latency_ttl
@@ -323,6 +354,7 @@ class SignalCollector:
                 waiting=ep.waiting if scrape_ok else None,
                 running=ep.running if scrape_ok else None,
                 kv_cache_usage=ep.kv if scrape_ok else None,
+                cache_tokens=ep.cache_tokens,
                 latency_ewma_s=ep.latency if lat_ok else None,
                 ttft_ewma_s=ep.ttft if lat_ok else None,
             )
@@ -347,7 +379,10 @@ class SignalCollector:
             ep.scraped_at = -math.inf
         else:
             ep.waiting, ep.running, ep.kv = metrics.waiting, metrics.running, metrics.kv_cache_usage
+            if metrics.cache_tokens:
+                ep.cache_tokens = metrics.cache_tokens
             ep.scraped_at = self._clock()
+        self.queue_times.update(deployment_id, metrics.queue_time if metrics else None)
         self._version += 1
 
     def observe_health(self, deployment_id: str, ok: bool) -> None:

@@ -40,10 +40,16 @@ class FakeOpenAI(FakeServer):
         self.usage_on_last_content_chunk = usage_on_last_content_chunk
         self.omit_usage = omit_usage
         self.prompt_tokens = 11
+        # The finish_reason of every reply ("length": cut by max_tokens).
+        self.finish_reason = "stop"
         # vLLM /metrics gauges this fake reports (set by tests to simulate queues).
         self.waiting = 0
         self.running = 0
         self.kv_usage = 0.0
+        # vllm:request_queue_time_seconds: when set, each /metrics scrape reports one more
+        # request scheduled after waiting this many seconds (a steady mean queue time).
+        self.queue_time_step: float | None = None
+        self._queue_totals = (0.0, 0)
         self.healthy = True
         # `POST /v1/responses` (OpenAI's Responses API; vLLM ≥ 0.10 serves it too), with the
         # responses it stored: tests/fakes/responses_wire.py.
@@ -56,6 +62,7 @@ class FakeOpenAI(FakeServer):
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/moderations", self.moderations)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/v1/responses/input_tokens", self.input_tokens)
         for prefix in ("/v1", ""):
@@ -81,6 +88,12 @@ class FakeOpenAI(FakeServer):
             "# TYPE vllm:kv_cache_usage_perc gauge\n"
             f"vllm:kv_cache_usage_perc{{{label}}} {self.kv_usage}\n"
         )
+        if self.queue_time_step is not None:
+            total, count = self._queue_totals
+            total, count = self._queue_totals = (total + self.queue_time_step, count + 1)
+            text += ("# TYPE vllm:request_queue_time_seconds histogram\n"
+                     f"vllm:request_queue_time_seconds_sum{{{label}}} {total}\n"
+                     f"vllm:request_queue_time_seconds_count{{{label}}} {count}\n")
         return web.Response(text=text, content_type="text/plain")
 
     async def models(self, request: web.Request) -> web.Response:
@@ -166,13 +179,13 @@ class FakeOpenAI(FakeServer):
                     "model": body["model"], "system_fingerprint": "fp_fake",
                     "choices": [{"index": 0, "message": {
                         "role": "assistant", "content": "".join(words), "refusal": None},
-                        "logprobs": None, "finish_reason": "stop"}],
+                        "logprobs": None, "finish_reason": self.finish_reason}],
                 }
             else:
                 obj = {"id": "cmpl-fake", "object": "text_completion", "created": created,
                        "model": body["model"],
                        "choices": [{"index": 0, "text": "".join(words), "logprobs": None,
-                                    "finish_reason": "stop"}]}
+                                    "finish_reason": self.finish_reason}]}
             if not self.omit_usage:
                 obj["usage"] = self.usage(len(words))
             obj["x_fake_server"] = self.name
@@ -216,7 +229,7 @@ class FakeOpenAI(FakeServer):
             usage: Any = null_usage
             if continuous or (last and self.usage_on_last_content_chunk and include):
                 usage = self.usage(i + 1)
-            events.append(chunk(i, {"content": w}, "stop" if last else None, usage))
+            events.append(chunk(i, {"content": w}, self.finish_reason if last else None, usage))
         if include and not self.usage_on_last_content_chunk:
             events.append(chunk(0, None, None, self.usage(len(words))))
         events.append(b"data: [DONE]\n\n")
@@ -237,6 +250,37 @@ class FakeOpenAI(FakeServer):
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": {"prompt_tokens": 3 * len(items),
                                             "total_tokens": 3 * len(items)}})
+
+    # OpenAI's moderation categories (https://platform.openai.com/docs/api-reference/moderations).
+    MODERATION_CATEGORIES = (
+        "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+        "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+        "sexual/minors", "violence", "violence/graphic")
+    # An input containing this word is flagged for `violence` (score 0.97); others score 0.01.
+    MODERATION_FLAG_WORD = "hurt"
+
+    async def moderations(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/moderations`: one result per input (a text, texts, or multimodal parts)."""
+        body = await self.record(request)
+        fault = self.take_fault()
+        pre = await self.apply_pre_fault(fault)
+        if pre is not None:
+            return pre
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        results = []
+        for item in items:
+            text = item.get("text", "") if isinstance(item, dict) else str(item)
+            hit = self.MODERATION_FLAG_WORD in text.lower()
+            results.append({
+                "flagged": hit,
+                "categories": {c: hit and c == "violence" for c in self.MODERATION_CATEGORIES},
+                "category_scores": {c: 0.97 if hit and c == "violence" else 0.01
+                                    for c in self.MODERATION_CATEGORIES},
+                "category_applied_input_types": {c: ["text"] for c in self.MODERATION_CATEGORIES},
+            })
+        return web.json_response({"id": "modr-fake", "model": body.get("model"),
+                                  "results": results})
 
     # ---- reranking and scoring (vLLM's cross-encoder endpoints) -------------------------------
 

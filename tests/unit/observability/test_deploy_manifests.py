@@ -1,18 +1,31 @@
-"""deploy/: every manifest parses, the kustomization lists real files, the gateway Deployment
-keeps the operational contract (probes, non-root, read-only root, policy mount), and the
-policy in its ConfigMap passes the same validation as `gateway policy check`."""
+"""deploy/: every overlay renders with `kubectl kustomize`, every rendered resource of a
+Kubernetes kind passes Kubernetes' own JSON schema (kubernetes-validate, schemas shipped
+offline), the custom resources (KEDA, Prometheus Operator) point at what exists, the gateway
+Deployment keeps the operational contract (probes, non-root, read-only root, policy mount),
+and each overlay's policy passes the same validation as `gateway policy check`.
+
+`kubectl` (with its built-in kustomize) is part of the CI machine's image; .ci/run installs
+kubectl where it is missing. The test fails, never skips, without it."""
 
 from __future__ import annotations
 
+import functools
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from gateway.policy.load import parse_policy
+from tests.promql import exported_names, metric_names
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+OVERLAYS = ("dev", "production", "keda")
+# The Kubernetes version whose schemas the manifests must pass.
+K8S_VERSION = "1.30.0"
 
 # What the policy reads from the environment; in the cluster these come from the Secret.
 DUMMY_ENV = {
@@ -24,55 +37,79 @@ DUMMY_ENV = {
 }
 
 
-def load_all() -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        out[path.name] = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    return out
+@functools.cache
+def render(overlay: str = "production") -> tuple[dict[str, Any], ...]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not installed: .ci/run installs it (apt kubectl)"
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d is not None)
 
 
-def resources() -> list[dict[str, Any]]:
-    return [d for name, docs in load_all().items() if name != "kustomization.yaml"
-            for d in docs]
+def resources(overlay: str = "production") -> list[dict[str, Any]]:
+    return list(render(overlay))
 
 
-def find(kind: str, name: str) -> dict[str, Any]:
-    hits = [d for d in resources() if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(hits) == 1, f"expected one {kind}/{name}, found {len(hits)}"
+def find(kind: str, name: str, overlay: str = "production") -> dict[str, Any]:
+    hits = [d for d in resources(overlay)
+            if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(hits) == 1, f"expected one {kind}/{name} in {overlay}, found {len(hits)}"
     return hits[0]
 
 
-def gateway_container() -> dict[str, Any]:
-    (c,) = [c for c in find("Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
-            if c["name"] == "gateway"]
-    return c
+def policy_of(overlay: str) -> Any:
+    cm = find("ConfigMap", "gateway-policy", overlay)
+    return parse_policy(cm["data"]["policy.yaml"], f"deploy/overlays/{overlay}",
+                        env=DUMMY_ENV)
 
 
-def test_every_manifest_parses_and_names_its_kind() -> None:
-    docs = load_all()
-    assert len(docs) >= 5
-    for name, items in docs.items():
-        assert items, f"{name} is empty"
-        for d in items:
-            assert d.get("apiVersion") and d.get("kind"), name
-            if d["kind"] != "Kustomization":
-                assert d["metadata"]["name"], name
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_passes_the_kubernetes_schemas(overlay: str) -> None:
+    docs = resources(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Namespace", "ConfigMap", "Deployment", "Service"} <= kinds
+    for d in docs:
+        assert d["metadata"]["name"]
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == "model-gateway", d["metadata"]["name"]
+        if "." in d["apiVersion"].split("/")[0]:
+            continue  # a custom resource (keda.sh, monitoring.coreos.com): checked below
+        # strict: an unknown field (a typo, a field of another version) fails too.
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
 
 
-def test_kustomization_lists_existing_files_and_never_the_example_secrets() -> None:
-    (k,) = load_all()["kustomization.yaml"]
-    listed = k["resources"]
-    for r in listed:
-        assert (DEPLOY / r).is_file(), r
-    assert not [r for r in listed if "example" in r]
-    missing = {p.name for p in DEPLOY.glob("*.yaml")} - set(listed) - {"kustomization.yaml"}
-    assert all("example" in m for m in missing), missing
+def test_schema_check_catches_a_broken_manifest() -> None:
+    dep = yaml.safe_load(yaml.safe_dump(find("Deployment", "gateway")))
+    dep["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    dep["spec"]["replicas"] = 2
+    dep["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+
+
+def test_example_secrets_are_never_rendered() -> None:
+    for overlay in OVERLAYS:
+        assert not [d for d in resources(overlay) if d["kind"] == "Secret"], overlay
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_policy_passes_policy_validation(overlay: str) -> None:
+    policy = policy_of(overlay)
+    assert policy.observability.metrics
+    if overlay == "dev":
+        # Embedded: no shared state, one replica, no autoscaling.
+        assert policy.state.redis_url is None
+        assert policy.ledger.url.startswith("sqlite:")
+        assert find("Deployment", "gateway", "dev")["spec"]["replicas"] == 1
+        assert not [d for d in resources("dev")
+                    if d["kind"] in ("HorizontalPodAutoscaler", "PodDisruptionBudget")]
 
 
 def test_gateway_policy_configmap_passes_policy_validation() -> None:
-    cm = find("ConfigMap", "gateway-policy")
-    policy = parse_policy(cm["data"]["policy.yaml"], "deploy/gateway-policy.yaml",
-                          env=DUMMY_ENV)
+    policy = policy_of("production")
     # The shape the deployment is about: shared state, two vLLM backends, a paid fallback.
     assert policy.state.redis_url == DUMMY_ENV["REDIS_URL"]
     assert policy.ledger.url.startswith("postgresql://")
@@ -85,6 +122,12 @@ def test_gateway_policy_configmap_passes_policy_validation() -> None:
         policy.providers[d.provider].kind == "openai"
         for fb in route.fallbacks for d in policy.models[fb].deployments)
     assert policy.tenants
+
+
+def gateway_container() -> dict[str, Any]:
+    (c,) = [c for c in find("Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
+            if c["name"] == "gateway"]
+    return c
 
 
 def test_policy_env_variables_are_all_provided_to_the_gateway() -> None:
@@ -179,3 +222,65 @@ def test_dockerfile_points_admin_commands_at_the_policy_it_serves() -> None:
     assert "    GATEWAY_CONFIG=/etc/gateway/policy.yaml \\" in runtime.splitlines()
     cmd = next(x for x in runtime.splitlines() if x.startswith("CMD "))
     assert '"--config", "/etc/gateway/policy.yaml"' in cmd
+
+
+def gateway_metric_names() -> set[str]:
+    """What a gateway's /metrics exports once it has seen traffic and a scrape."""
+    from prometheus_client import generate_latest
+
+    from gateway.observability.metrics import Metrics
+    from gateway.routing.base import EndpointLoad, Signals
+
+    policy = policy_of("production")
+    m = Metrics()
+    m.settled.demand.update(policy, Signals(loads={
+        d.id: EndpointLoad(in_flight=1, waiting=1, running=1, kv_cache_usage=0.5)
+        for route in policy.models.values() for d in route.deployments}))
+    return exported_names(generate_latest(m.registry).decode())
+
+
+def test_keda_scaled_objects_target_real_deployments_with_valid_queries() -> None:
+    exported = gateway_metric_names()
+    scaled = [d for d in resources("keda") if d["kind"] == "ScaledObject"]
+    assert {s["metadata"]["name"] for s in scaled} == {"gateway", "vllm-a"}
+    # KEDA builds the gateway's HPA; a second HPA on the same Deployment would fight it.
+    assert not [d for d in resources("keda") if d["kind"] == "HorizontalPodAutoscaler"]
+    for so in scaled:
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        spec = so["spec"]
+        ref = spec["scaleTargetRef"]
+        assert ref["kind"] == "Deployment"
+        find("Deployment", ref["name"], "keda")
+        assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
+        prom = [t for t in spec["triggers"] if t["type"] == "prometheus"]
+        assert prom, so["metadata"]["name"]
+        for t in prom:
+            meta = t["metadata"]
+            assert meta["serverAddress"].startswith("http")
+            assert float(meta["threshold"]) > 0
+            assert t["metricType"] in ("AverageValue", "Value")
+            names = metric_names(meta["query"])
+            assert names and names <= exported, (meta["query"], names - exported)
+    vllm = next(s for s in scaled if s["metadata"]["name"] == "vllm-a")
+    # The pool label the queries select is a self-hosted provider of the policy.
+    policy = policy_of("keda")
+    assert policy.providers["vllm-a"].kind == "vllm"
+    assert all('pool="vllm-a"' in t["metadata"]["query"] for t in vllm["spec"]["triggers"])
+
+
+def test_metric_name_check_catches_an_unknown_metric() -> None:
+    exported = gateway_metric_names()
+    assert metric_names('max(gateway_pool_requests_waiting{pool="x"})') <= exported
+    assert not metric_names("sum(rate(gateway_pool_waiting_total[1m]))") <= exported
+    with pytest.raises(ValueError):
+        metric_names("sum(rate(gateway_model_in_flight[1m])")
+
+
+def test_the_grafana_dashboard_ships_as_a_sidecar_configmap() -> None:
+    import json
+
+    cm = find("ConfigMap", "gateway-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(cm["data"]["model-gateway.json"])
+    assert shipped == json.loads((DEPLOY / "grafana" / "model-gateway.json").read_text())
+    assert shipped["uid"] == "model-gateway"

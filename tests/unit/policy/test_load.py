@@ -113,7 +113,8 @@ def test_invalid_yaml_reports_line() -> None:
 def test_every_shipped_policy_is_valid() -> None:
     root = Path(__file__).resolve().parents[3] / "policies"
     env = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "a", "GEMINI_API_KEY": "g",
-           "AZURE_OPENAI_API_KEY": "z", "GATEWAY_ADMIN_KEY": "admin", "GROQ_API_KEY": "q"}
+           "AZURE_OPENAI_API_KEY": "z", "GATEWAY_ADMIN_KEY": "admin", "GROQ_API_KEY": "q",
+           "ALERTS_WEBHOOK_SECRET": "s"}
     files = sorted(root.glob("*.yaml"))
     assert files
     for f in files:

@@ -3,12 +3,18 @@ strategies end to end, deterministically, and its cache model behaves like vLLM'
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path
+
+import pytest
 
 from bench.sim.__main__ import main, summarize
 from bench.sim.backend import Backend, BackendConfig, PrefixCache, Request
-from bench.sim.cluster import SimConfig, _keys, run
+from bench.sim.cluster import SimConfig, _keys, backend_configs, capacity_rps, run
+from bench.sim.families import FAMILIES, HELDOUT_SEEDS, TUNE_SEEDS
+from bench.sim.workload import sessions
 
 TINY = SimConfig(backends=3, duration_s=60.0, warmup_s=10.0, seed=5)
 
@@ -19,14 +25,16 @@ def test_every_strategy_runs_and_reports_sane_numbers(tmp_path: Path) -> None:
                  "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {r["strategy"]: r for r in result["results"]}
-    assert set(rows) == {"round-robin", "least-busy", "prefix-affinity", "latency", "cost"}
+    assert set(rows) == {"round-robin", "least-busy", "prefix-affinity", "prefix-load",
+                         "latency", "cost"}
     for r in rows.values():
         assert r["requests"] > 100
         assert 0 < r["ttft_p50_ms"] <= r["ttft_p99_ms"]
         assert 0.0 <= r["prefix_cache_hit_rate"] <= 1.0
     # Sticky sessions hit their own history; round-robin mostly only the system prompts.
-    assert rows["prefix-affinity"]["prefix_cache_hit_rate"] > rows["round-robin"][
-        "prefix_cache_hit_rate"]
+    for sticky in ("prefix-affinity", "prefix-load"):
+        assert rows[sticky]["prefix_cache_hit_rate"] > rows["round-robin"][
+            "prefix_cache_hit_rate"]
 
 
 def test_runs_are_deterministic_for_a_seed() -> None:
@@ -80,3 +88,58 @@ def test_cache_never_evicts_pinned_blocks_and_evicts_tails_first() -> None:
     cache.release([11, 12], partial_blocks=0)
     assert cache.admit([1, 2, 3], partial_blocks=0) == 2
     assert cache.pinned() == 9
+
+
+def test_families_are_split_into_tuning_and_held_out_seeds() -> None:
+    assert not set(TUNE_SEEDS) & set(HELDOUT_SEEDS)
+    assert {"chat-short", "chat-long", "single-turn", "rag", "bursty", "hetero",
+            "flood"} <= set(FAMILIES)
+
+
+def test_rag_family_prefixes_exceed_one_backend_and_fill_70_percent_of_the_cluster() -> None:
+    cfg = FAMILIES["rag"].build(HELDOUT_SEEDS[0])
+    wl, b = cfg.workload, cfg.backend
+    total = wl.system_prompts * sum(wl.system_tokens) / 2
+    per_backend = b.kv_blocks * b.block_tokens
+    assert wl.system_prompts == 150 and total == 900_000
+    assert total > 5 * per_backend
+    assert abs(total / (cfg.backends * per_backend) - 0.70) < 0.01
+
+
+def test_bursty_arrivals_are_on_off_with_the_same_mean_rate() -> None:
+    wl = FAMILIES["bursty"].build(1).workload
+    got = sessions(wl, 5.0, 200.0, random.Random(3))
+    period = wl.burst_on_s + wl.burst_off_s
+    assert all(s.start % period < wl.burst_on_s for s in got)
+    assert 0.8 * 5.0 * 200 < len(got) < 1.2 * 5.0 * 200
+
+
+def test_a_slow_backend_takes_longer_steps_and_capacity_counts_it() -> None:
+    fast = SimConfig(backends=2)
+    slow = SimConfig(backends=2, slow_backends=1, slow_factor=2.0)
+    assert backend_configs(slow)[0].step_base_s == 2 * backend_configs(slow)[1].step_base_s
+    assert capacity_rps(slow)[0] == pytest.approx(capacity_rps(fast)[0] * 0.75)
+
+
+def test_flood_family_mixes_two_tenants_with_distinct_sessions() -> None:
+    cfg = dataclasses.replace(FAMILIES["flood"].build(1), backends=3, duration_s=40.0,
+                              warmup_s=5.0)
+    out = run(cfg, "least-busy")
+    tenants = {r.tenant for r in out.requests}
+    assert tenants == {"main", "flood"}
+    assert len({(r.session, r.turn) for r in out.requests}) == len(out.requests)
+
+
+def test_targets_compare_the_new_default_with_round_robin_and_least_busy() -> None:
+    from bench.sim.report import check_targets
+
+    def row(fam: str, strategy: str, p50: float, p99: float) -> dict[str, object]:
+        return {"family": fam, "strategy": strategy, "ttft_p50_ms": p50, "ttft_p99_ms": p99}
+
+    rows = [row("rag", "round-robin", 400, 900), row("rag", "least-busy", 420, 800),
+            row("rag", "prefix-load", 30, 100),
+            row("chat", "round-robin", 50, 200), row("chat", "least-busy", 55, 190),
+            row("chat", "prefix-load", 53, 199)]
+    got = check_targets(rows)  # type: ignore[arg-type]
+    assert [line.split()[0] for line in got] == ["PASS", "PASS", "FAIL"]
+    assert got[2].startswith("FAIL chat:")  # p50 53 > 1.05 × 50, p99 199 <= 1.05 × 190

@@ -1,0 +1,1 @@
+"""Request stages: safety checks, the response cache — one seam (base.py)."""
