@@ -31,6 +31,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "promote": {"error_rate": {"max_ratio": 3}, "latency_p95": {"max_ratio": 3}},
     "errors": {"error_rate": {"max": 0.05, "max_ratio": 2}},
     "ttft": {"ttft_p95": {"max_ratio": 1.5}},
+    "tpot": {"tpot_p95": {"max_ratio": 1.5}},
     "latency": {"latency_p95": {"max_ratio": 1.5}},
     "length": {"length_share": {"max_ratio": 1.5, "max": 0.2}},
     "cost": {"cost_per_request": {"max_ratio": 1.2}},
@@ -150,6 +151,7 @@ def test_an_equal_candidate_is_promoted_and_then_serves_everything(cluster: Clus
 @pytest.mark.parametrize(("scenario", "stream", "gate"), [
     ("errors", False, "error_rate"),
     ("ttft", True, "ttft_p95"),
+    ("tpot", True, "tpot_p95"),
     ("latency", False, "latency_p95"),
     ("length", False, "length_share"),
     ("cost", False, "cost_per_request"),
@@ -162,6 +164,8 @@ def test_a_breached_gate_rolls_the_candidate_back(cluster: Cluster, scenario: st
     elif scenario in ("ttft", "latency"):
         # Well above what a loaded machine adds to the baseline's loopback latency.
         fake.delay_next(10_000, seconds=0.6)
+    elif scenario == "tpot":
+        fake.chunk_delay = 0.1  # between tokens: ~100 ms per output token against ~1 ms
     elif scenario == "length":
         fake.finish_reason = "length"
     s = cluster.until(f"chat-{scenario}", "rolled_back", stream=stream)
