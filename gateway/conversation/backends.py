@@ -8,6 +8,7 @@ only ever used by one thread at a time; neither is the ledger writer's.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,19 +65,32 @@ class SQLiteBackend:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=10.0)
         try:
-            # Switching the mode takes a lock that is not retried under the busy timeout: only
-            # the first connection to a new database switches it (the mode is persistent).
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            # As the ledger: NORMAL in WAL mode survives a process crash; an OS crash may lose
-            # the last responses stored, which only makes their ids unknown.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if create:
-                conn.executescript(statements(SQLITE).schema)
+            # Two connections opening a new database at once can see "database is locked"
+            # while one of them switches it to WAL: SQLite does not apply the busy timeout to
+            # that switch, so the set-up is retried here for up to ~5 s.
+            for attempt in range(100):
+                try:
+                    self._set_up(conn, create)
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
         except sqlite3.Error:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _set_up(conn: sqlite3.Connection, create: bool) -> None:
+        # Only the first connection to a new database switches its mode (it is persistent).
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        # As the ledger: NORMAL in WAL mode survives a process crash; an OS crash may lose
+        # the last responses stored, which only makes their ids unknown.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if create:
+            conn.executescript(statements(SQLITE).schema)
 
     def run(self, conn: sqlite3.Connection, q: str,
             params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
