@@ -21,29 +21,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.observability.histograms import HistogramFamily
+from gateway.observability.trace_export import gateway_resource, named_exporters
 
 log = logging.getLogger("gateway.metrics")
 
 
 def metric_exporters(env: Mapping[str, str] | None = None) -> list[Any]:
-    env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    out: list[Any] = []
-    for name in env.get("OTEL_METRICS_EXPORTER", "otlp").split(","):
-        name = name.strip().lower()
-        if name == "otlp":
-            exporter = _otlp(env)
-            if exporter is not None:
-                out.append(exporter)
-        elif name == "console":
-            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+    def console() -> Any:
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 
-            out.append(ConsoleMetricExporter())
-        elif name not in ("none", ""):
-            log.warning("OTEL_METRICS_EXPORTER names %r, which this gateway does not know "
-                        "(known: otlp, console, none); ignoring it", name)
-    return out
+        return ConsoleMetricExporter()
+
+    return named_exporters(env, "OTEL_METRICS_EXPORTER", _otlp, console)
 
 
 def _otlp(env: Mapping[str, str]) -> Any:
@@ -81,15 +70,10 @@ class OtlpMetricExport:
 
     def __init__(self, families: Sequence[HistogramFamily], exporters: list[Any],
                  interval_s: float = 60.0) -> None:
-        from opentelemetry.sdk.resources import Resource
-
         self._families = [f for f in families if f.otel_name]
         self._exporters = exporters
         self._interval = interval_s
-        resource = Resource.create()
-        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-            resource = resource.merge(Resource({"service.name": "model-gateway"}))
-        self._resource = resource
+        self._resource = gateway_resource()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
