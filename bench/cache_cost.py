@@ -1,12 +1,19 @@
 """`python -m bench.cache_cost`: what the response cache costs and saves, at c=1.
 
-Two measurements:
+Three measurements:
 
-1. **In process** — the cache stage's own work per request on the overhead benchmark's chat
-   request: `stages.begin` + `before()` (a lookup that misses) + `reply()` (the store), with
-   the memory backend, against a policy without stages (where the proxy calls nothing:
-   `rt.stages` is empty). Median and p99 in µs; resolves what an end-to-end run cannot.
-2. **End to end** — the overhead benchmark's nginx mock (`bench/overhead/mock_nginx.py`, a
+1. **In process** — the stage seam's own work per request on the overhead benchmark's chat
+   request, with the memory backend: `stages.begin` + `before()` + `reply()`, against a policy
+   without stages (where the proxy calls nothing: `rt.stages` is empty). Cases: `cache miss +
+   store` (a distinct prompt per request), `guard + cache miss` (one regex input guard, the
+   issue's budget case), `cache hit` (`before()` answers; the replay's bytes are built).
+   "on path" is what the request waits for; "total" adds the store, which runs on the next loop
+   turn, after the reply was handed on (`loop.call_soon`). Median and p99 in µs.
+2. **Instructions** (`--instructions`) — the same cases under callgrind: instructions per
+   request, counters zeroed after a warm-up and dumped after `--requests` requests. The
+   measure a shared machine cannot move; compare two versions with `--src DIR` (a directory
+   holding another `gateway` package, imported ahead of this one).
+3. **End to end** — the overhead benchmark's nginx mock (`bench/overhead/mock_nginx.py`, a
    static chat completion) and two real `gateway serve` processes, one with `cache:` on and one
    without; one keep-alive client sends the same deterministic request sequentially: straight
    to the mock ("direct"), through the bare pass-through (`bench/overhead/bare_passthrough.py`,
@@ -44,6 +51,7 @@ from gateway.accounting.usage import Usage
 from gateway.call import Call, Principal
 from gateway.policy.models import Policy
 from gateway.providers.base import Target
+from gateway.stages import answer as answer_module
 from gateway.stages.pipeline import begin
 from gateway.stages.registry import build_stages
 
@@ -57,24 +65,38 @@ REPLY = json.dumps({
     "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}}).encode()
 
 
-def _policy(cache: bool) -> Policy:
+GUARD = {"order-ids": {"detector": {"kind": "regex", "patterns": [r"ORD-\d{6}-[A-Z]{2}\b"]}}}
+CASES = ("no stages", "cache miss + store", "cache miss, path only", "guard + cache miss",
+         "cache hit")
+
+
+def _policy(case: str) -> Policy:
     return Policy.model_validate({
         "providers": {"up": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
         "models": {"bench-model": {"deployments": [{"provider": "up", "model": "bench-model"}]}},
-        **({"cache": {"max_entries": 1_000_000}} if cache else {})})
+        **({"cache": {"max_entries": 1_000_000}} if case != "no stages" else {}),
+        **({"guards": GUARD} if case.startswith("guard") else {})})
 
 
-async def _in_process(cache: bool, n: int) -> list[float]:
-    policy = _policy(cache)
+async def _in_process(case: str, n: int, between: Any = None) -> tuple[list[float], list[float]]:
+    """(on-path, total) seconds per request; `between(i)` runs before request `i` untimed."""
+    policy = _policy(case)
     rt: Any = SimpleNamespace(policy=policy)
     rt.stages = build_stages(policy, rt)
+    if case == "cache miss, path only":  # what the request waits for: the store never runs
+        for stage in rt.stages:
+            stage.begin = _no_store(stage.begin)
     principal = Principal("default", "anonymous")
     target = Target("bench-model", policy.models["bench-model"].deployments[0], "up")
-    out = []
+    hit = case == "cache hit"
+    on_path, total = [], []
     for i in range(n):
-        # A distinct prompt per request: every lookup misses and every reply is stored.
+        if between is not None:
+            between(i)
+        # A distinct prompt per request (every lookup misses, every reply is stored), except
+        # for hits: one prompt, stored before the first timed request.
         body = {"model": "bench-model", "temperature": 0, "max_tokens": 16,
-                "messages": [{"role": "user", "content": f"{PROMPT} {i}"}]}
+                "messages": [{"role": "user", "content": PROMPT if hit else f"{PROMPT} {i}"}]}
         call = Call(endpoint="chat", model="bench-model", body=body,
                     raw=json.dumps(body).encode(), stream=False, request_id="r")
         record = RequestRecord("r", datetime.now(UTC), "default", "anonymous", "bench-model",
@@ -85,11 +107,77 @@ async def _in_process(cache: bool, n: int) -> list[float]:
         if rt.stages:  # what the proxy does per request
             stages = begin(rt, call, principal, record)
             if stages is not None:
+                answer = None
                 for _name, run in stages.runs:
-                    await run.before()
-                await stages.reply(REPLY, target, False)
-        out.append(time.perf_counter() - t0)
-    return out
+                    answer = await run.before()
+                    if answer is not None:
+                        replay = getattr(answer_module, "replayed", None)  # older trees lack it
+                        if replay is not None:
+                            replay(answer, call, None)
+                        break
+                if answer is None:
+                    await stages.reply(REPLY, target, False)
+        t1 = time.perf_counter()
+        await asyncio.sleep(0)  # the loop turn that runs the deferred store
+        t2 = time.perf_counter()
+        on_path.append(t1 - t0)
+        total.append(t2 - t0)
+    return on_path, total
+
+
+def _no_store(begin_run: Any) -> Any:
+    def wrapped(ctx: Any) -> Any:
+        run = begin_run(ctx)
+        if run is not None and hasattr(run, "_soon"):
+            run._soon = lambda *args: None
+        return run
+    return wrapped
+
+
+def _instructions(n: int, src: str | None) -> None:
+    """Re-run this module under callgrind, one case after another in one process."""
+    exe = shutil.which("valgrind")
+    if exe is None:
+        sys.exit("valgrind is missing: apt-get install -y valgrind")
+    work = Path(tempfile.mkdtemp(prefix="cache-instr-"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, str(ROOT)) if p)}
+    subprocess.run([exe, "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p",
+                    "--dump-instr=no", "--combine-dumps=no", "-q", sys.executable, "-m",
+                    "bench.cache_cost", "--under-callgrind", str(work), "--requests", str(n)],
+                   cwd=work, env=env, check=True)  # not ROOT: `-m` puts the cwd first
+
+
+def _dump_total(path: Path) -> int:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    return 0
+
+
+def _under_callgrind(work: Path, n: int) -> None:
+    import gateway
+
+    print(f"  (gateway from {Path(gateway.__file__).parent})", flush=True)
+    pid = os.getpid()
+
+    def control(flag: str) -> None:
+        subprocess.run(["callgrind_control", flag, str(pid)], capture_output=True, timeout=300,
+                       check=False)
+
+    for case in CASES:
+        warm = max(50, n // 5)
+        asyncio.run(_in_process(case, warm))  # imports, first-call caches, the hit's entry
+
+        def between(i: int, warm: int = warm) -> None:
+            if i == warm:  # the warm-up's requests are done: count from here
+                control("-z")
+
+        before = set(work.glob("cg.*"))
+        asyncio.run(_in_process(case, warm + n, between))
+        control("-d")
+        dumps = sorted(set(work.glob("cg.*")) - before)
+        ir = sum(_dump_total(d) for d in dumps)
+        print(f"  {case:24} {ir / n:12,.0f} instructions per request", flush=True)
 
 
 def _wait(port: int, path: str, timeout: float = 180.0) -> None:
@@ -199,11 +287,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20_000, help="in-process, per case")
     p.add_argument("--http-requests", type=int, default=2_000, help="end to end, per case")
+    p.add_argument("--instructions", action="store_true",
+                   help="instructions per request under callgrind (in process) and stop")
+    p.add_argument("--src", help="with --instructions: a directory holding another `gateway`")
+    p.add_argument("--in-process-only", action="store_true")
+    p.add_argument("--under-callgrind", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.under_callgrind:
+        _under_callgrind(Path(a.under_callgrind), a.requests)
+        return
+    if a.instructions:
+        print(f"in process, instructions per request ({a.requests} requests per case):")
+        _instructions(a.requests, a.src)
+        return
     gc.freeze()
-    print("in process, µs per request (the cache stage's seam work):")
-    for label, cache in (("no stages", False), ("cache miss + store", True)):
-        print(f"  {label:24} {_fmt(asyncio.run(_in_process(cache, a.requests)), 1e6)}")
+    print("in process, µs per request (the stage seam's work; total adds the deferred store):")
+    for case in CASES:
+        on_path, total = asyncio.run(_in_process(case, a.requests))
+        print(f"  {case:24} on path {_fmt(on_path, 1e6)}   total {_fmt(total, 1e6)}")
+    if a.in_process_only:
+        return
     print("end to end at c=1, ms per request:")
     for label, xs in _end_to_end(a.http_requests).items():
         print(f"  {label:24} {_fmt(xs, 1e3)}")

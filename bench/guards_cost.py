@@ -1,12 +1,30 @@
-"""`python -m bench.guards_cost`: what one request's guard stage costs on the request path,
-timed in process (the end-to-end overhead run cannot resolve a few µs on a busy machine).
+"""`python -m bench.guards_cost`: what one request's guard stage costs on the request path, in
+process (the end-to-end run cannot resolve a few µs on a busy machine), three ways.
 
-For the overhead benchmark's chat request (and a 4 KiB prompt), it times the stage seam's
-work per request — `stages.begin`, `before()`, `attempt()` for an external target — with one
-regex input guard, against the same policy without guards (where the proxy makes no call at
-all: `rt.stages` is empty). Prints the median and p99 in µs over rounds of 20,000 requests.
+For the overhead benchmark's chat request (and a 4 KiB prompt) it runs the stage seam's work
+per request — `stages.begin`, `before()`, `attempt()` for an external target — with one regex
+input guard, against the same policy without guards (where the proxy makes no call at all:
+`rt.stages` is empty):
 
-Not a test (no timed assertions in the suite): run it on a quiet machine.
+- wall time: the median and p99 in µs over rounds of `-n` requests (noise under load);
+- CPU time: the process's CPU seconds over the same rounds, per request (`--cpu`);
+- instructions, which other processes cannot move: run one configuration per process under
+  callgrind and subtract (the loop and the process start are the same in both):
+
+      for w in none guard; do valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$w \
+          .venv/bin/python -m bench.guards_cost --only $w --prompt bench -n 5000 --rounds 1
+      done
+      # added per request = (summary of cg.guard − summary of cg.none) / 5000
+      grep -h '^summary' /tmp/cg.none /tmp/cg.guard
+
+End to end, what a client sees (p50 at concurrency 1, no guard against one regex guard, same
+mocks, round-robin): on a quiet machine,
+
+      bench/overhead/run.sh --targets direct,bare-aiohttp,gateway,gateway-guard \
+          --scenarios a --repeat 3
+
+(`--seconds 2 --soak-requests 200` for a one-minute smoke run). Not a test (no timed
+assertions in the suite).
 """
 
 from __future__ import annotations
@@ -67,24 +85,39 @@ async def _round(policy: Policy, prompt: str, n: int) -> list[float]:
     return out
 
 
+CONFIGS = {"none": {}, "guard": GUARD}
+NAMES = {"none": "no guards", "guard": "one regex input guard"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("-n", type=int, default=20_000)
+    p.add_argument("--only", choices=sorted(CONFIGS), help="one configuration (callgrind)")
+    p.add_argument("--prompt", choices=["bench", "4k"], help="one prompt (callgrind)")
+    p.add_argument("--cpu", action="store_true", help="also CPU time per request")
     args = p.parse_args()
-    prompts = {"bench prompt": PROMPT, "4 KiB prompt": (PROMPT + " ") * 128}
-    for label, prompt in prompts.items():
-        for name, guards in (("no guards", {}), ("one regex input guard", GUARD)):
+    prompts = {"bench": ("bench prompt", PROMPT), "4k": ("4 KiB prompt", (PROMPT + " ") * 128)}
+    for key, (label, prompt) in prompts.items():
+        if args.prompt and key != args.prompt:
+            continue
+        for which, guards in CONFIGS.items():
+            if args.only and which != args.only:
+                continue
             policy = _policy(guards)
-            medians, p99s = [], []
+            medians, p99s, cpus = [], [], []
             for _ in range(args.rounds):
                 gc.collect()
+                c0 = time.process_time()
                 xs = sorted(asyncio.run(_round(policy, prompt, args.n)))
+                cpus.append((time.process_time() - c0) / args.n * 1e6)
                 medians.append(xs[len(xs) // 2] * 1e6)
                 p99s.append(xs[int(len(xs) * 0.99)] * 1e6)
-            print(f"{label:13} {name:22} median {statistics.median(medians):6.2f} µs "
+            cpu = f", CPU {statistics.median(cpus):6.2f} µs/request (whole loop)" \
+                if args.cpu else ""
+            print(f"{label:13} {NAMES[which]:22} median {statistics.median(medians):6.2f} µs "
                   f"(rounds {min(medians):.2f}–{max(medians):.2f}), p99 "
-                  f"{statistics.median(p99s):6.2f} µs")
+                  f"{statistics.median(p99s):6.2f} µs{cpu}")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,35 @@ endpoints with a warm prefix index, per strategy, and print p50/p99 in µs.
 
 Not a test (no timed assertions in the suite): run it on a quiet machine. Prompts are a
 multi-turn chat (1.5k-token system prompt, three turns: ~2.5k tokens) and, separately, a
-single-turn RAG prompt of 6k tokens; the characters-per-token ratio is 4.
+single-turn RAG prompt of 6k tokens; the characters-per-token ratio is 4. Every timed
+decision gets a call object of its own, as a request does, so nothing computed from the body
+carries over from the warm-up.
+
+`--instructions` counts instructions per decision under callgrind instead of timing them (a
+shared machine cannot move that figure): the process warms up, its counters are zeroed, it
+makes `-n` decisions per row and the counters are dumped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import os
 import random
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from gateway.call import Call
 from gateway.policy.models import Deployment
 from gateway.providers.base import Target
 from gateway.routing.base import EndpointLoad, Signals
 from gateway.routing.registry import make_strategy
+from gateway.routing.signals import EngineMetrics, SignalCollector
 
 _WORDS = ("router", "latency", "invoice", "refund", "kernel", "tensor", "policy", "token")
 
@@ -52,27 +66,112 @@ def _calls(kind: str, n: int, rng: random.Random) -> list[Call]:
     return calls
 
 
-def bench(strategy: str, kind: str, endpoints: int, n: int) -> tuple[float, float]:
-    rng = random.Random(1)
-    targets = [Target("m", Deployment(provider="p", model="m", name=f"gpu-{i}"), "p")
-               for i in range(endpoints)]
-    signals = Signals(loads={t.id: EndpointLoad(in_flight=rng.randint(0, 8), waiting=rng.randint(
-        0, 3), kv_cache_usage=rng.random()) for t in targets})
-    calls = _calls(kind, n, rng)
-    s = make_strategy(strategy, 1)
-    for c in calls:  # warm: the prefix index holds every prompt's chunks
-        s.order(targets, signals, c)
+class _Row:
+    """One strategy × prompt kind, warmed up. With `live` signals every decision sees a new
+    snapshot, as a busy gateway does (`SignalCollector` rebuilds it after each attempt's
+    begin/end): each pick begins an attempt and the oldest of 64 in flight ends."""
+
+    def __init__(self, strategy: str, kind: str, endpoints: int, n: int, live: bool) -> None:
+        rng = random.Random(1)
+        self.targets = [Target("m", Deployment(provider="p", model="m", name=f"gpu-{i}"), "p")
+                        for i in range(endpoints)]
+        self.collector: SignalCollector | None = None
+        if live:
+            c = self.collector = SignalCollector()
+            for t in self.targets:
+                c.observe(t.id, EngineMetrics(waiting=rng.randint(0, 3), running=4,
+                                              kv_cache_usage=rng.random()))
+        self.fixed = Signals(loads={t.id: EndpointLoad(
+            in_flight=rng.randint(0, 8), waiting=rng.randint(0, 3),
+            kv_cache_usage=rng.random()) for t in self.targets})
+        self.in_flight: list[str] = []
+        calls = _calls(kind, n, rng)
+        self.strategy = make_strategy(strategy, 1)
+        for c in calls:  # warm: the prefix index holds every prompt's chunks
+            self.after(self.strategy.order(self.targets, self.signals(), c))
+        # Fresh call objects with fresh message dicts and strings: what a new request brings.
+        self.calls = [dataclasses.replace(c, body={"model": "m", "messages": [
+            {"role": m["role"], "content": "".join(list(m["content"]))}
+            for m in c.body["messages"]]}) for c in calls]
+
+    def signals(self) -> Signals:
+        return self.collector.snapshot() if self.collector is not None else self.fixed
+
+    def after(self, order: list[Target]) -> None:
+        if self.collector is not None:
+            self.collector.begin(order[0].id)
+            self.in_flight.append(order[0].id)
+            if len(self.in_flight) > 64:
+                self.collector.end(self.in_flight.pop(0), ok=True)
+
+
+def bench(strategy: str, kind: str, endpoints: int, n: int,
+          live: bool = False) -> tuple[float, float]:
+    row = _Row(strategy, kind, endpoints, n, live)
+    s, targets = row.strategy, row.targets
     times = []
     gc.disable()
     try:
-        for c in calls:
+        for c in row.calls:
             t0 = time.perf_counter_ns()
-            s.order(targets, signals, c)
+            order = s.order(targets, row.signals(), c)
             times.append(time.perf_counter_ns() - t0)
+            row.after(order)
     finally:
         gc.enable()
     times.sort()
     return times[len(times) // 2] / 1000, times[int(len(times) * 0.99)] / 1000
+
+
+def _child(strategies: list[str], endpoints: int, n: int, live: bool) -> None:
+    """Under callgrind: set every row up, say so, wait for the parent to zero the counters,
+    then decide each row in turn, with a pause for a dump between rows."""
+    rows = [_Row(name, kind, endpoints, n, live) for name in strategies
+            for kind in ("chat", "rag")]
+    for row in rows:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for c in row.calls:
+            row.after(row.strategy.order(row.targets, row.signals(), c))
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+def _instructions(strategies: list[str], endpoints: int, n: int, live: bool) -> list[float]:
+    exe = shutil.which("valgrind")
+    if exe is None:
+        sys.exit("valgrind is missing: apt-get install -y valgrind")
+    out: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [exe, "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p", "-q",
+               sys.executable, "-m", "bench.routing_decision", "--child", "--endpoints",
+               str(endpoints), "-n", str(n), "--strategies", ",".join(strategies),
+               *(["--live"] if live else [])]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONHASHSEED": "0"})
+        assert proc.stdin is not None and proc.stdout is not None
+        rows = len(strategies) * 2
+        for row in range(rows + 1):
+            assert proc.stdout.readline().strip() == "ready"
+            if row:  # the previous row's decisions, since the last zeroing
+                before = set(Path(tmp).glob("cg.*"))
+                subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                               capture_output=True)
+                dump = max(set(Path(tmp).glob("cg.*")) - before, key=lambda p: p.stat().st_mtime)
+                out.append(_total(dump) / n)
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                           capture_output=True)
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        proc.wait(timeout=600)
+    return out
+
+
+def _total(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--endpoints", type=int, default=16)
     ap.add_argument("-n", type=int, default=3000, help="decisions timed per row")
     ap.add_argument("--strategies", default="weighted,least-busy,prefix-affinity,prefix-load")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instructions per decision under callgrind, not time")
+    ap.add_argument("--live", action="store_true",
+                    help="a new signals snapshot for every decision (a busy gateway)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    names = args.strategies.split(",")
+    if args.child:
+        _child(names, args.endpoints, args.n, args.live)
+        return 0
+    if args.instructions:
+        counts = iter(_instructions(names, args.endpoints, args.n, args.live))
+        print(f"{'strategy':<16} {'prompt':<6} {'instr/decision':>15}  ({args.endpoints} "
+              "endpoints, callgrind)")
+        for name in names:
+            for kind in ("chat", "rag"):
+                print(f"{name:<16} {kind:<6} {next(counts):>15,.0f}")
+        return 0
     print(f"{'strategy':<16} {'prompt':<6} {'p50 µs':>8} {'p99 µs':>8}  ({args.endpoints} "
           "endpoints)")
     for name in args.strategies.split(","):
         for kind in ("chat", "rag"):
-            p50, p99 = bench(name, kind, args.endpoints, args.n)
+            p50, p99 = bench(name, kind, args.endpoints, args.n, args.live)
             print(f"{name:<16} {kind:<6} {p50:>8.1f} {p99:>8.1f}")
     return 0
 

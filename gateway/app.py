@@ -38,6 +38,8 @@ from gateway.api.responses_ingress import ResponsesIngress
 from gateway.auth import Authenticator
 from gateway.conversation import ResponseStore
 from gateway.errors import GatewayError
+from gateway.flow.metrics import FlowMetrics
+from gateway.flow.stage import FlowControl
 from gateway.limits.base import Limiter
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import Metrics
@@ -53,6 +55,7 @@ from gateway.rollouts.shadow import ShadowTraffic
 from gateway.routing.health import Health
 from gateway.routing.signals import SignalCollector, probes_from_policy
 from gateway.runtime import Deps, Runtime
+from gateway.stages.cache_metrics import CacheMetrics
 from gateway.supervisor import LocalBackends
 from gateway.upstream import UpstreamClient
 
@@ -90,6 +93,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     # GenAI histograms, per-deployment series, demand signals (observability/request_metrics.py)
     settler.listeners.append(lambda r: metrics.settled.observe(r, settler.policy))
     settler.listeners.append(metrics.guards_settled)  # guard verdicts (gateway/guards)
+    settler.listeners.append(metrics.spills_settled)  # spill decisions (routing/spill.py)
     gpu_lifetimes = GpuLifetimes.from_policy(policy)  # what GPU-hour billing charges for
     # Stored Responses API responses (previous_response_id), beside the ledger.
     responses_store = ResponseStore.from_policy(policy)
@@ -103,6 +107,11 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     proxy = Proxy(deps)
     rollouts.shadow = ShadowTraffic(proxy)  # copies of baseline requests to the candidate
     backends = LocalBackends(policy)
+    # Flow-control pools (gateway/flow), kept across reloads: queued requests survive them.
+    flow = FlowControl(FlowMetrics(metrics.registry, metrics.settled.tenants))
+    # Response cache series (gateway/stages/cache_metrics.py); savings counted as records settle.
+    cache_metrics = CacheMetrics(metrics.registry, metrics.settled.tenants)
+    settler.listeners.append(cache_metrics.settled)
 
     def install(new: Policy) -> None:
         """Build a runtime for `new` and swap it in; in-flight requests keep the old one."""
@@ -110,7 +119,8 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         pools = Runtime.clients_for(new, state.pools)
         rollouts.set_policy(new)
         rt = Runtime(new, {n: c for n, (_, c) in pools.items()}, health, signals,
-                     lambda: _unavailable(new, signals, backends), rollouts)
+                     lambda: _unavailable(new, signals, backends), rollouts, flow,
+                     cache_metrics=cache_metrics)
         old_pools = state.pools
         state.pools = pools
         state.runtime = rt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +71,9 @@ class Call:
     # Admission's prompt-token estimate when the ingress knows it better than `body` does.
     prompt_estimate: int | None = None
     upstream_response_id: str | None = None
+    # The client connection's ASGI `receive`: a request held in a flow-control queue waits on
+    # it to notice the client leave (gateway/flow). None outside an HTTP request.
+    receive: Callable[[], Awaitable[Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

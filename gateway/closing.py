@@ -44,6 +44,8 @@ class Closer:
         if record.closed:
             return
         record.closed = True
+        if record.on_close is not None:
+            record.on_close()
         settler = self.deps.settler
         if not settler.needs_estimate(record):
             self._journal_and_finish(reservation, record, span)
@@ -57,6 +59,8 @@ class Closer:
         if record.closed:
             return
         record.closed = True
+        if record.on_close is not None:
+            record.on_close()
         if self.deps.settler.needs_estimate(record):
             self._start(self._estimate_then_close(reservation, record, span, None))
         else:

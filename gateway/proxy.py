@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from gateway.accounting.records import AttemptOutcome, AttemptRecord, RequestRecord
@@ -101,10 +102,12 @@ class Proxy:
             if self.deps.limiter is not None and rt.policy.tenants:
                 reservation = await self.deps.limiter.admit(
                     principal, call.model, rt.estimate(call, principal))
-            self.deps.settler.admitted(record)
             stages = begin_stages(rt, call, principal, record) if rt.stages else None
-            if stages is not None and (answered := await stages.before(
-                    self.closer, reservation, codec, t0, span)) is not None:
+            if stages is None:
+                self.deps.settler.admitted(record)
+            elif (answered := await stages.before(self.closer, reservation, codec, t0, span,
+                                                  partial(self.deps.settler.admitted, record))
+                  ) is not None:
                 return answered  # a stage answered (cache hit): its record is closed
             return await self._serve(rt, call, principal, record, reservation, codec, t0, span,
                                      stages)
@@ -186,6 +189,7 @@ class Proxy:
         allowed = principal.allowed_models
         plan = rt.router.plan(call, allowed=allowed)
         record.rollout_arm = plan.arm  # the rollout measures this request on its arm
+        record.route_reason = plan.reason  # a spill decision, kept in the ledger
         queue = list(plan.attempts)
         skipped = list(plan.skipped)
         context_switched = False

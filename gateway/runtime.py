@@ -20,7 +20,7 @@ from gateway.providers.base import Adapter
 from gateway.providers.registry import build_adapter
 from gateway.routing.health import Health
 from gateway.routing.plan import Router
-from gateway.stages.base import Stage
+from gateway.stages.base import Reserves, Stage
 from gateway.stages.registry import build_stages
 from gateway.upstream import UpstreamClient
 
@@ -32,10 +32,17 @@ class Runtime:
     def __init__(self, policy: Policy, clients: dict[str, UpstreamClient],
                  health: Health, signals: Any,
                  unavailable: Callable[[], frozenset[str]] | None = None,
-                 rollouts: Any = None) -> None:
+                 rollouts: Any = None, flow: Any = None, cache_metrics: Any = None) -> None:
         self.policy = policy
         self.clients = clients
         self.health = health
+        self.signals = signals
+        # gateway.flow.FlowControl: the app's flow-control pools, kept across reloads (the
+        # flow stage reconfigures them for this policy).
+        self.flow = flow
+        # gateway.stages.cache_metrics.CacheMetrics: the app's cache series (the cache stage
+        # of every reload counts into them).
+        self.cache_metrics = cache_metrics
         self.adapters: dict[str, Adapter] = {
             name: build_adapter(name, cfg) for name, cfg in policy.providers.items()
         }
@@ -45,12 +52,16 @@ class Runtime:
         # Request stages (guards, response cache), in run order; empty: none configured, and
         # the request path skips every stage hook (gateway/stages/base.py).
         self.stages: tuple[Stage, ...] = build_stages(policy, self)
+        # Stages that spend on a request's behalf (a guard's classifier): admitted with it.
+        self._reserving = tuple(s for s in self.stages if isinstance(s, Reserves))
         self._default_max = policy.accounting.default_max_tokens
         # A request can land on its model's deployments or any fallback's its tenant may use:
         # budgets reserve the dearest of them.
         self._reachable = {
             name: [(m, [d.id for d in policy.models[m].deployments])
-                   for m in dict.fromkeys((name, *route.fallbacks, *route.context_fallbacks))]
+                   for m in dict.fromkeys((name, *route.fallbacks, *route.context_fallbacks,
+                                           *(route.spill.to if route.spill else ())))
+                   if m in policy.models]
             for name, route in policy.models.items()
         }
 
@@ -69,7 +80,13 @@ class Runtime:
                for d in ds]
         cost = self.prices.worst_case(ids, prompt, completion, principal.tenant,
                                       datetime.now(UTC))
-        return Estimate(prompt, completion, cost)
+        extra = 0
+        for s in self._reserving:
+            spend = s.reserve(call, principal, prompt, completion)
+            if spend is not None:
+                extra += spend[0]
+                cost += spend[1]
+        return Estimate(prompt, completion, cost, extra)
 
     @staticmethod
     def clients_for(policy: Policy, previous: Mapping[str, tuple[ProviderBase, UpstreamClient]]

@@ -102,6 +102,7 @@ def load_backend(options: ServeOptions, *, hub_endpoint: str | None = None) -> B
     except TypeError as exc:  # kv_batch's message names the unsupported cache layer
         raise LaunchError(str(exc)) from exc
     metrics.watch_load(engine.load)
+    metrics.report_cache(config.prefix_cache_tokens)
 
     embedding_name = options.embedding_model or DEFAULT_EMBEDDING_MODEL
     embedder = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -77,6 +77,19 @@ class BackendMetrics:
     def watch_load(self, load: Callable[[], EngineLoad]) -> None:
         """Report the engine's running/waiting/KV gauges, read at each scrape."""
         self.registry.register(_LoadCollector(self._model, load))
+
+    def report_cache(self, prefix_cache_tokens: int) -> None:
+        """Export vLLM's info gauge `vllm:cache_config_info` (value 1, the config in labels,
+        no `model_name`, one series per `engine`): the gateway's prefix-load takes a
+        backend's cache size from it, `num_gpu_blocks` × `block_size`, and assumes far more
+        than this engine holds without it. The local engine caches whole prompts under a
+        token budget, not in blocks, so a block here is one token and the product is exact."""
+        labels = {"block_size": "1", "cache_dtype": "auto",
+                  "enable_prefix_caching": str(prefix_cache_tokens > 0),
+                  "num_gpu_blocks": str(prefix_cache_tokens), "num_cpu_blocks": "0",
+                  "engine": "0"}
+        Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+              list(labels), registry=self.registry).labels(**labels).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

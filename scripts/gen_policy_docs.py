@@ -15,9 +15,11 @@ from pydantic import BaseModel
 
 from gateway.policy import alerts as al
 from gateway.policy import cache as c
+from gateway.policy import flow as fl
 from gateway.policy import guards as g
 from gateway.policy import models as m
 from gateway.policy import rollouts as r
+from gateway.policy import spill as sp
 from gateway.policy import tenants as t
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "policy.md"
@@ -38,6 +40,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("alerts", al.Alerts),
     ("alerts.webhooks[]", al.Webhook),
     ("cache (the store and the default rule)", c.CacheSettings),
+    ("flow_control", fl.FlowControl),
     ("models.NAME.cache (also tenants.NAME.cache)", c.CacheRule),
     ("guards.NAME", g.Guard),
     ("guards.NAME.applies_to", g.GuardScope),
@@ -57,6 +60,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("models.NAME", m.ModelRoute),
     ("models.NAME.deployments[]", m.Deployment),
     ("models.NAME.deployments[].pricing[] (also tenants.NAME.pricing.DEPLOYMENT[])", m.Price),
+    ("models.NAME.session_key with a header", sp.SessionHeader),
+    ("models.NAME.spill", sp.Spill),
     ("models.NAME.rollout", r.Rollout),
     ("models.NAME.rollout.candidate", r.RolloutCandidate),
     ("models.NAME.rollout.steps[]", r.RolloutStep),

@@ -1,7 +1,7 @@
 """Instructions per request under callgrind: the cost measure that a shared machine cannot move.
 
     .venv/bin/python -m bench.overhead.instructions --targets bare-aiohttp,gateway \
-        --requests 200 --body-kb 200 [--stream] [--patched NAME=DIR]
+        --requests 200 --body-kb 200 [--stream] [--responses] [--patched NAME=DIR]
 
 CPU time per request (the overhead benchmark's measure) still moves by ±30 % when other
 processes share the core's caches and its hyperthread sibling. Instruction counts do not:
@@ -47,7 +47,8 @@ def _wrapper(workdir: Path) -> str:
     path = workdir / "python-callgrind"
     path.write_text("#!/bin/sh\n"
                     f"exec {exe} --tool=callgrind --callgrind-out-file={workdir}/cg.%p "
-                    f"--dump-instr=no --combine-dumps=no -q {sys.executable} \"$@\"\n")
+                    "--dump-instr=no --combine-dumps=no --separate-threads=yes "
+                    f"-q {sys.executable} \"$@\"\n")
     path.chmod(0o755)
     return str(path)
 
@@ -58,10 +59,13 @@ def _control(*args: str) -> str:
     return out.stdout + out.stderr
 
 
-def _dumped_ir(workdir: Path, pid: int, before: set[Path], keep: Path) -> int:
-    """Instructions in the dump `callgrind_control -d` just wrote (all threads); the dump is
-    kept as `keep` (`callgrind_annotate` shows where the instructions went)."""
-    total = 0
+def _dumped_ir(workdir: Path, pid: int, before: set[Path], keep: Path) -> tuple[int, int]:
+    """Instructions in the dump `callgrind_control -d` just wrote: all threads, and the main
+    thread's alone (the event loop: the request's own path). The other threads — the ledger
+    writer, the response store's workers — batch what they get within a wall-clock interval,
+    so under callgrind's 50× slowdown their batches are smaller and their cost per request
+    higher than at full speed. The dump is kept as `keep` (`callgrind_annotate` reads it)."""
+    total = main = 0
     for path in sorted(workdir.glob(f"cg.{pid}*")):
         if path in before:
             continue
@@ -69,8 +73,11 @@ def _dumped_ir(workdir: Path, pid: int, before: set[Path], keep: Path) -> int:
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith(("summary:", "totals:")):
                 total += int(line.split()[1])
+                # `--separate-threads`: one file per thread, `cg.<pid>.<part>-<thread>`.
+                if path.name.endswith("-01"):
+                    main += int(line.split()[1])
                 break
-    return total
+    return total, main
 
 
 async def _load(ep: Endpoint, body: bytes, n: int, concurrency: int, stream: bool) -> int:
@@ -90,32 +97,77 @@ async def _load(ep: Endpoint, body: bytes, n: int, concurrency: int, stream: boo
     return done
 
 
-def measure(t: Target, env: Env, n: int, stream: bool) -> dict[str, Any]:
-    run = runner.start_target(replace(t, ready_timeout=600.0), env)
-    ep = run.stream if stream else run.json
-    body = (ep.api.stream_body(ep.stream_model, ep.store) if stream else
-            padded(ep.api.json_body(ep.json_model, ep.store), env.body_kb).encode())
+def _body(ep: Endpoint, env: Env, stream: bool) -> bytes:
+    if stream:
+        return ep.api.stream_body(ep.stream_model, ep.store)
+    return padded(ep.api.json_body(ep.json_model, ep.store), env.body_kb).encode()
+
+
+def _counted(env: Env, pid: int, keep: Path, action: Any) -> tuple[int, int, float]:
+    """(instructions, event-loop thread's, seconds counted) while `action()` runs."""
+    _control("-z", str(pid))
+    t0 = time.monotonic()
+    action()
+    before = set(env.workdir.glob(f"cg.{pid}*"))
+    _control("-d", str(pid))
+    span = time.monotonic() - t0
+    deadline = time.monotonic() + 60
+    ir = loop_ir = 0
+    while time.monotonic() < deadline and not ir:
+        time.sleep(0.5)
+        ir, loop_ir = _dumped_ir(env.workdir, pid, before, keep)
+    return ir, loop_ir, span
+
+
+def measure(t: Target, env: Env, n: int, stream: bool, responses: bool = False,
+            idle_s: float = 0.0) -> list[dict[str, Any]]:
+    """Each row of the target (its chat row; with `responses`, its Responses rows too) on the
+    same processes: counters zeroed after that row's warm-up, dumped after its requests.
+
+    With `idle_s`, the event loop is also counted idle for that long, and each row gets
+    `event_loop_net_per_request`: its event-loop count less the idle rate × its seconds.
+    The loop's timers (log flushes, policy reload checks) fire by the wall clock, and under
+    callgrind a row's seconds vary with whatever else the machine runs, so this takes out
+    the one part of the count that the machine's load can move."""
+    run = runner.start_target(replace(t, ready_timeout=600.0), env, responses)
+    out: list[dict[str, Any]] = []
     try:
-        asyncio.run(_load(ep, body, max(20, n // 10), 8, stream))  # warm: pools, caches
-        assert ep.proc is not None
-        pid = ep.proc.pid
-        _control("-z", str(pid))
-        t0 = time.monotonic()
-        served = asyncio.run(_load(ep, body, n, 8, stream))
-        wall = time.monotonic() - t0
-        before = set(env.workdir.glob(f"cg.{pid}*"))
-        _control("-d", str(pid))
-        deadline = time.monotonic() + 60
-        ir = 0
-        while time.monotonic() < deadline and not ir:
-            time.sleep(0.5)
-            ir = _dumped_ir(env.workdir, pid, before, RESULTS / f"callgrind-{t.name}")
+        for lane in run.lanes(responses):
+            ep = lane.stream if stream else lane.json
+            if ep.proc is None:
+                continue  # direct: no process of ours to count
+            body = _body(ep, env, stream)
+            asyncio.run(_load(ep, body, max(20, n // 10), 8, stream))  # warm: pools, caches
+            served = 0
+
+            def load(ep: Endpoint = ep, body: bytes = body) -> None:
+                nonlocal served
+                served = asyncio.run(_load(ep, body, n, 8, stream))
+
+            keep = RESULTS / f"callgrind-{lane.key.replace('/', '-')}"
+            ir, loop_ir, span = _counted(env, ep.proc.pid, keep, load)
+            out.append({"target": lane.key, "label": lane.label, "api": lane.api,
+                        "pid": ep.proc.pid, "requests": served, "instructions": ir,
+                        "event_loop_instructions": loop_ir, "counted_s": round(span, 2),
+                        "instructions_per_request": round(ir / served) if served else None,
+                        "event_loop_per_request": round(loop_ir / served) if served else None})
+            log(json.dumps(out[-1]))
+        if idle_s > 0:
+            for proc in run.procs():
+                keep = RESULTS / f"callgrind-{t.name}-idle"
+                _, idle, span = _counted(env, proc.pid, keep, lambda: time.sleep(idle_s))
+                rate = idle / span
+                log(f"{t.name} (pid {proc.pid}) idle: {rate:,.0f} event-loop instructions/s")
+                for r in out:
+                    if r["pid"] == proc.pid and r["requests"]:
+                        r["idle_event_loop_per_s"] = round(rate)
+                        r["event_loop_net_per_request"] = round(
+                            (r["event_loop_instructions"] - rate * r["counted_s"])
+                            / r["requests"])
     finally:
         for p in run.procs():
             env.procs.stop(p)
-    return {"target": t.name, "label": t.label, "requests": served, "instructions": ir,
-            "instructions_per_request": round(ir / served) if served else None,
-            "wall_s_under_callgrind": round(wall, 1)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--body-kb", type=int, default=0)
     p.add_argument("--stream", action="store_true", help="streams (20 events) instead")
     p.add_argument("--chunks", type=int, default=20, help="SSE events per stream")
+    p.add_argument("--responses", action="store_true",
+                   help="each target's Responses rows too (on the same processes)")
+    p.add_argument("--idle-s", type=float, default=0.0,
+                   help="also count each process idle this long, and subtract that rate")
     p.add_argument("--patched", metavar="NAME=DIR", action="append", default=[])
     p.add_argument("--patched-only", action="store_true",
                    help="measure only the patched copies of the gateway targets")
@@ -153,22 +209,29 @@ def main(argv: list[str] | None = None) -> int:
         for t in selected:
             log(f"{t.name}: {a.requests} {'streams' if a.stream else 'requests'} "
                 "under callgrind")
-            results.append(measure(t, env, a.requests, a.stream))
-            log(json.dumps(results[-1]))
+            results += measure(t, env, a.requests, a.stream, a.responses, a.idle_s)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    floor = next((r["instructions_per_request"] for r in results
-                  if r["target"].startswith("bare")), None)
     what = "stream" if a.stream else "request"
     shape = f", streams of {a.chunks} events" if a.stream else ""
-    print(f"| target ({a.body_kb or 'small'} KiB body{shape}) | instructions per {what} "
-          "| vs bare |")
-    print("|---|---|---|")
+    keys = ["event_loop_per_request", "instructions_per_request"]
+    heads = ["event loop", "all threads"]
+    if a.idle_s > 0:
+        keys.insert(0, "event_loop_net_per_request")
+        heads.insert(0, "event loop, less idle")
+    print(f"| target ({a.body_kb or 'small'} KiB body{shape}), instructions per {what} | "
+          + " | ".join(f"{h} | − bare" for h in heads) + " |")
+    print("|---|" + "---|---|" * len(keys))
     for r in results:
-        per = r["instructions_per_request"]
-        ratio = f"{per / floor:.2f}×" if floor and per else "—"
-        print(f"| {r['label']} | {per:,} | {ratio} |")
+        # Each row against the bare pass-through of its own API (a Responses reply is larger).
+        bare = next((f for f in results
+                     if f["target"].startswith("bare") and f["api"] == r["api"]), None)
+        cells = []
+        for k in keys:
+            per, floor = r.get(k), bare.get(k) if bare else None
+            cells += [f"{per:,}" if per else "—", f"{per - floor:,}" if floor and per else "—"]
+        print(f"| {r['label']} | " + " | ".join(cells) + " |")
     (RESULTS / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(
         {"command": " ".join(sys.argv), "body_kb": a.body_kb, "stream": a.stream,
          "results": results}, indent=2))

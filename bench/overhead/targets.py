@@ -23,6 +23,7 @@ from bench.overhead.procs import SUT_CPU, Proc, Procs, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BENCH_KEY = "sk-bench-" + "0123456789abcdef" * 2
 # A price on the deployment, so that the gateway's cost accounting runs as it does in production.
 PRICING = [{"input": "0.15", "output": "0.60"}]
@@ -122,7 +123,7 @@ class Bare(Target):
 
 
 def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path,
-                   renamed: bool = False) -> dict:
+                   renamed: bool = False, postgres: bool = False) -> dict:
     ups = env.upstreams
     policy: dict = {
         "version": 1,
@@ -158,6 +159,10 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
         }}
     if redis:
         policy["state"] = {"redis_url": env.redis_url, "key_prefix": env.redis_prefix}
+    if postgres:
+        # The ledger (and key store) in a schema of the run's own, named after its Redis prefix.
+        policy["ledger"]["url"] = PG_URL
+        policy["ledger"]["schema"] = "bench_" + env.redis_prefix.strip(":").replace("-", "_")
     return policy
 
 
@@ -167,13 +172,20 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
 STAGE_SECTIONS: dict[str, dict] = {
     "guard": {"guards": {"order-ids": {"detector": {
         "kind": "regex", "patterns": [r"ORD-\d{6}-[A-Z]{2}\b"]}}}},
+    # The exact response cache (docs/stages.md): every request after the first is a hit.
+    "cache": {"cache": {"ttl_s": 3600}},
 }
+STAGE_SECTIONS["guard+cache"] = {**STAGE_SECTIONS["guard"], **STAGE_SECTIONS["cache"]}
+# Request headers a stage target's load sends: `no-cache` makes every request the cache's miss
+# path (asked upstream, then stored) without changing the body.
+STAGE_HEADERS: dict[str, dict[str, str]] = {"guard+cache": {"Cache-Control": "no-cache"}}
 
 
 @dataclass(frozen=True)
 class Gateway(Target):
     tenants: bool = False
     redis: bool = False
+    postgres: bool = False  # the PostgreSQL ledger (BENCH_PG_URL) instead of SQLite
     renamed: bool = False
     # A key of STAGE_SECTIONS whose sections the policy gets ("": none).
     stages: str = ""
@@ -187,7 +199,7 @@ class Gateway(Target):
         tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / "policy.yaml"
         policy = gateway_policy(env, port, tenants=self.tenants, redis=self.redis, tmp=tmp,
-                                renamed=self.renamed)
+                                renamed=self.renamed, postgres=self.postgres)
         policy.update(STAGE_SECTIONS.get(self.stages, {}))
         path.write_text(yaml.safe_dump(policy, sort_keys=False))
         proc = env.procs.start(
@@ -197,6 +209,7 @@ class Gateway(Target):
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (self.src, str(ROOT))
                                                              if p)})
         headers = {"Authorization": f"Bearer {BENCH_KEY}"} if self.tenants else {}
+        headers.update(STAGE_HEADERS.get(self.stages, {}))
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers,
                         proc=proc, port=port)
 
@@ -270,10 +283,17 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Bare("bare-httpx", "bare pass-through, httpx", shared=False, client="httpx"),
     Gateway("gateway", "this gateway (open mode)"),
     Gateway("gateway-guard", "this gateway (open mode) + one regex input guard", stages="guard"),
+    Gateway("gateway-cache-hit", "this gateway (open mode), answered from the response cache",
+            stages="cache"),
+    Gateway("gateway-guard-cache-miss", "this gateway (open mode) + one regex input guard + "
+            "the response cache, every request its miss path (Cache-Control: no-cache)",
+            stages="guard+cache"),
     Gateway("gateway-renamed", "this gateway (open mode), renamed models", renamed=True),
     Gateway("gateway-auth", "this gateway + tenants, auth, memory limits", tenants=True),
     Gateway("gateway-redis", "this gateway + tenants, auth, Redis limits", tenants=True,
             redis=True),
+    Gateway("gateway-redis-pg", "this gateway + tenants, auth, Redis limits, PostgreSQL ledger",
+            tenants=True, redis=True, postgres=True),
     LiteLLM("litellm", "LiteLLM proxy", ready_timeout=120.0),
 )}
 

@@ -42,8 +42,8 @@ class BackendConfig:
 
 class Request:
     __slots__ = ("arrival", "backend", "finish", "first_token", "hit_tokens", "keys",
-                 "measured", "output_tokens", "prompt_tokens", "remaining", "session", "tenant",
-                 "turn")
+                 "measured", "output_tokens", "prompt_tokens", "queued_s", "remaining",
+                 "session", "tenant", "turn")
 
     def __init__(self, session: int, turn: int, arrival: float, prompt_tokens: int,
                  output_tokens: int, keys: list[int], measured: bool,
@@ -61,6 +61,7 @@ class Request:
         self.remaining = 0  # prefill tokens still to compute
         self.first_token = -1.0
         self.finish = -1.0
+        self.queued_s = 0.0  # held by flow control before it was routed (bench/sim/flow.py)
 
 
 class PrefixCache:

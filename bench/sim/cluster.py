@@ -13,9 +13,12 @@ import dataclasses
 import functools
 import heapq
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bench.sim.backend import Backend, BackendConfig, Request
+from bench.sim.replicas import Gateways
 from bench.sim.workload import (
     Session,
     SystemPrompt,
@@ -31,8 +34,7 @@ from gateway.call import Call
 from gateway.policy.models import Deployment
 from gateway.providers.base import Target
 from gateway.routing.base import Strategy
-from gateway.routing.registry import make_strategy
-from gateway.routing.signals import EngineMetrics, SignalCollector
+from gateway.routing.signals import EngineMetrics
 
 _ARRIVAL, _STEP, _SCRAPE = 0, 1, 2
 
@@ -58,6 +60,11 @@ class SimConfig:
     flood: WorkloadConfig | None = None
     """A second workload mixed in (another tenant's flood), offered at `flood_load`."""
     flood_load: float = 0.0
+    replicas: int = 1
+    """Gateway replicas, each with its own strategy and signals (bench/sim/replicas.py)."""
+    share_s: float | None = None
+    """With several replicas: how often they exchange the shared view (None: never, each
+    routes on its own view)."""
 
 
 def backend_configs(cfg: SimConfig) -> list[BackendConfig]:
@@ -111,6 +118,18 @@ def _keys(segments: list[tuple[int, int]], block: int) -> list[int]:
     return keys
 
 
+class Admission(Protocol):
+    """What stands between a turn's arrival and its routing (flow control, bench/sim/flow.py).
+    Each method returns the (session, arrival time) pairs to route now."""
+
+    def arrive(self, s: Session, now: float) -> Iterable[tuple[Session, float]]: ...
+
+    def finished(self, r: Request, now: float) -> Iterable[tuple[Session, float]]: ...
+
+    def tick(self, now: float) -> None:
+        """Called before every event: queue timeouts are due."""
+
+
 @dataclass(slots=True)
 class Outcome:
     strategy: str
@@ -127,9 +146,11 @@ def _workload(cfg: SimConfig, wl: WorkloadConfig, load: float,
     return systems, sessions(wl, load * rate / turns, cfg.duration_s, rng)
 
 
-def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) -> Outcome:
+def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
+        admission: Admission | None = None) -> Outcome:
     """Simulate `cfg` routed by the policy strategy `strategy_name` (or by `strategy`, an
-    instance with non-default constants, when tuning)."""
+    instance with non-default constants, when tuning), each turn passing `admission` first
+    when one is given."""
     rng = random.Random(cfg.seed)
     systems, all_sessions = _workload(cfg, cfg.workload, cfg.load, rng)
     if cfg.flood is not None and cfg.flood_load > 0:
@@ -148,11 +169,9 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) ->
                    for i in range(cfg.backends)]
     targets = [Target("llama", d, "sim") for d in deployments]
     index = {t.id: i for i, t in enumerate(targets)}
-    if strategy is None:
-        strategy = make_strategy(strategy_name, cfg.seed)
     now = 0.0
-    collector = SignalCollector(interval_s=cfg.scrape_interval_s,
-                                stale_s=3 * cfg.scrape_interval_s, clock=lambda: now)
+    gateways = Gateways(cfg.replicas, cfg.share_s, strategy_name, cfg.seed, strategy,
+                        lambda: now, cfg.scrape_interval_s)
     backends = [Backend(i, bc) for i, bc in enumerate(backend_configs(cfg))]
     block = cfg.backend.block_tokens
 
@@ -169,7 +188,7 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) ->
     push(0.0, _SCRAPE, None)
     measured: list[Request] = []
 
-    def send(s: Session, t: float) -> None:
+    def send(s: Session, t: float, arrived: float | None = None) -> None:
         turn = s.turns[s.next_turn]
         if s.next_turn == 0:
             sp = systems[s.system]
@@ -180,14 +199,16 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) ->
         prompt = sum(n for _, n in s.segments)
         keys = _keys([*s.segments, (segment_id(s, s.next_turn, True), turn.output_tokens)],
                      block)
-        r = Request(s.sid, s.next_turn, t, prompt, turn.output_tokens, keys,
-                    measured=cfg.warmup_s <= t < cfg.duration_s, tenant=s.tenant)
+        # A turn held by `admission` is measured from when it arrived, queueing included.
+        at = t if arrived is None else arrived
+        r = Request(s.sid, s.next_turn, at, prompt, turn.output_tokens, keys,
+                    measured=cfg.warmup_s <= at < cfg.duration_s, tenant=s.tenant)
+        r.queued_s = t - at
         call = Call(endpoint="chat", model="llama", raw=b"", stream=True,
                     request_id=f"{s.sid}-{s.next_turn}",
                     body={"model": "llama", "messages": list(s.messages), "stream": True,
                           "max_tokens": turn.output_tokens})
-        chosen = strategy.order(targets, collector.snapshot(), call)[0]
-        collector.begin(chosen.id)
+        chosen = gateways.route(targets, call, (s.sid, s.next_turn))
         be = backends[index[chosen.id]]
         r.backend = be.index
         be.waiting.append(r)
@@ -204,15 +225,23 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) ->
     by_sid = {s.sid: s for s in all_sessions}
     while events:
         now, _, kind, obj = heapq.heappop(events)
+        if admission is not None:
+            admission.tick(now)
         if kind == _ARRIVAL:
             assert isinstance(obj, Session)
-            send(obj, now)
+            if admission is None:
+                send(obj, now)
+            else:
+                for s, arrived in admission.arrive(obj, now):
+                    send(s, now, arrived)
         elif kind == _STEP:
             assert isinstance(obj, Backend)
             _, done = obj.finish_step(now)
             for r in done:
-                collector.end(targets[r.backend].id, ok=True, latency_s=r.finish - r.arrival,
-                              ttft_s=r.first_token - r.arrival)
+                # The gateway times an attempt from when it is sent: queueing is not in it.
+                sent = r.arrival + r.queued_s
+                gateways.end((r.session, r.turn), targets[r.backend].id,
+                             latency_s=r.finish - sent, ttft_s=r.first_token - sent)
                 s = by_sid[r.session]
                 s.segments.append((segment_id(s, r.turn, True), r.output_tokens))
                 s.messages.append({"role": "assistant", "content": reply_text(s, r.turn)})
@@ -220,10 +249,13 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None) ->
                 nxt = now + s.turns[r.turn].think_s
                 if s.next_turn < len(s.turns) and nxt < cfg.duration_s:
                     push(nxt, _ARRIVAL, s)
+                if admission is not None:
+                    for s2, arrived in admission.finished(r, now):
+                        send(s2, now, arrived)
             _start(obj, now)
         else:
             for be in backends:
-                collector.observe(targets[be.index].id, EngineMetrics(
+                gateways.observe(targets[be.index].id, EngineMetrics(
                     waiting=len(be.waiting), running=be.running, kv_cache_usage=be.kv_usage(),
                     cache_tokens=be.cfg.kv_blocks * be.cfg.block_tokens))
             if now < cfg.duration_s:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.accounting.ledger_rows import (
     ATTEMPT_COLUMNS,
     BUCKETS,
+    MONEY_VALUES,
     REQUEST_COLUMNS,
     ROLLUP_KEY,
     ROLLUP_VALUES,
@@ -168,6 +169,28 @@ ADDED_COLUMNS = (
     ("requests", "saved_usd", "text"),
     # The guards that ran, as JSON text (docs/guards.md); NULL when none ran.
     ("requests", "guards", "text"),
+    # Why a `spill:` rule ordered the attempts as it did (gateway/routing/spill.py).
+    ("requests", "route_reason", "text"),
+)
+
+
+# Indexes made after the columns above exist (one names an added column). The requests
+# explorer lists newest first under each filter it offers: by time alone, one tenant's, the
+# errors (a partial index: few rows), one client request id; `requests_key_ts` serves a key.
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
+    "CREATE INDEX IF NOT EXISTS requests_tenant_ts ON requests (tenant, ts)",
+    "CREATE INDEX IF NOT EXISTS requests_errors_ts ON requests (ts) WHERE status >= 400",
+    "CREATE INDEX IF NOT EXISTS requests_client_id ON requests (client_request_id) "
+    "WHERE client_request_id IS NOT NULL",
+)
+
+# Rollup columns added after a ledger may exist, with their backend types. A backend that
+# finds them missing adds them and fills them from the requests/attempts tables in the same
+# transaction (``savings_backfill_sql``), so an upgraded ledger's rollups stay exact.
+ADDED_ROLLUP_COLUMNS = (
+    ("cache_hits", "{count} NOT NULL DEFAULT 0"),
+    ("saved_usd", "{money} NOT NULL DEFAULT {zero}"),
 )
 
 
@@ -187,6 +210,11 @@ def _where(ph: str, tenant: str | None, prefix: str = "") -> str:
     return w + (f" AND {prefix}tenant = {ph}" if tenant is not None else "")
 
 
+def rollup_where(ph: str, tenant: str | None) -> str:
+    """The WHERE of a rollup read; its parameters are `span(start, end, tenant)`."""
+    return _where(ph, tenant)
+
+
 def check_groups(group_by: Sequence[str]) -> None:
     for g in group_by:
         if g not in GROUPS:
@@ -196,8 +224,7 @@ def check_groups(group_by: Sequence[str]) -> None:
 def rollup_sql(group_by: Sequence[str], tenant: str | None, ph: str, dec_sum: str) -> str:
     check_groups(group_by)
     cols = ", ".join(group_by)
-    sums = [f"SUM({c}) AS {c}" for c in ROLLUP_VALUES if c != "cost_usd"]
-    sums.append(f"{dec_sum}(cost_usd) AS cost_usd")
+    sums = [f"{dec_sum if c in MONEY_VALUES else 'SUM'}({c}) AS {c}" for c in ROLLUP_VALUES]
     q = f"SELECT {', '.join([*group_by, *sums])} FROM rollups_daily WHERE {_where(ph, tenant)}"
     return q + (f" GROUP BY {cols} ORDER BY {cols}" if group_by else "")
 
@@ -213,10 +240,17 @@ _DIRECT_EXPR = {
 _LAST = "(a.idx IS NULL OR a.idx = r.attempts - 1)"
 
 
+_HIT = "a.outcome = 'cache_hit'"
+
+
 def direct_sql(
-    group_by: Sequence[str], tenant: str | None, ph: str, dec_sum: str, zero: str
+    group_by: Sequence[str], tenant: str | None, ph: str, dec_sum: str, zero: str,
+    money: str = "{}",
 ) -> str:
+    """The rollup sums computed from requests/attempts. ``money`` turns the text column
+    ``requests.saved_usd`` into the backend's exact decimal (``CAST({} AS numeric)``)."""
     check_groups(group_by)
+    saved = money.format("r.saved_usd")
     sel = [f"{_DIRECT_EXPR[g]} AS {g}" for g in group_by]
     sel += [
         f"SUM(CASE WHEN {_LAST} THEN 1 ELSE 0 END) AS requests",
@@ -224,6 +258,9 @@ def direct_sql(
         "COUNT(a.idx) AS attempts",
         *(f"SUM(COALESCE(a.{b}, 0)) AS {b}" for b in BUCKETS),
         f"{dec_sum}(COALESCE(a.cost_usd, {zero})) AS cost_usd",
+        f"SUM(CASE WHEN {_HIT} THEN 1 ELSE 0 END) AS cache_hits",
+        f"{dec_sum}(CASE WHEN {_HIT} THEN COALESCE({saved}, {zero}) ELSE {zero} END) "
+        "AS saved_usd",
     ]
     q = (
         f"SELECT {', '.join(sel)} FROM requests r "
@@ -235,11 +272,27 @@ def direct_sql(
     return q
 
 
-def rebuild_sql(ph: str, dec_sum: str, zero: str) -> str:
+def rebuild_sql(ph: str, dec_sum: str, zero: str, money: str = "{}") -> str:
     cols = ", ".join((*ROLLUP_KEY, *ROLLUP_VALUES))
     return f"INSERT INTO rollups_daily ({cols}) " + direct_sql(
-        list(ROLLUP_KEY), None, ph, dec_sum, zero
+        list(ROLLUP_KEY), None, ph, dec_sum, zero, money
     )
+
+
+def savings_backfill_sql(dec_sum: str, zero: str, money: str = "{}") -> str:
+    """Cache hits and saved cost per rollup key, from the cache-hit attempts (run once, when
+    the rollup columns are added to an existing ledger); rows are (hits, saved, *key)."""
+    saved = money.format("r.saved_usd")
+    return (f"SELECT COUNT(*), {dec_sum}(COALESCE({saved}, {zero})), r.day, r.tenant, "
+            "r.model, a.deployment, a.provider FROM attempts a "
+            f"JOIN requests r ON r.request_id = a.request_id WHERE {_HIT} "
+            "GROUP BY r.day, r.tenant, r.model, a.deployment, a.provider")
+
+
+def savings_update_sql(ph: str) -> str:
+    """Sets one rollup row's savings; parameters are a `savings_backfill_sql` row."""
+    key = " AND ".join(f"{c} = {ph}" for c in ROLLUP_KEY)
+    return f"UPDATE rollups_daily SET cache_hits = {ph}, saved_usd = {ph} WHERE {key}"
 
 
 def tokens_sql(n_deployments: int, ph: str) -> str:
@@ -258,7 +311,7 @@ def totals_row(group: dict[str, Any], values: Sequence[Any]) -> dict[str, Any]:
     """A query row → {group columns…, requests, …, cost_usd} with ints and a Decimal."""
     out = dict(group)
     for name, v in zip(ROLLUP_VALUES, values, strict=True):
-        if name == "cost_usd":
+        if name in MONEY_VALUES:
             out[name] = Decimal(str(v)) if v is not None else Decimal(0)
         else:
             out[name] = int(v or 0)
@@ -280,6 +333,7 @@ class SQLLedger:
     ph: ClassVar[str]
     dec_sum: ClassVar[str]
     zero: ClassVar[str]
+    money: ClassVar[str] = "{}"  # a decimal-text column as this backend's exact decimal
     _conn: Any = None
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -330,19 +384,14 @@ class SQLLedger:
     def _rebuild(self, conn: Any, start: date, end: date) -> None:
         self._execute(conn, f"DELETE FROM rollups_daily WHERE {_where(self.ph, None)}",
                       (start, end))
-        self._execute(conn, rebuild_sql(self.ph, self.dec_sum, self.zero), (start, end))
+        self._execute(conn, rebuild_sql(self.ph, self.dec_sum, self.zero, self.money),
+                      (start, end))
 
     # -- reads --------------------------------------------------------------------------------
 
     def _grouped(self, q: str, start: date, end: date, tenant: str | None,
                  group_by: Sequence[str]) -> list[dict[str, Any]]:
-        out = []
-        for row in self._query(q, _span(start, end, tenant)):
-            group = dict(zip(group_by, row[: len(group_by)], strict=True))
-            if isinstance(group.get("day"), str):  # SQLite keeps days as ISO text
-                group["day"] = date.fromisoformat(group["day"])
-            out.append(totals_row(group, row[len(group_by):]))
-        return out
+        return grouped_rows(self._query(q, span(start, end, tenant)), group_by)
 
     def rollup_totals(self, start: date, end: date, tenant: str | None,
                       group_by: Sequence[str]) -> list[dict[str, Any]]:
@@ -351,7 +400,7 @@ class SQLLedger:
 
     def direct_totals(self, start: date, end: date, tenant: str | None,
                       group_by: Sequence[str]) -> list[dict[str, Any]]:
-        q = direct_sql(group_by, tenant, self.ph, self.dec_sum, self.zero)
+        q = direct_sql(group_by, tenant, self.ph, self.dec_sum, self.zero, self.money)
         return self._grouped(q, start, end, tenant, group_by)
 
     def deployment_tokens(self, start: date, end: date,
@@ -368,7 +417,7 @@ class SQLLedger:
     def read_records(self, start: date, end: date,
                      tenant: str | None = None) -> Iterator[RequestRecord]:
         where = _where(self.ph, tenant, "r.")
-        params = _span(start, end, tenant)
+        params = span(start, end, tenant)
         reqs = self._query(
             f"SELECT {', '.join('r.' + c for c in REQUEST_COLUMNS)} FROM requests r "
             f"WHERE {where} ORDER BY r.ts, r.request_id", params)
@@ -383,6 +432,18 @@ class SQLLedger:
             yield record_from_rows(d, atts.get(d["request_id"], []))
 
 
-def _span(start: date, end: date, tenant: str | None) -> list[Any]:
+def grouped_rows(rows: Sequence[Sequence[Any]], group_by: Sequence[str]
+                 ) -> list[dict[str, Any]]:
+    """Query rows (the group columns, then ROLLUP_VALUES) as `totals_row` dicts."""
+    out = []
+    for row in rows:
+        group = dict(zip(group_by, row[: len(group_by)], strict=True))
+        if isinstance(group.get("day"), str):  # SQLite keeps days as ISO text
+            group["day"] = date.fromisoformat(group["day"])
+        out.append(totals_row(group, row[len(group_by):]))
+    return out
+
+
+def span(start: date, end: date, tenant: str | None) -> list[Any]:
     """The parameters of `_where`."""
     return [start, end] + ([tenant] if tenant is not None else [])

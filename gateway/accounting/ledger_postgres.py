@@ -16,9 +16,13 @@ from psycopg import sql as pgsql
 
 from gateway.accounting.ledger import (
     ADDED_COLUMNS,
+    ADDED_INDEXES,
+    ADDED_ROLLUP_COLUMNS,
     LedgerUnavailable,
     SQLLedger,
     redact,
+    savings_backfill_sql,
+    savings_update_sql,
     schema_sql,
 )
 from gateway.accounting.ledger_rows import (
@@ -33,19 +37,23 @@ from gateway.accounting.ledger_rows import (
 )
 from gateway.accounting.records import RequestRecord
 
-SCHEMA = schema_sql({"text": "text", "time": "timestamptz", "day": "date", "bool": "boolean",
-                     "int": "integer", "count": "bigint", "real": "double precision",
-                     "money": "numeric"})
+TYPES = {"text": "text", "time": "timestamptz", "day": "date", "bool": "boolean",
+         "int": "integer", "count": "bigint", "real": "double precision", "money": "numeric",
+         "zero": "0"}
+SCHEMA = schema_sql(TYPES)
+_MONEY = "CAST({} AS numeric)"  # requests.saved_usd is decimal text (an added column)
 
 _REQUEST_TYPES = (
     "text", "timestamptz", "date", "text", "text", "text", "text", "boolean", "integer",
     "float8", "float8", "text", "boolean", "integer", "numeric", "text", "text", "text", "text",
+    "text",
 )
 _ATTEMPT_TYPES = (
     "text", "integer", "text", "text", "text", "text", "integer",
     "bigint", "bigint", "bigint", "bigint", "bigint", "text", "numeric", "float8", "text",
 )
-_ROLLUP_TYPES = ("date", "text", "text", "text", "text", *["bigint"] * 8, "numeric")
+_ROLLUP_TYPES = ("date", "text", "text", "text", "text", *["bigint"] * 8, "numeric", "bigint",
+                 "numeric")
 
 
 def _unnest(types: Sequence[str]) -> str:
@@ -99,9 +107,50 @@ def pg_connect(url: str, *, schema: str | None, application_name: str,
 
 def _create_tables(conn: psycopg.Connection[Any]) -> None:
     conn.execute(SCHEMA)
+    _add_columns(conn)
+    for statement in ADDED_INDEXES:
+        conn.execute(statement)  # type: ignore[arg-type]  # constants, not user input
+    _add_rollup_columns(conn)
+
+
+def _add_columns(conn: psycopg.Connection[Any]) -> None:
     for table, column, kind in ADDED_COLUMNS:
         conn.execute(pgsql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
             pgsql.Identifier(table), pgsql.Identifier(column), pgsql.SQL(kind)))
+
+
+def _has_added_columns(conn: psycopg.Connection[Any]) -> bool:
+    """Whether every column of ADDED_COLUMNS exists (one catalog lookup, no lock)."""
+    rows = conn.execute(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE a.attrelid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) t) "
+        "AND NOT a.attisdropped", (sorted({t for t, _, _ in ADDED_COLUMNS}),)).fetchall()
+    have = {(r[0], r[1]) for r in rows}
+    return all((t, c) in have for t, c, _ in ADDED_COLUMNS)
+
+
+def _rollup_columns(conn: psycopg.Connection[Any]) -> set[str]:
+    """The added rollup columns present (a catalog lookup: every report's connect asks)."""
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('rollups_daily') "
+        "AND attname = ANY(%s) AND NOT attisdropped",
+        ([c for c, _ in ADDED_ROLLUP_COLUMNS],)).fetchall()
+    return {r[0] for r in rows}
+
+
+def _add_rollup_columns(conn: psycopg.Connection[Any]) -> None:
+    """Add the savings columns to an older ledger's rollups and fill them (inside the schema
+    lock's transaction, so one replica does it and the others find it done)."""
+    have = _rollup_columns(conn)
+    missing = [(c, kind) for c, kind in ADDED_ROLLUP_COLUMNS if c not in have]
+    if not missing:
+        return
+    for column, kind in missing:
+        conn.execute(pgsql.SQL("ALTER TABLE rollups_daily ADD COLUMN IF NOT EXISTS {} {}").format(
+            pgsql.Identifier(column), pgsql.SQL(kind.format_map(TYPES))))
+    rows = conn.execute(savings_backfill_sql("SUM", "0", _MONEY)).fetchall()
+    with conn.cursor() as cur:
+        cur.executemany(savings_update_sql("%s"), rows)
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -112,6 +161,7 @@ class PostgresLedger(SQLLedger):
     ph = "%s"
     dec_sum = "SUM"
     zero = "0"
+    money = _MONEY
 
     def __init__(self, url: str, *, schema: str | None = None, create: bool = True,
                  connect_timeout_s: int = 3) -> None:
@@ -138,6 +188,20 @@ class PostgresLedger(SQLLedger):
             conn.close()
             raise LedgerUnavailable(f"no ledger tables in postgres ledger {redact(self.url)} "
                                     f"(schema {self.schema or 'public'})")
+        if not self.create:
+            # A reader (an upgraded `gateway usage report` or `usage requests`) may be first
+            # to open an older ledger: it adds the columns it reads, as a gateway would (the
+            # indexes stay the gateway's: building one is no job for a listing).
+            try:
+                if (len(_rollup_columns(conn)) < len(ADDED_ROLLUP_COLUMNS)
+                        or not _has_added_columns(conn)):
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                        _add_columns(conn)
+                        _add_rollup_columns(conn)
+            except psycopg.Error as e:
+                conn.close()
+                raise LedgerUnavailable(f"postgres ledger {redact(self.url)}: {e}") from e
         self._conn = conn
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -59,6 +59,10 @@ class RollupDelta:
     output: int = 0
     reasoning: int = 0
     cost_usd: Decimal = Decimal(0)
+    # Response-cache hits and what they saved, on the cache-hit attempt's row (the console
+    # and reports read them here instead of joining requests to attempts over a month).
+    cache_hits: int = 0
+    saved_usd: Decimal = Decimal(0)
 
 
 def rollup_deltas(records: Iterable[RequestRecord]) -> list[tuple[RollupKey, RollupDelta]]:
@@ -91,6 +95,9 @@ def rollup_deltas(records: Iterable[RequestRecord]) -> list[tuple[RollupKey, Rol
                 d.output += u.output
                 d.reasoning += u.reasoning
             d.cost_usd = EXACT.add(d.cost_usd, a.cost_usd)
+            if a.outcome == "cache_hit":
+                d.cache_hits += 1
+                d.saved_usd = EXACT.add(d.saved_usd, rec.saved_usd)
     return sorted(acc.items(), key=lambda kv: kv[0])
 
 
@@ -109,6 +116,7 @@ def request_row(rec: RequestRecord) -> tuple[Any, ...]:
         # Exact decimal text in both backends (an added column; NULL: nothing saved).
         plain(rec.saved_usd) if rec.saved_usd else None,
         json.dumps(rec.guards, separators=(",", ":")) if rec.guards else None,
+        text(rec.route_reason),
     )
 
 
@@ -129,14 +137,17 @@ def attempt_rows(rec: RequestRecord) -> list[tuple[Any, ...]]:
 REQUEST_COLUMNS = (
     "request_id", "ts", "day", "tenant", "key_id", "model", "endpoint", "stream", "status",
     "latency_ms", "ttft_ms", "error_code", "client_disconnected", "attempts", "cost_usd",
-    "client_request_id", "error_class", "saved_usd", "guards",
+    "client_request_id", "error_class", "saved_usd", "guards", "route_reason",
 )
 ATTEMPT_COLUMNS = (
     "request_id", "idx", "deployment", "provider", "upstream_model", "outcome", "status",
     *BUCKETS, "usage_source", "cost_usd", "duration_ms", "error",
 )
 ROLLUP_KEY = ("day", "tenant", "model", "deployment", "provider")
-ROLLUP_VALUES = ("requests", "errors", "attempts", *BUCKETS, "cost_usd")
+ROLLUP_VALUES = ("requests", "errors", "attempts", *BUCKETS, "cost_usd", "cache_hits",
+                 "saved_usd")
+# The exact-decimal columns among ROLLUP_VALUES (TEXT in SQLite, NUMERIC in PostgreSQL).
+MONEY_VALUES = ("cost_usd", "saved_usd")
 
 
 def record_from_rows(req: dict[str, Any], attempts: list[dict[str, Any]]) -> RequestRecord:
@@ -164,6 +175,7 @@ def record_from_rows(req: dict[str, Any], attempts: list[dict[str, Any]]) -> Req
         client_request_id=req.get("client_request_id"), error_class=req.get("error_class"),
         saved_usd=Decimal(str(req.get("saved_usd") or 0)),
         guards=json.loads(req["guards"]) if req.get("guards") else None,
+        route_reason=req.get("route_reason"),
     )
 
 
@@ -190,6 +202,8 @@ def to_json(rec: RequestRecord) -> dict[str, Any]:
         d["saved_usd"] = plain(rec.saved_usd)
     if rec.guards:
         d["guards"] = rec.guards
+    if rec.route_reason:
+        d["route_reason"] = rec.route_reason
     return d
 
 
@@ -230,4 +244,5 @@ def from_json(d: dict[str, Any]) -> RequestRecord:
         client_request_id=d.get("client_request_id"), error_class=d.get("error_class"),
         saved_usd=Decimal(d.get("saved_usd") or "0"),
         guards=d.get("guards"),
+        route_reason=d.get("route_reason"),
     )

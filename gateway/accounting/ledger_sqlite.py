@@ -16,9 +16,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from gateway.accounting.ledger import ADDED_COLUMNS, LedgerUnavailable, SQLLedger, schema_sql
+from gateway.accounting.ledger import (
+    ADDED_COLUMNS,
+    ADDED_INDEXES,
+    ADDED_ROLLUP_COLUMNS,
+    LedgerUnavailable,
+    SQLLedger,
+    check_groups,
+    grouped_rows,
+    rollup_where,
+    savings_backfill_sql,
+    savings_update_sql,
+    schema_sql,
+    span,
+)
 from gateway.accounting.ledger_rows import (
     ATTEMPT_COLUMNS,
+    MONEY_VALUES,
     REQUEST_COLUMNS,
     ROLLUP_KEY,
     ROLLUP_VALUES,
@@ -30,8 +44,9 @@ from gateway.accounting.ledger_rows import (
 from gateway.accounting.pricing import EXACT, plain
 from gateway.accounting.records import RequestRecord
 
-SCHEMA = schema_sql({"text": "TEXT", "time": "TEXT", "day": "TEXT", "bool": "INTEGER",
-                     "int": "INTEGER", "count": "INTEGER", "real": "REAL", "money": "TEXT"})
+TYPES = {"text": "TEXT", "time": "TEXT", "day": "TEXT", "bool": "INTEGER", "int": "INTEGER",
+         "count": "INTEGER", "real": "REAL", "money": "TEXT", "zero": "'0'"}
+SCHEMA = schema_sql(TYPES)
 
 
 def _marks(n: int) -> str:
@@ -46,12 +61,12 @@ INSERT_ATTEMPT = (
     f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES ({_marks(len(ATTEMPT_COLUMNS))})"
     " ON CONFLICT (request_id, idx) DO NOTHING"
 )
-_ADD = [f"{c} = {c} + excluded.{c}" for c in ROLLUP_VALUES if c != "cost_usd"]
+_ADD = [f"{c} = dec_add({c}, excluded.{c})" if c in MONEY_VALUES else f"{c} = {c} + excluded.{c}"
+        for c in ROLLUP_VALUES]
 UPSERT_ROLLUP = (
     f"INSERT INTO rollups_daily ({', '.join((*ROLLUP_KEY, *ROLLUP_VALUES))}) "
     f"VALUES ({_marks(len(ROLLUP_KEY) + len(ROLLUP_VALUES))}) "
-    f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(_ADD)}, "
-    "cost_usd = dec_add(cost_usd, excluded.cost_usd)"
+    f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(_ADD)}"
 )
 
 
@@ -86,17 +101,104 @@ class _DecSum:
         return plain(self.total)
 
 
+# Exact money sums in SQL. Python's `dec_sum` costs a callback and a Decimal per row, most of
+# a month-long page's time; instead each decimal text is split into its integer part and its
+# fraction as an integer of _SCALE digits, both summed by SQLite in C, and joined here. It is
+# exact whenever no value has more than _SCALE decimals or a minus sign (checked per group in
+# the same query); otherwise, or if a sum overflows 64 bits, the query runs with `dec_sum`.
+_SCALE = 12
+
+
+def _money_sums(c: str) -> list[str]:
+    dot = f"instr({c}, '.')"
+    frac = f"substr({c}, {dot} + 1)"
+    return [f"SUM(CAST({c} AS INTEGER))",
+            f"SUM(CASE WHEN {dot} THEN CAST(substr({frac} || '{'0' * _SCALE}', 1, {_SCALE}) "
+            "AS INTEGER) ELSE 0 END)",
+            f"MAX(CASE WHEN {dot} THEN length({frac}) ELSE 0 END)",
+            f"MAX(substr({c}, 1, 1) = '-')"]
+
+
+def fast_rollup_sql(group_by: Sequence[str], tenant: str | None) -> str:
+    check_groups(group_by)
+    cols = ", ".join(group_by)
+    sums = [e for c in ROLLUP_VALUES
+            for e in (_money_sums(c) if c in MONEY_VALUES else [f"SUM({c})"])]
+    q = f"SELECT {', '.join([*group_by, *sums])} FROM rollups_daily " \
+        f"WHERE {rollup_where('?', tenant)}"
+    return q + (f" GROUP BY {cols} ORDER BY {cols}" if group_by else "")
+
+
+def _joined(row: Sequence[Any], n_groups: int) -> list[Any] | None:
+    """A `fast_rollup_sql` row as group columns then ROLLUP_VALUES; None when not exact."""
+    out = list(row[:n_groups])
+    i = n_groups
+    for c in ROLLUP_VALUES:
+        if c not in MONEY_VALUES:
+            out.append(row[i])
+            i += 1
+            continue
+        whole, frac, digits, negative = row[i: i + 4]
+        i += 4
+        if (digits or 0) > _SCALE or negative:
+            return None
+        out.append(EXACT.add(Decimal(whole or 0), Decimal(frac or 0).scaleb(-_SCALE)))
+    return out
+
+
 def path_of(url: str) -> str:
     # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
     p = unquote(urlsplit(url).path)
     return p[1:] if p.startswith("/") else p
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    for table, column, kind in ADDED_COLUMNS:
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind.upper()}")
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    have = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
+            for t in {table for table, _, _ in ADDED_COLUMNS}}
+    return [(t, c, kind) for t, c, kind in ADDED_COLUMNS if c not in have[t]]
+
+
+def _add_missing_columns(conn: sqlite3.Connection, *, indexes: bool = True) -> None:
+    """Add the columns an older ledger lacks, in one write transaction (another process may
+    be adding them to the same file: it re-checks inside). Readers pass ``indexes=False``:
+    building an index over a large table is the gateway's job, not a listing's."""
+    if _missing_columns(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, kind in _missing_columns(conn):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind.upper()}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    if indexes:
+        for statement in ADDED_INDEXES:
+            conn.execute(statement)
+
+
+def _rollup_columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(rollups_daily)")}
+
+
+def _add_rollup_columns(conn: sqlite3.Connection) -> None:
+    """Add the savings columns to an older ledger's rollups and fill them, in one write
+    transaction (another process may be migrating the same file: it re-checks inside)."""
+    if all(c in _rollup_columns(conn) for c, _ in ADDED_ROLLUP_COLUMNS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        have = _rollup_columns(conn)
+        missing = [(c, kind) for c, kind in ADDED_ROLLUP_COLUMNS if c not in have]
+        for column, kind in missing:
+            conn.execute(f"ALTER TABLE rollups_daily ADD COLUMN {column} "
+                         f"{kind.format_map(TYPES)}")
+        if missing:
+            rows = conn.execute(savings_backfill_sql("dec_sum", "'0'")).fetchall()
+            conn.executemany(savings_update_sql("?"), rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class SQLiteLedger(SQLLedger):
@@ -132,6 +234,12 @@ class SQLiteLedger(SQLLedger):
             if self.create:
                 conn.executescript(SCHEMA)
                 _add_missing_columns(conn)
+            # Readers too: an upgraded `gateway usage report` or `usage requests` reads the
+            # new columns of a ledger no upgraded gateway has opened yet.
+            if self.create or _rollup_columns(conn):
+                if not self.create:
+                    _add_missing_columns(conn, indexes=False)
+                _add_rollup_columns(conn)
         except (OSError, sqlite3.OperationalError, sqlite3.DatabaseError) as e:
             raise LedgerUnavailable(f"sqlite ledger {self.path}: {e}") from e
         self._conn = conn
@@ -175,6 +283,22 @@ class SQLiteLedger(SQLLedger):
     def _executemany(self, conn: sqlite3.Connection, q: str,
                      rows: list[tuple[Any, ...]]) -> None:
         conn.executemany(q, [tuple(map(_sq, row)) for row in rows])
+
+    def rollup_totals(self, start: date, end: date, tenant: str | None,
+                      group_by: Sequence[str]) -> list[dict[str, Any]]:
+        self.connect()
+        assert self._conn is not None
+        params = [_sq(p) for p in span(start, end, tenant)]
+        try:
+            rows = self._conn.execute(fast_rollup_sql(group_by, tenant), params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "overflow" not in str(e):
+                raise LedgerUnavailable(f"sqlite ledger {self.path}: {e}") from e
+            return super().rollup_totals(start, end, tenant, group_by)
+        joined = [_joined(r, len(group_by)) for r in rows]
+        if any(j is None for j in joined):
+            return super().rollup_totals(start, end, tenant, group_by)
+        return grouped_rows(joined, group_by)  # type: ignore[arg-type]
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -69,6 +70,9 @@ class RequestRecord:
     # only then (gateway/rollouts).
     rollout_arm: str | None = field(default=None, repr=False, compare=False)
     finish_length: bool = field(default=False, repr=False, compare=False)
+    # In memory only: run once when the record closes, whichever way the request ended — what
+    # a request holds until its end (a flow-control slot, gateway/flow) is given back here.
+    on_close: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     # What cache hits saved: the price of their usage at the deployment that first answered
     # (set by pricing; the hit itself costs nothing).
@@ -76,6 +80,9 @@ class RequestRecord:
     # The safety checks that ran (gateway/guards/verdicts.py): name, stage, verdict, latency
     # and the labels of what they found — never the matched text. None: no guard ran.
     guards: list[dict[str, Any]] | None = None
+    # Why the router ordered the attempts as it did, when a model's `spill:` rule decided it
+    # (`spill: predicted TTFT …`, gateway/routing/spill.py). None: the usual order.
+    route_reason: str | None = None
 
     @property
     def cost_usd(self) -> Decimal:

@@ -38,9 +38,9 @@ from gateway.accounting.gpu_billing import (
 )
 from gateway.accounting.gpu_periods import open_period_store
 from gateway.accounting.ledger import GROUPS, Ledger, check_groups, open_ledger
-from gateway.accounting.ledger_rows import BUCKETS, ROLLUP_VALUES
+from gateway.accounting.ledger_rows import BUCKETS, MONEY_VALUES, ROLLUP_VALUES
 from gateway.accounting.pricing import EXACT, ZERO, plain
-from gateway.accounting.savings import Savings, savings_by_tenant
+from gateway.accounting.savings import Savings, savings_by_tenant, savings_from_totals
 from gateway.policy.models import Policy
 
 Format = Literal["table", "csv", "json"]
@@ -59,6 +59,8 @@ class ReportRow:
     output: int = 0
     reasoning: int = 0
     cost_usd: Decimal = ZERO
+    cache_hits: int = 0
+    saved_usd: Decimal = ZERO
 
     @property
     def total_tokens(self) -> int:
@@ -134,15 +136,41 @@ def report_from_ledger(
     if end < start:
         raise ValueError(f"--to ({end}) is before --from ({start}); swap them")
     groups = parse_group_by(group_by)
-    rows = [ReportRow.from_totals(d, groups)
-            for d in ledger.rollup_totals(start, end, tenant, groups)]
-    total = ledger.rollup_totals(start, end, tenant, ())
-    totals = ReportRow.from_totals(total[0], ()) if total else ReportRow(group={})
+    sums = ledger.rollup_totals(start, end, tenant, groups)
+    rows = [ReportRow.from_totals(d, groups) for d in sums]
+    # The total and the savings are sums of the rows just read (exact: ints and Decimals),
+    # not more scans of the month's rollups; savings need a query only without a tenant column.
+    totals = ReportRow.from_totals(add_up(sums), ())
+    savings = savings_from_totals(list(by_tenant(sums).values())) if "tenant" in groups \
+        else savings_by_tenant(ledger, start, end, tenant)
     gpu = gpu_allocations(ledger, periods, start, end, now or datetime.now(UTC))
     if tenant is not None:
         gpu = [g for g in gpu if g.tenant == tenant]
-    return Report(start, end, tenant, groups, rows, totals, gpu,
-                  savings_by_tenant(ledger, start, end, tenant))
+    return Report(start, end, tenant, groups, rows, totals, gpu, savings)
+
+
+def add_up(sums: Sequence[Mapping[str, Any]], into: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
+    """Every rollup value summed over rows of `rollup_totals` (counts as ints, money
+    exactly), added to `into` when given."""
+    out = into if into is not None else {v: ZERO if v in MONEY_VALUES else 0
+                                         for v in ROLLUP_VALUES}
+    for d in sums:
+        for v in ROLLUP_VALUES:
+            out[v] = EXACT.add(out[v], d[v]) if v in MONEY_VALUES else out[v] + d[v]
+    return out
+
+
+def by_tenant(sums: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows of `rollup_totals` with a tenant column, summed per tenant."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in sums:
+        name = d["tenant"]
+        acc = out.get(name)
+        if acc is None:
+            acc = out[name] = {"tenant": name, **add_up(())}
+        add_up((d,), acc)
+    return out
 
 
 def run_report(

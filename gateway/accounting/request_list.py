@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
@@ -76,6 +76,9 @@ class RequestQuery:
     key_id: str | None = None
     client_request_id: str | None = None
     limit: int = DEFAULT_LIMIT
+    # Keyset pagination: only requests older than this (ts, request_id) — the last row of
+    # the previous page (`RequestList.next_cursor`) — so page N costs what page 1 does.
+    before: tuple[datetime, str] | None = None
 
     def __post_init__(self) -> None:
         if self.end < self.start:
@@ -117,6 +120,8 @@ class ListedRequest:
     client_disconnected: bool
     cost_usd: Decimal
     attempts: tuple[ListedAttempt, ...] = ()
+    # Why a `spill:` rule ordered the attempts (gateway/routing/spill.py); operators only.
+    route_reason: str | None = None
 
     @property
     def tokens(self) -> dict[str, int]:
@@ -140,6 +145,32 @@ class RequestList:
     # More requests matched than `query.limit`: the listing shows the newest ones.
     has_more: bool = False
 
+    @property
+    def next_cursor(self) -> str | None:
+        """The `before` value of the next (older) page, when there is one."""
+        if not self.has_more or not self.requests:
+            return None
+        last = self.requests[-1]
+        return format_cursor(last.ts, last.request_id)
+
+
+def format_cursor(ts: datetime, request_id: str) -> str:
+    """A page cursor as text: the row's UTC time and its id (neither is a secret)."""
+    return f"{as_utc(ts).isoformat(timespec='microseconds')}~{request_id}"
+
+
+def parse_cursor(text: str) -> tuple[datetime, str]:
+    """`format_cursor`'s text back; ValueError says what is expected."""
+    ts, sep, request_id = text.partition("~")
+    try:
+        when = as_utc(datetime.fromisoformat(ts))
+    except ValueError:
+        when = None
+    if not sep or not request_id or when is None:
+        raise ValueError(f"before must be a page cursor as the previous page gave it "
+                         f"(time~request_id), not {text!r}")
+    return when, request_id
+
 
 # ---------------------------------------------------------------------------------------------
 # SQL (both backends; `ph` is the placeholder)
@@ -147,7 +178,7 @@ class RequestList:
 _REQUEST_COLUMNS = (
     "request_id", "client_request_id", "ts", "tenant", "key_id", "model", "endpoint", "stream",
     "status", "error_code", "error_class", "latency_ms", "ttft_ms", "client_disconnected",
-    "cost_usd",
+    "cost_usd", "route_reason",
 )
 _ATTEMPT_COLUMNS = (
     "request_id", "idx", "deployment", "provider", "upstream_model", "outcome", "status",
@@ -161,12 +192,16 @@ _EXACT = (("tenant", "tenant"), ("model", "model"), ("key_id", "key_id"),
 def requests_sql(q: RequestQuery, ph: str) -> str:
     """The SELECT of the matching requests, newest first, one more than the limit (to tell
     whether there are more); its parameters are `requests_params(q)`."""
-    where = [f"day >= {ph}", f"day <= {ph}"]
+    # The days as a time range too (the same rows): an index on ts then both bounds the scan
+    # and yields the newest first, so a listing reads about `limit` rows, not the month.
+    where = [f"day >= {ph}", f"day <= {ph}", f"ts >= {ph}", f"ts <= {ph}"]
     where += [f"{column} = {ph}" for attr, column in _EXACT if getattr(q, attr) is not None]
     if q.status == "error":
         where.append("status >= 400")
     elif q.status is not None:
         where.append(f"status = {ph}")
+    if q.before is not None:
+        where.append(f"ts <= {ph} AND (ts < {ph} OR request_id < {ph})")
     # ts is timestamptz in PostgreSQL and fixed-width ISO-8601 UTC text in SQLite: both sort
     # by time; the id breaks ties between requests stamped in the same microsecond.
     return (f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
@@ -174,10 +209,14 @@ def requests_sql(q: RequestQuery, ph: str) -> str:
 
 
 def requests_params(q: RequestQuery) -> list[Any]:
-    params: list[Any] = [q.start, q.end]
+    params: list[Any] = [q.start, q.end, datetime.combine(q.start, time(), UTC),
+                         datetime.combine(q.end, time.max, UTC)]
     params += [getattr(q, attr) for attr, _ in _EXACT if getattr(q, attr) is not None]
     if isinstance(q.status, int):
         params.append(q.status)
+    if q.before is not None:
+        ts, request_id = q.before
+        params += [ts, ts, request_id]
     return [*params, q.limit + 1]
 
 
@@ -217,7 +256,7 @@ def _request(d: dict[str, Any], attempts: Sequence[ListedAttempt]) -> ListedRequ
         latency_ms=float(d["latency_ms"]),
         ttft_ms=None if d["ttft_ms"] is None else float(d["ttft_ms"]),
         client_disconnected=bool(d["client_disconnected"]), cost_usd=_money(d["cost_usd"]),
-        attempts=tuple(sorted(attempts, key=lambda a: a.idx)))
+        attempts=tuple(sorted(attempts, key=lambda a: a.idx)), route_reason=d["route_reason"])
 
 
 def list_from_ledger(ledger: Ledger, q: RequestQuery) -> RequestList:

@@ -20,7 +20,8 @@ from gateway.accounting.pricing import plain
 from gateway.accounting.request_list import MAX_LIMIT, ListedAttempt, ListedRequest, RequestList
 
 Format = Literal["table", "csv", "json"]
-_OPERATOR_ONLY = frozenset({"error_class", "error"})
+# The spill reason names GPU costs per token: the operator's business, not the tenant's.
+_OPERATOR_ONLY = frozenset({"error_class", "error", "route_reason"})
 
 
 def _time(ts: datetime, timespec: str = "microseconds") -> str:
@@ -55,6 +56,7 @@ def request_json(r: ListedRequest, operator: bool = True) -> dict[str, Any]:
         "client_disconnected": r.client_disconnected, "deployment": r.deployment,
         **r.tokens, "total_tokens": r.total_tokens, "cost_usd": plain(r.cost_usd),
         "attempts": [_attempt_json(a, operator) for a in r.attempts],
+        "route_reason": r.route_reason,
     }
     return d if operator else {k: v for k, v in d.items() if k not in _OPERATOR_ONLY}
 
@@ -66,6 +68,8 @@ def render_json(listing: RequestList, operator: bool = True) -> str:
         "filters": {"tenant": q.tenant, "model": q.model, "status": q.status,
                     "key_id": q.key_id, "client_request_id": q.client_request_id},
         "limit": q.limit, "has_more": listing.has_more,
+        # The `before` of the next (older) page; null on the last page.
+        "next_cursor": listing.next_cursor,
         "data": [request_json(r, operator) for r in listing.requests],
     }
     return json.dumps(doc, indent=2)

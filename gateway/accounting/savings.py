@@ -1,15 +1,18 @@
 """What the response cache saved, per tenant, from the ledger: the `cache_hit` requests and
 their `saved_usd` (the price their usage would have cost at the deployment that first
-answered). Summed here in exact decimals: the column is decimal text in both backends."""
+answered). Read from the daily rollups' `cache_hits` and `saved_usd` columns, kept in the same
+transaction as the records (ledger_rows.py), so a month is one small GROUP BY, not a join of
+requests to attempts; exact decimals in both backends."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.pricing import EXACT, ZERO
+from gateway.accounting.pricing import ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,18 +23,14 @@ class Savings:
 
 def savings_by_tenant(ledger: Ledger, start: date, end: date,
                       tenant: str | None = None) -> dict[str, Savings]:
-    """Tenant → its cache hits and what they saved over days ``start..end`` (inclusive)."""
+    """Tenant → its cache hits and what they saved over days ``start..end`` (inclusive);
+    tenants without a hit are left out."""
+    rows = ledger.rollup_totals(start, end, tenant, ("tenant",))
+    return savings_from_totals(rows)
 
-    def build(ph: str) -> str:
-        q = ("SELECT r.tenant, r.saved_usd FROM requests r JOIN attempts a "
-             "ON a.request_id = r.request_id AND a.outcome = 'cache_hit' "
-             f"WHERE r.day >= {ph} AND r.day <= {ph}")
-        return q + (f" AND r.tenant = {ph}" if tenant is not None else "")
 
-    params: list[object] = [start, end] + ([tenant] if tenant is not None else [])
-    out: dict[str, Savings] = {}
-    for name, saved in ledger.read_rows(build, params):
-        prev = out.get(name, Savings())
-        value = Decimal(str(saved)) if saved is not None else ZERO
-        out[name] = Savings(prev.hits + 1, EXACT.add(prev.saved_usd, value))
+def savings_from_totals(rows: list[dict[str, Any]]) -> dict[str, Savings]:
+    """The same from rollup totals already grouped by tenant."""
+    out = {d["tenant"]: Savings(d["cache_hits"], d["saved_usd"]) for d in rows
+           if d["cache_hits"]}
     return dict(sorted(out.items()))

@@ -30,6 +30,7 @@ from gateway.alerts.events import (
     circuit_open_data,
 )
 from gateway.alerts.once import MemoryOnce, Once, RedisOnce
+from gateway.alerts.outbox import Outbox
 from gateway.limits.budget import BudgetAlert, BudgetStatus, period_id
 from gateway.limits.rules import PeriodKind
 from gateway.policy.alerts import EVENT_TYPES, EventType, Webhook
@@ -45,7 +46,11 @@ class Alerter:
     def __init__(self, policy: Policy | None = None, *, metrics: Any = None,
                  limiter: Any = None) -> None:
         self._policy = policy if policy is not None else Policy()
-        self.dispatcher = Dispatcher(self._policy.alerts, metrics)
+        # A gateway's alerter keeps its deliveries in the ledger's database (outbox.py); one
+        # built without a policy (a test's) keeps them in memory.
+        outbox = None if policy is None else Outbox(policy.ledger.url,
+                                                    policy.ledger.schema_name)
+        self.dispatcher = Dispatcher(self._policy.alerts, metrics, outbox=outbox)
         # Read for a tenant's budget status when a 402 may report exhaustion.
         self.limiter = limiter
         self._once: Once = MemoryOnce()

@@ -10,6 +10,10 @@ the receiver saying no: given up at once. A request never waits for any of it.
 The delivery log keeps the newest `log_size` deliveries in memory, updated in place as
 attempts happen, for `GET /admin/alerts/deliveries`. Entries name the webhook and the URL's
 host, never its path (a Slack webhook's path is its secret) or the signing secret.
+
+With an `Outbox` (the gateway always gives one: `outbox.py`), every delivery and each of its
+attempts is also written, off the loop, to the ledger's database: a restarted replica loads
+its log from there and resumes, as does any replica, the deliveries a dead one left unsent.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +34,7 @@ from typing import Any, Literal
 import aiohttp
 
 from gateway.alerts.events import AlertEvent, json_body, slack_body
+from gateway.alerts.outbox import KEEP_S, PROGRESS, Outbox
 from gateway.alerts.signing import SIGNATURE_HEADER, backoff_s, sign
 from gateway.ids import new_id
 from gateway.policy.alerts import Alerts as AlertsConfig
@@ -41,6 +49,14 @@ _LOG_EVERY_S = 10.0
 
 def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ts(t: datetime | None) -> float | None:
+    return None if t is None else t.timestamp()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(float(ts), UTC)
 
 
 @dataclass(slots=True)
@@ -70,6 +86,51 @@ class Delivery:
                 "next_attempt_at": _iso(self.next_attempt_at),
                 "finished_at": _iso(self.finished_at)}
 
+    def progress(self, lease_until: float) -> tuple[Any, ...]:
+        """The outbox row's `PROGRESS` columns."""
+        return (self.status, self.attempts, self.response_status, self.last_error,
+                _ts(self.last_attempt_at), _ts(self.next_attempt_at), _ts(self.finished_at),
+                lease_until)
+
+    def row(self, owner: str, lease_until: float) -> tuple[Any, ...]:
+        """The whole outbox row (`outbox.COLUMNS`)."""
+        e, w = self.event, self.webhook
+        return (self.id, e.id, e.type, e.tenant, w.name, w.kind, w.host,
+                self.body.decode(), self.status, self.attempts, self.response_status,
+                self.last_error, _ts(self.created_at), _ts(self.last_attempt_at),
+                _ts(self.next_attempt_at), _ts(self.finished_at), owner, lease_until)
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any], webhook: Webhook) -> Delivery:
+        """An unfinished outbox row, to deliver again (the body is as first rendered)."""
+        event = AlertEvent(r["event"], {}, r["tenant"], id=r["event_id"],
+                           created_at=_dt(r["created_at"]) or datetime.now(UTC))
+        return cls(event, webhook, r["body"].encode(), id=r["id"], status=r["status"],
+                   attempts=int(r["attempts"]), response_status=r["response_status"],
+                   last_error=r["last_error"], created_at=event.created_at,
+                   last_attempt_at=_dt(r["last_attempt_at"]),
+                   next_attempt_at=_dt(r["next_attempt_at"]))
+
+
+@dataclass(slots=True)
+class PastDelivery:
+    """A delivery-log entry read back from the outbox at start (an earlier run's)."""
+
+    row: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    def public(self) -> dict[str, Any]:
+        r = self.row
+        return {"id": r["id"], "event_id": r["event_id"], "event": r["event"],
+                "tenant": r["tenant"], "webhook": r["webhook"], "kind": r["kind"],
+                "host": r["host"], "status": r["status"], "attempts": r["attempts"],
+                "response_status": r["response_status"], "last_error": r["last_error"],
+                **{k: _iso(_dt(r[k])) for k in ("created_at", "last_attempt_at",
+                                                 "next_attempt_at", "finished_at")}}
+
 
 def _error_text(e: BaseException) -> str:
     """What the log says of a failed attempt: the exception class and, for connection errors,
@@ -83,11 +144,16 @@ def _error_text(e: BaseException) -> str:
 
 class Dispatcher:
     def __init__(self, config: AlertsConfig, metrics: Any = None,
-                 rng: Callable[[], float] | None = None) -> None:
+                 rng: Callable[[], float] | None = None, outbox: Outbox | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self._rng = rng
-        self.log: deque[Delivery] = deque(maxlen=config.log_size)
+        self.outbox = outbox
+        # This dispatcher's name on the outbox rows it delivers: random per instance (a
+        # restart, or a second app in one process, is a new owner that renews none of these).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._leases: asyncio.Task[None] | None = None
+        self.log: deque[Delivery | PastDelivery] = deque(maxlen=config.log_size)
         self.pending = 0
         """Deliveries queued, in flight or waiting to retry."""
         self.dropped = 0
@@ -112,6 +178,9 @@ class Dispatcher:
         self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._workers = [asyncio.get_running_loop().create_task(self._work())
                          for _ in range(self.config.concurrency)]
+        if self.outbox is not None:
+            self.outbox.start()
+            self._leases = asyncio.get_running_loop().create_task(self._keep_leases())
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Stop. Deliveries already due get up to `grace_s` to go out (an alert raised just
@@ -122,16 +191,27 @@ class Dispatcher:
                 await asyncio.wait_for(self._queue.join(), grace_s)
         for timer in self._timers.values():
             timer.cancel()
-        for w in self._workers:
+        tasks = [*self._workers, *([self._leases] if self._leases is not None else [])]
+        for w in tasks:
             w.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         left = list(self._waiting.values())
         while self._queue is not None and not self._queue.empty():
             left.append(self._queue.get_nowait())
-        for d in left:
-            self._finish(d, "abandoned")
-        if left:
-            log.warning("%d alert deliveries not completed at shutdown", len(left))
+        if self.outbox is not None:
+            # Not abandoned: handed back (lease 0) for the next start or another replica.
+            for d in left:
+                self.outbox.post(self.outbox.progress, d.id, self.owner, d.progress(0.0))
+            if left:
+                log.info("%d alert deliveries left in the outbox for the next start",
+                         len(left))
+            await asyncio.to_thread(self.outbox.stop)
+            self.pending -= len(left)
+        else:
+            for d in left:
+                self._finish(d, "abandoned")
+            if left:
+                log.warning("%d alert deliveries not completed at shutdown", len(left))
         if self._session is not None:
             await self._session.close()
         self._workers, self._timers, self._waiting = [], {}, {}
@@ -143,6 +223,8 @@ class Dispatcher:
         body = slack_body(event) if webhook.kind == "slack" else json_body(event)
         d = Delivery(event, webhook, body)
         self.log.append(d)
+        if self.outbox is not None:  # queued for the outbox's thread: no wait here
+            self.outbox.post(self.outbox.insert, d.row(self.owner, self._lease_end()))
         if self._queue is None or self.pending >= self.config.queue_size:
             self.dropped += 1
             self._finish(d, "dropped")
@@ -227,6 +309,7 @@ class Dispatcher:
         d.status = "retrying"
         d.next_attempt_at = datetime.fromtimestamp(time.time() + wait, UTC)
         self._count(d, "retried")
+        self._save(d)
         self._waiting[d.id] = d
         self._timers[d.id] = asyncio.get_running_loop().call_later(wait, self._due, d)
 
@@ -245,6 +328,87 @@ class Dispatcher:
         d.next_attempt_at = None
         d.finished_at = datetime.now(UTC)
         self._count(d, status)
+        self._save(d)
+
+    def _save(self, d: Delivery) -> None:
+        if self.outbox is not None:
+            self.outbox.post(self.outbox.progress, d.id, self.owner,
+                             d.progress(self._lease_end()))
+
+    def _lease_end(self) -> float:
+        return time.time() + self.config.outbox_lease_s
+
+    # ---- the outbox: the log of earlier runs, leases, deliveries left by others ----------------
+
+    async def _keep_leases(self) -> None:
+        ob = self.outbox
+        assert ob is not None
+        read_back = False
+        while True:
+            # A gateway without webhooks never touches the table (nothing to send or show).
+            if not self.config.webhooks:
+                await asyncio.sleep(self.config.outbox_lease_s / 3)
+                continue
+            if not read_back:
+                read_back = True
+                try:
+                    await asyncio.wrap_future(ob.call(ob.prune, time.time() - KEEP_S))
+                    self._load_log(await asyncio.wrap_future(ob.call(ob.recent,
+                                                                     self.config.log_size)))
+                except Exception:  # logged by the outbox; delivery goes on without it
+                    pass
+            now = time.time()
+            ob.post(ob.renew, self.owner, self._lease_end())
+            room = self.config.queue_size - self.pending
+            if room > 0:
+                try:
+                    rows = await asyncio.wrap_future(ob.call(
+                        ob.adopt, self.owner, now, self._lease_end(), room))
+                except Exception:  # the database is away; the next round tries again
+                    rows = []
+                for r in rows:
+                    try:
+                        self._resume(r)
+                    except Exception:  # one odd row must not stop the leases
+                        log.exception("alert delivery %s could not be resumed", r.get("id"))
+            await asyncio.sleep(self.config.outbox_lease_s / 3)
+
+    def _load_log(self, rows: list[dict[str, Any]]) -> None:
+        here = {d.id for d in self.log}
+        past = [PastDelivery(r) for r in reversed(rows) if r["id"] not in here]
+        self.log = deque([*past, *self.log], maxlen=self.config.log_size)
+
+    def _resume(self, r: dict[str, Any]) -> None:
+        """Deliver an adopted row: now, or when its retry is due."""
+        hook = next((w for w in self.config.webhooks if w.name == r["webhook"]), None)
+        if hook is None:  # the webhook left the policy: nobody to deliver it to
+            assert self.outbox is not None
+            r = {**r, "status": "abandoned", "finished_at": time.time()}
+            self.outbox.post(self.outbox.progress, r["id"], self.owner,
+                             tuple(r[c] for c in PROGRESS))
+            self._log_entry(PastDelivery(r))
+            return
+        d = Delivery.from_row(r, hook)
+        self._log_entry(d)
+        self.pending += 1
+        if self.metrics is not None:
+            self.metrics.alert_pending.set(self.pending)
+        wait = 0.0 if d.next_attempt_at is None else d.next_attempt_at.timestamp() - time.time()
+        if wait > 0:
+            d.status = "retrying"
+            self._waiting[d.id] = d
+            self._timers[d.id] = asyncio.get_running_loop().call_later(wait, self._due, d)
+        elif self._queue is not None:
+            self._queue.put_nowait(d)
+        log.info("alert delivery %s (%s to webhook %r) resumed from the outbox", d.id,
+                 d.event.type, hook.name)
+
+    def _log_entry(self, entry: Delivery | PastDelivery) -> None:
+        for i, old in enumerate(self.log):
+            if old.id == entry.id:
+                self.log[i] = entry
+                return
+        self.log.append(entry)
 
     def _count(self, d: Delivery, outcome: str) -> None:
         m = self.metrics

@@ -21,6 +21,7 @@ from gateway.accounting.reports import parse_group_by, render_csv, render_json, 
 from gateway.accounting.request_list import (
     DEFAULT_LIMIT,
     RequestQuery,
+    parse_cursor,
     parse_limit,
     parse_status,
     run_listing,
@@ -75,9 +76,13 @@ def _request_query(request: Request, tenant: str | None) -> RequestQuery:
         limit = parse_limit(q["limit"]) if "limit" in q else DEFAULT_LIMIT
     except ValueError as e:
         raise InvalidRequest(f"{e}.", param="limit") from None
+    try:  # keyset pagination: the `next_cursor` of the previous page
+        before = parse_cursor(q["before"]) if q.get("before") else None
+    except ValueError as e:
+        raise InvalidRequest(f"{e}.", param="before") from None
     return RequestQuery(start, end, tenant=tenant, model=q.get("model"), status=status,
                         key_id=q.get("key_id"), client_request_id=q.get("client_request_id"),
-                        limit=limit)
+                        limit=limit, before=before)
 
 
 def _budget_json(s: BudgetStatus) -> dict[str, Any]:

@@ -21,6 +21,7 @@ def routes(proxy: Proxy) -> list[Route]:
             call = parse_messages_request(raw, request)
         except GatewayError as e:
             return error_response(e, {"x-request-id": echo_id(request.headers)}, CODEC)
+        call.receive = request.receive  # a queued request notices its client leave
         return await proxy.handle(call)
 
     return [Route("/v1/messages", messages, methods=["POST"])]

@@ -25,11 +25,12 @@ log = logging.getLogger("gateway.api")
 def _endpoint(proxy: Proxy, endpoint: Endpoint) -> Callable[[Request], Any]:
     async def handler(request: Request) -> RawResponse | StreamResponse:
         try:
-            limit = proxy.deps.runtime().policy.server.max_body_bytes
-            raw = await read_body(request, limit)
-            call = openai_call(endpoint, raw, request)
+            rt = proxy.deps.runtime()
+            raw = await read_body(request, rt.policy.server.max_body_bytes)
+            call = openai_call(endpoint, raw, request, rt.router.session_headers)
         except GatewayError as e:
             return error_response(e, {"x-request-id": echo_id(request.headers)})
+        call.receive = request.receive  # a queued request notices its client leave
         return await proxy.handle(call)
 
     return handler

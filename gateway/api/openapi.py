@@ -122,6 +122,8 @@ _REQUEST_FILTERS = (
     Param("client_request_id", "Only requests the client sent with this `x-request-id`."),
     Param("limit", "At most this many requests, newest first (default 100).",
           {"type": "integer", "minimum": 1, "maximum": 10000}),
+    Param("before", "Only requests older than this page cursor: the previous page's "
+          "`next_cursor`."),
 )
 _REQUESTS_OK = {"application/json": ref("RequestList"), "text/csv": {"type": "string"}}
 

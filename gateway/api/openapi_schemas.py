@@ -198,6 +198,8 @@ RESPONSES: dict[str, Schema] = {
         ["from", "to", "filters", "limit", "has_more", "data"], filters={"type": "object"},
         limit=_INT, has_more={"type": "boolean", "description": "More requests match than "
                               "`limit`: these are the newest."},
+        next_cursor={"type": ["string", "null"], "description": "Pass as `before` for the "
+                     "next (older) page; null on the last one."},
         data={"type": "array", "items": _object(
             ["request_id", "client_request_id", "ts", "tenant", "model", "status", "cost_usd",
              "attempts"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -17,6 +17,9 @@ __all__ = ["api_key", "client_request_id", "echo_id", "openai_call", "parse_json
            "read_body"]
 
 log = logging.getLogger("gateway.api")
+
+# The session header every ingress keeps; the policy can name more (`Router.session_headers`).
+SESSION_HEADERS = ("x-session-id",)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -73,7 +76,8 @@ def echo_id(headers: Mapping[str, str]) -> str:
     return client_request_id(headers) or new_id()
 
 
-def openai_call(endpoint: Endpoint, raw: bytes, request: Request) -> Call:
+def openai_call(endpoint: Endpoint, raw: bytes, request: Request,
+                session_headers: Sequence[str] = SESSION_HEADERS) -> Call:
     body = parse_json_object(raw)
     check_openai(endpoint, body)
     stream = body.get("stream") is True
@@ -86,13 +90,14 @@ def openai_call(endpoint: Endpoint, raw: bytes, request: Request) -> Call:
         request_id=new_id(), client_request_id=client_request_id(headers),
         api_key=api_key(request), client_include_usage=include_usage,
         session=headers.get("x-session-id") or (user if isinstance(user, str) else None),
-        headers={**_trace_headers(request), **session_header(request)},
+        headers={**trace_headers(request), **session_header(request, session_headers)},
     )
 
 
-def _trace_headers(request: Request) -> dict[str, str]:
+def trace_headers(request: Request) -> dict[str, str]:
     """W3C trace context, for tracing, and `Cache-Control`, for the response cache
-    (gateway/stages/cache.py); the Anthropic ingress keeps every header."""
+    (gateway/stages/cache.py): the OpenAI and Responses ingresses keep these; the Anthropic
+    ingress keeps every header."""
     cc = request.headers.get("cache-control")
     tp = request.headers.get("traceparent")
     if tp is None:
@@ -104,8 +109,14 @@ def _trace_headers(request: Request) -> dict[str, str]:
     return out
 
 
-def session_header(request: Request) -> dict[str, str]:
-    """`x-session-id` as sent, for a model whose `session_key` is `header`
+def session_header(request: Request, names: Sequence[str] = SESSION_HEADERS) -> dict[str, str]:
+    """The session headers as sent (`x-session-id`, and those the policy's `session_key`s
+    name: `Router.session_headers`), for a model whose `session_key` is a header
     (gateway/routing/affinity.py): `Call.session` alone cannot tell it from `user`."""
-    sid = request.headers.get("x-session-id")
-    return {} if sid is None else {"x-session-id": sid}
+    got = request.headers
+    out: dict[str, str] = {}
+    for name in names:
+        v = got.get(name)
+        if v is not None:
+            out[name] = v
+    return out

@@ -6,6 +6,7 @@ Reference: https://platform.openai.com/docs/api-reference/responses
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic_core import to_json
@@ -15,7 +16,15 @@ from starlette.routing import Route
 
 from gateway.api.bodies import check_responses
 from gateway.api.json_body import parse_json_object
-from gateway.api.parse import api_key, client_request_id, echo_id, read_body, session_header
+from gateway.api.parse import (
+    SESSION_HEADERS,
+    api_key,
+    client_request_id,
+    echo_id,
+    read_body,
+    session_header,
+    trace_headers,
+)
 from gateway.api.responses_ingress import ResponsesIngress
 from gateway.call import Call
 from gateway.conversation import StoreUnavailable
@@ -36,7 +45,8 @@ class _ResponseId(StringConvertor):
 register_url_convertor("response_id", _ResponseId())
 
 
-def responses_call(raw: bytes, request: Request) -> Call:
+def responses_call(raw: bytes, request: Request,
+                   session_headers: Sequence[str] = SESSION_HEADERS) -> Call:
     """Bytes of a `/v1/responses` request → a `Call` (ingress "responses"). The chat
     translation (`body`, `raw`) is filled in by `ResponsesIngress.prepare`, once the
     conversation it continues is known."""
@@ -55,17 +65,19 @@ def responses_call(raw: bytes, request: Request) -> Call:
         # One conversation stays on one backend while it can (prefix caches).
         session=headers.get("x-session-id") or (user if isinstance(user, str) else None)
         or (prev if isinstance(prev, str) else None),
-        headers=session_header(request),
+        headers={**trace_headers(request), **session_header(request, session_headers)},
     )
 
 
 def routes(proxy: Proxy, ingress: ResponsesIngress) -> list[Route]:
     async def create(request: Request) -> RawResponse | StreamResponse:
         try:
-            limit = proxy.deps.runtime().policy.server.max_body_bytes
-            call = responses_call(await read_body(request, limit), request)
+            rt = proxy.deps.runtime()
+            raw = await read_body(request, rt.policy.server.max_body_bytes)
+            call = responses_call(raw, request, rt.router.session_headers)
         except GatewayError as e:
             return error_response(e, {"x-request-id": echo_id(request.headers)})
+        call.receive = request.receive  # a queued request notices its client leave
         return await proxy.handle(call)
 
     async def stored(request: Request, fn: Any) -> RawResponse:

@@ -7,13 +7,17 @@ reply or stream into the client's API — with two steps only this ingress has:
   reached by translation, and as `call.conversation` for a backend that speaks Responses
   natively (it gets the upstream's own previous id when it served that turn, the history
   otherwise, e.g. after a fallback);
-- `completed`, before the response's last byte: the response is stored (per tenant, in the
-  ledger's database), so the client's next turn finds it on any replica.
+- `completed`, before the response's last byte: the response is handed to the store, where
+  a follow-up on this replica finds it at once; the store writes it to the ledger's database
+  (per tenant) in its next batch, right after, off the request's path. A follow-up that
+  reaches another replica before that batch commits is looked up once more after
+  `_RECHECK_S` (docs/responses.md, "Stored responses").
 Stored content is never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +41,9 @@ from gateway.providers.base import Target
 log = logging.getLogger("gateway.responses")
 
 _DAY = 86_400
+# A `previous_response_id` not found is looked up once more after this long: another replica
+# (or `--workers` process) may have answered it a moment ago, its batch not yet committed.
+_RECHECK_S = 0.25
 
 
 class ResponsesIngress:
@@ -84,15 +91,21 @@ class ResponsesIngress:
         # Until a backend reached by translation needs the chat request, admission reads
         # bytes / 4 (an overestimate: JSON's syntax counts) and the output cap: a native
         # backend never needs the translation.
-        call.prompt_estimate = (len(call.native_raw or b"") + _chars(history)) // 4
+        call.prompt_estimate = (len(call.native_raw or b"") + (_chars(history) if history
+                                                               else 0)) // 4
         cap = body.get("max_output_tokens")
         call.body = {"max_completion_tokens": cap} if isinstance(cap, int) else {}
         if call.translation_error is None:
             call.translate = _translator(call, body, history)
 
     async def _chain(self, tenant: str, prev: str) -> list[StoredResponse] | None:
+        turns = self._policy().responses.max_turns
         try:
-            return await self.store.chain(tenant, prev, self._policy().responses.max_turns)
+            chain = await self.store.chain(tenant, prev, turns)
+            if chain is None:
+                await asyncio.sleep(_RECHECK_S)
+                chain = await self.store.chain(tenant, prev, turns)
+            return chain
         except StoreUnavailable as e:
             log.warning("responses: the store cannot be read (%s); a follow-up turn failed", e)
             raise ServiceUnavailable("Stored responses cannot be read right now, so "
@@ -104,8 +117,9 @@ class ResponsesIngress:
             is not False
 
     async def completed(self, call: Call, target: Target, tenant: str) -> None:
-        """Store the response the client is about to receive in full. A store that is down
-        costs the follow-up turn, never this answer: logged and counted, not raised."""
+        """Store the response the client is about to receive in full (without waiting for
+        the database: `ResponseStore.put_later`). A store that is down costs the follow-up
+        turn, never this answer: logged, not raised."""
         final = call.final_response
         if final is None or call.response_id is None or not self.stores(call):
             return
@@ -121,7 +135,7 @@ class ResponsesIngress:
             upstream_id=call.upstream_response_id,
             expires_at=now + self._policy().responses.retention_days * _DAY)
         try:
-            await self.store.put(stored)
+            self.store.put_later(stored)
         except StoreUnavailable as e:
             log.warning("responses: could not store %s (%s); a follow-up naming it will not "
                         "find it", call.response_id, e)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -24,6 +25,7 @@ from gateway.accounting.reports import parse_group_by, render_csv, run_report
 from gateway.accounting.request_list import (
     DEFAULT_LIMIT,
     RequestQuery,
+    parse_cursor,
     parse_limit,
     parse_status,
     run_listing,
@@ -104,6 +106,8 @@ class Console:
         return r
 
     async def logout(self, request: Request, viewer: Viewer) -> Response:
+        # Ended on the server as well: a copy of the cookie stops working on every replica.
+        await self.web.sign_out(viewer)
         r = RedirectResponse("/ui/login", 303, headers=self.web.headers())
         r.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
         return r
@@ -189,9 +193,14 @@ class Console:
             limit = parse_limit(q["limit"]) if q.get("limit") else DEFAULT_LIMIT
         except ValueError as e:
             raise InvalidRequest(f"{e}.", param="limit") from None
+        try:
+            before = parse_cursor(q["before"]) if q.get("before") else None
+        except ValueError as e:
+            raise InvalidRequest(f"{e}.", param="before") from None
         return RequestQuery(start, end, tenant=tenant, model=q.get("model") or None, status=st,
                             key_id=q.get("key_id") or None,
-                            client_request_id=q.get("client_request_id") or None, limit=limit)
+                            client_request_id=q.get("client_request_id") or None, limit=limit,
+                            before=before)
 
     async def requests_page(self, request: Request, viewer: Viewer) -> Response:
         query = self._query(request, viewer)
@@ -200,9 +209,13 @@ class Console:
                                                           schema=policy.ledger.schema_name))
         # The API's own JSON rows: a tenant's view leaves out operator-only error text.
         rows = [request_json(r, viewer.admin) for r in listing.requests]
+        older = None
+        if listing.next_cursor is not None:  # the same filters, one page further back
+            params = {k: v for k, v in request.query_params.items() if k != "before"}
+            older = "/ui/requests?" + urlencode({**params, "before": listing.next_cursor})
         return self.web.render(request, "requests.html", viewer, title="Requests", rows=rows,
                                listing=listing, q=request.query_params,
-                               tenants=self._tenants(viewer))
+                               tenants=self._tenants(viewer), older=older)
 
     async def requests_data(self, request: Request, viewer: Viewer) -> Response:
         query = self._query(request, viewer)

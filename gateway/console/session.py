@@ -11,6 +11,10 @@ tenant session's hash must still be a live key in the Authenticator's index (whi
 revoked key within a second, on every replica), an admin session's hash must still be the
 admin key's. So revoking a key ends its console sessions as it ends the key.
 
+Sign-out ends the session on the server too: the cookie's nonce is its session id, and
+`revocations.py` records it as signed out (in Redis when configured, shared by every replica)
+so a copy of the cookie stops working at once.
+
 CSRF: every state-changing request (POST) carries a token derived from the session's nonce
 (`csrf_token`), in a form field or the `x-csrf-token` header; the cookie is also
 `SameSite=Strict`. The sign-in form, which has no session yet, uses a double-submit token.
@@ -50,7 +54,7 @@ class Session:
     key_hash: str
     tenant: str | None  # None for the admin
     expires_at: float  # epoch seconds
-    nonce: str
+    nonce: str  # random per sign-in: the session id sign-out revokes, and the CSRF seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +99,14 @@ def _unb64(text: str) -> bytes:
 class SessionSigner:
     """Signs and verifies session cookies and CSRF tokens under one admin key."""
 
-    def __init__(self, admin_key: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, admin_key: str, clock: Callable[[], float] = time.time,
+                 epoch: str | None = None) -> None:
         # Derived, never the key itself: the cookie's MAC must not be usable as the key.
         self._secret = hashlib.sha256(b"gateway-console-session\x00" + admin_key.encode()).digest()
         self._clock = clock
+        # Set when sign-outs are remembered only in this process: its cookies name it, so a
+        # restart (which forgets them) ends every session rather than revive signed-out ones.
+        self._epoch = epoch
 
     def _mac(self, data: bytes) -> bytes:
         return hmac.new(self._secret, data, hashlib.sha256).digest()
@@ -106,6 +114,8 @@ class SessionSigner:
     def issue(self, kind: Kind, key_hash: str, tenant: str | None, ttl_s: float) -> str:
         payload = {"k": kind, "h": key_hash, "t": tenant,
                    "e": int(self._clock() + ttl_s), "n": secrets.token_urlsafe(16)}
+        if self._epoch is not None:
+            payload["b"] = self._epoch
         body = json.dumps(payload, separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(self._mac(body))}"
 
@@ -126,6 +136,9 @@ class SessionSigner:
         if self._clock() >= float(d["e"]):
             raise AuthError("The console session expired; sign in again.",
                             code="session_expired")
+        if self._epoch is not None and d.get("b") != self._epoch:
+            raise AuthError("The gateway restarted since this sign-in; sign in again.",
+                            code="bad_session")
         return Session(d["k"], str(d["h"]), d.get("t"), float(d["e"]), str(d["n"]))
 
     def csrf_token(self, session: Session) -> str:

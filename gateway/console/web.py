@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.accounting.ledger import LedgerUnavailable
+from gateway.console.revocations import Revocations, open_revocations
 from gateway.console.session import (
     COOKIE,
     LOGIN_COOKIE,
@@ -82,6 +83,7 @@ class ConsoleWeb:
         # Signers by admin key: a reload that changes the key gets a new one (and old
         # sessions stop verifying).
         self._signers: dict[str, SessionSigner] = {}
+        self._revocations: Revocations | None = None
 
     # -- what is in force ------------------------------------------------------------------
 
@@ -97,17 +99,34 @@ class ConsoleWeb:
                            "console.enabled true.", code="console_disabled")
         return p.server.admin_key
 
+    def revocations(self) -> Revocations:
+        """Signed-out sessions, in Redis or this process (`state.redis_url` is read at
+        start-up only, so the first choice stands)."""
+        if self._revocations is None:
+            state = self._policy().state
+            self._revocations = open_revocations(state.redis_url, state.key_prefix)
+        return self._revocations
+
     def signer(self, admin_key: str) -> SessionSigner:
         s = self._signers.get(admin_key)
         if s is None:
-            self._signers = {admin_key: (s := SessionSigner(admin_key))}
+            epoch = self.revocations().epoch
+            self._signers = {admin_key: (s := SessionSigner(admin_key, epoch=epoch))}
         return s
 
-    def viewer(self, request: Request) -> Viewer:
-        """The checked session of a request (AuthError: none, bad, expired, key revoked)."""
+    async def viewer(self, request: Request) -> Viewer:
+        """The checked session of a request (AuthError: none, bad, expired, key revoked,
+        signed out)."""
         admin_key = self.enabled_admin_key()
         session = self.signer(admin_key).verify(request.cookies.get(COOKIE))
-        return check(session, admin_key, self._auth)
+        viewer = check(session, admin_key, self._auth)
+        if await self.revocations().is_revoked(session.nonce):
+            raise AuthError("This console session was signed out; sign in again.",
+                            code="signed_out")
+        return viewer
+
+    async def sign_out(self, viewer: Viewer) -> None:
+        await self.revocations().revoke(viewer.session.nonce, viewer.session.expires_at)
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -133,7 +152,7 @@ class ConsoleWeb:
     # -- wrappers ----------------------------------------------------------------------------
 
     async def _checked(self, request: Request, handler: Handler) -> tuple[Viewer, Response]:
-        viewer = self.viewer(request)
+        viewer = await self.viewer(request)
         if request.method == "POST":
             form = await read_form(request)
             request.state.form = form

@@ -43,6 +43,11 @@ class Backend(Protocol):
         """Run one statement (autocommit): its rows (if any) and the rows it changed."""
         ...
 
+    def run_many(self, conn: Any, q: str, rows: Sequence[Sequence[Any]]
+                 ) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one statement per row of parameters, all in one transaction."""
+        ...
+
     def broken(self, conn: Any) -> bool:
         """Whether this connection must be dropped and a new one opened."""
         ...
@@ -98,6 +103,19 @@ class SQLiteBackend:
         rows = cur.fetchall()
         return rows, cur.rowcount
 
+    def run_many(self, conn: sqlite3.Connection, q: str,
+                 rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], int]:
+        # The connection is in autocommit mode: without BEGIN each row would be its own commit.
+        conn.execute("BEGIN")
+        try:
+            cur = conn.executemany(q, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return [], cur.rowcount
+
     def broken(self, conn: sqlite3.Connection) -> bool:
         return False
 
@@ -129,6 +147,12 @@ class PostgresBackend:
         cur = conn.execute(q, params)  # type: ignore[arg-type]  # the SQL is built, not literal
         rows = cur.fetchall() if cur.description is not None else []
         return rows, cur.rowcount
+
+    def run_many(self, conn: psycopg.Connection[Any], q: str,
+                 rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], int]:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(q, rows)  # type: ignore[arg-type]  # the SQL is built, not literal
+            return [], cur.rowcount
 
     def broken(self, conn: psycopg.Connection[Any]) -> bool:
         return conn.broken or conn.closed

@@ -8,6 +8,7 @@ itself, on its own connections: the ledger writer's connection belongs to the wr
     store = ResponseStore.from_policy(policy)
     await store.start()                    # a database that is down is not fatal
     await store.put(StoredResponse(...))   # StoreUnavailable when it cannot store
+    store.put_later(StoredResponse(...))   # readable here at once, written with the next batch
     await store.chain(tenant, previous_id) # the conversation up to it, oldest first
 
 Every call is one statement (``purge_expired`` one per batch) run on a small pool of worker
@@ -16,6 +17,12 @@ a slow query holds up only its own worker. A database that cannot be reached rai
 StoreUnavailable — from reads too, so a client gets a 503 rather than a wrong 404 — and the
 next call tries again (at most once per ``reconnect_backoff_s``, so a dead database costs
 one connect timeout, not one per request). Only ids reach log lines, never stored content.
+
+``put_later`` is the request path's put: the response is held in memory (`pending.py`), where
+every read on this replica finds it at once, and a single writer task writes whatever is held
+in one transaction per batch — the next batch gathers while one is written, so there is no
+wait when idle and one commit per batch under load. A batch that fails for an outage is kept
+and retried; ``close`` writes what is held before the store shuts.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import pydantic_core
 from gateway.accounting.ledger import redact
 from gateway.conversation.backends import Backend, PostgresBackend, SQLiteBackend
 from gateway.conversation.input_items import page
+from gateway.conversation.pending import PendingResponses
 from gateway.conversation.records import StoredResponse, StoreUnavailable
 from gateway.conversation.sql import COLUMNS, JSON_COLUMNS, PURGE_BATCH, statements
 
@@ -91,6 +99,9 @@ class ResponseStore:
         self._down = False
         self._retry_at = 0.0  # monotonic; no new connection is tried before it
         self._closed = False
+        self._pending = PendingResponses()
+        self._writer: asyncio.Task[None] | None = None
+        self._drop_logged = -1e9  # monotonic; drops are logged at most every 10 s
 
     @classmethod
     def from_policy(cls, policy: Policy) -> ResponseStore:
@@ -108,14 +119,84 @@ class ResponseStore:
     async def put(self, r: StoredResponse) -> None:
         await self._submit(lambda: self._execute(self._sql.put, _row(r)))
 
+    def put_later(self, r: StoredResponse) -> None:
+        """Store `r` without waiting: readable on this replica at once, in the database once
+        its batch commits (other replicas see it then). Needs a running event loop."""
+        if self._closed:
+            raise StoreUnavailable("the response store is closed")
+        dropped = self._pending.dropped
+        self._pending.add(r)
+        if self._pending.dropped > dropped and time.monotonic() >= self._drop_logged + 10.0:
+            self._drop_logged = time.monotonic()
+            log.warning("responses: %d held responses dropped so far (the database has been "
+                        "unreachable while %d were waiting)", self._pending.dropped,
+                        self._pending.limit)
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> asyncio.Task[None]:
+        loop = asyncio.get_running_loop()
+        writer = self._writer
+        if writer is not None and not writer.done() and writer.get_loop() is loop:
+            return writer
+        if self._pending.writing:
+            # The writer was cut off mid-batch (cancelled, or its loop ended: a test client's):
+            # that batch is written again.
+            self._pending.failed()
+        self._writer = loop.create_task(self._write_pending())
+        return self._writer
+
+    @property
+    def pending(self) -> int:
+        """Responses put but not yet in the database."""
+        return len(self._pending)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every response put so far is written (or `timeout` passes): whether
+        none is left pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self._pending):
+            writer = self._ensure_writer()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait({writer}, timeout=left)
+        return True
+
+    async def _write_pending(self) -> None:
+        while self._pending.queued:
+            batch = self._pending.take()
+            try:
+                await self._submit(self._put_many, batch)
+            except StoreUnavailable:
+                # Logged once per outage (`_failed`); kept, and tried again.
+                self._pending.failed()
+                if self._closed:
+                    return
+                await asyncio.sleep(self._backoff_s)
+                continue
+            except Exception:  # a bug, or a value that cannot be stored: never retried
+                n = self._pending.lost()
+                log.exception("responses: could not store a batch of %d; follow-ups naming "
+                              "them will not find them", n)
+                continue
+            self._pending.written()
+
     async def get(self, tenant: str, id: str) -> StoredResponse | None:
         """None when missing, another tenant's or expired — it never says which."""
+        held = self._pending.find(tenant, id, self._now())
+        if held is not None:
+            return held
         rows, _ = await self._submit(self._execute, self._sql.get, (tenant, id, self._now()))
         return _record(rows[0]) if rows else None
 
     async def delete(self, tenant: str, id: str) -> bool:
+        queued, writing = self._pending.discard(tenant, id)
+        deadline = time.monotonic() + 5.0
+        while writing and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # its batch lands first, then its row goes
+            writing = (tenant, id) in self._pending.writing
         _, n = await self._submit(self._execute, self._sql.delete, (tenant, id, self._now()))
-        return n > 0
+        return queued or n > 0
 
     async def chain(self, tenant: str, id: str, max_turns: int = 100
                     ) -> list[StoredResponse] | None:
@@ -125,9 +206,13 @@ class ResponseStore:
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1 (got {max_turns})")
         now = self._now()
+        held, rest = self._pending.walk(tenant, id, now, max_turns)
+        newest = held[::-1]
+        if rest is None:
+            return newest
         rows, _ = await self._submit(self._execute, self._sql.chain,
-                                     (tenant, id, now, tenant, max_turns, now))
-        return [_record(r) for r in rows] if rows else None
+                                     (tenant, rest, now, tenant, max_turns - len(held), now))
+        return [*(_record(r) for r in rows), *newest] if rows or newest else None
 
     async def input_items(self, tenant: str, id: str, *, after: str | None,
                           before: str | None, limit: int, order: Literal["asc", "desc"]
@@ -135,6 +220,11 @@ class ResponseStore:
         """One page of the response's input items, each with its ``id``, and whether more
         remain (OpenAI's ``GET /v1/responses/{id}/input_items``); None when not found.
         Raises InvalidRequest (400) for a bad ``limit``/``order`` or an unknown cursor."""
+        held = self._pending.find(tenant, id, self._now())
+        if held is not None:
+            return page(id, held.input_items, after=after, before=before, limit=limit,
+                        order=order)
+
         def read() -> tuple[list[dict[str, Any]], bool] | None:
             rows, _ = self._execute(self._sql.input_items, (tenant, id, self._now()))
             if not rows:
@@ -159,8 +249,15 @@ class ResponseStore:
             log.info("purged %d expired stored responses", n)
         return n
 
-    async def close(self) -> None:
+    async def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Write what is pending (for at most `flush_timeout_s`), then close."""
+        if len(self._pending) and not await self.flush(flush_timeout_s):
+            log.warning("responses: %d stored responses could not be written before "
+                        "shutdown; follow-ups naming them will not find them",
+                        len(self._pending))
         self._closed = True
+        if self._writer is not None:
+            self._writer.cancel()
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._lock:
             conns, self._conns = self._conns, []
@@ -202,10 +299,15 @@ class ResponseStore:
         self._recovered()
         return conn
 
-    def _execute(self, q: str, params: Sequence[Any]) -> tuple[Rows, int]:
+    def _put_many(self, rs: list[StoredResponse]) -> None:
+        self._execute(self._sql.put, [_row(r) for r in rs], many=True)
+
+    def _execute(self, q: str, params: Sequence[Any], many: bool = False) -> tuple[Rows, int]:
+        """One statement, or (`many`) one statement per row of `params` in one transaction."""
         conn = self._connection()
         try:
-            out = self._backend.run(conn, q, params)
+            out = self._backend.run_many(conn, q, params) if many \
+                else self._backend.run(conn, q, params)
         except self._backend.unavailable as e:
             if self._backend.broken(conn):
                 self._drop(conn)  # the next call on this thread reconnects

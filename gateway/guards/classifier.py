@@ -5,7 +5,8 @@ router's strategy, health and fallbacks like any request — a Llama Guard–sty
 self-hosted deployment, or OpenAI's `/v1/moderations` on an external one. It is not a second
 request of its own: each call it makes is an attempt of the request it checks (outcome
 `guard`), so its tokens are priced and billed to that request's tenant in the same ledger
-record, and `timeout_s` bounds all of it.
+record, its worst case was reserved with that request at admission (`admission.py`), and
+`timeout_s` bounds all of it. It checks prompts, whole replies and stream segments alike.
 
 Llama Guard answers `safe`, or `unsafe` with a line of categories (`S1,S10`):
 https://huggingface.co/meta-llama/Llama-Guard-3-8B#response-format. Moderations answer
@@ -21,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.accounting.estimate import estimate_prompt_tokens
 from gateway.accounting.records import AttemptRecord, RequestRecord
+from gateway.accounting.usage import Usage
 from gateway.call import Call, Endpoint
 from gateway.errors import GatewayError
 from gateway.upstream import UpstreamFailure
@@ -40,20 +43,47 @@ class Classification:
     error: str | None = None
 
 
-async def classify(rt: Runtime, detector: ModelDetector, text: str,
-                   record: RequestRecord) -> Classification:
-    """Ask the classifier about `text`, within `detector.timeout_s`. Every attempt is added to
-    `record` (outcome `guard`), a timed-out one included."""
+# What one classifier call may cost beyond the text it checks, for admission's worst case:
+# the chat template's message overhead, and the verdict (`safe` / `unsafe\nS1,S10`, capped by
+# the call's `max_tokens`). Moderations generate nothing.
+CALL_OVERHEAD_TOKENS = 16
+VERDICT_MAX_TOKENS = 32
+
+
+def call_tokens(detector: ModelDetector, text_tokens: int) -> tuple[int, int]:
+    """(prompt, completion) tokens of one classifier call checking `text_tokens` of text, at
+    most: what admission reserves for it."""
+    completion = 0 if detector.api == "moderation" else VERDICT_MAX_TOKENS
+    return text_tokens + CALL_OVERHEAD_TOKENS, completion
+
+
+async def classify(rt: Runtime, detector: ModelDetector, text: str, record: RequestRecord,
+                   into: list[AttemptRecord] | None = None) -> Classification:
+    """Ask the classifier about `text`, within `detector.timeout_s`. Every attempt (outcome
+    `guard`) is added to `into` (default: `record.attempts`), a timed-out one and one cut
+    short by cancellation (the client left) included, so its tokens are billed and its
+    reservation settled with the rest of the record."""
+    sink = record.attempts if into is None else into
     call = _call(detector, text, record.request_id)
     pending: list[tuple[Target, float]] = []
     try:
         async with asyncio.timeout(detector.timeout_s):
-            return await _route(rt, detector, call, record, pending)
+            return await _route(rt, detector, call, sink, pending)
     except TimeoutError:
         for target, started in pending:  # the attempt cut off by the deadline
-            _attempt(record, target, None, None, started,
+            _attempt(sink, target, None, _sent(call), started,
                      f"timeout: no verdict within {detector.timeout_s:g} s")
         return Classification(None, error="timeout")
+    except asyncio.CancelledError:
+        for target, started in pending:
+            _attempt(sink, target, None, _sent(call), started, "cancelled: the request ended")
+        raise
+
+
+def _sent(call: Call) -> Usage:
+    """An attempt cut off in flight: the upstream may well have read (and will bill) its
+    prompt, so it is counted, estimated; it generated nothing the gateway saw."""
+    return Usage(input_uncached=estimate_prompt_tokens(call.body), source="estimated")
 
 
 def _call(d: ModelDetector, text: str, request_id: str) -> Call:
@@ -62,14 +92,14 @@ def _call(d: ModelDetector, text: str, request_id: str) -> Call:
         body = {"model": d.model, "input": text}
     else:
         body = {"model": d.model, "messages": [{"role": "user", "content": text}],
-                "temperature": 0, "max_tokens": 32}
+                "temperature": 0, "max_tokens": VERDICT_MAX_TOKENS}
     endpoint: Endpoint = "moderations" if d.api == "moderation" else "chat"
     return Call(endpoint=endpoint, model=d.model, body=body,
                 raw=json.dumps(body, separators=(",", ":")).encode(), stream=False,
                 request_id=request_id)
 
 
-async def _route(rt: Runtime, d: ModelDetector, call: Call, record: RequestRecord,
+async def _route(rt: Runtime, d: ModelDetector, call: Call, sink: list[AttemptRecord],
                  pending: list[tuple[Target, float]]) -> Classification:
     try:
         plan = rt.router.plan(call)
@@ -97,25 +127,25 @@ async def _route(rt: Runtime, d: ModelDetector, call: Call, record: RequestRecor
         except (UpstreamFailure, GatewayError) as e:
             pending.clear()
             last = f"{type(e).__name__}: {e}"
-            _attempt(record, target, None, None, started, last)
+            _attempt(sink, target, None, None, started, last)
             continue
         pending.clear()
         if resp.status >= 400:
             why = adapter.classify(resp.status, body, resp.headers).message
             last = f"HTTP {resp.status}: {why}"
-            _attempt(record, target, resp.status, None, started, last)
+            _attempt(sink, target, resp.status, None, started, last)
             continue
         reply = adapter.parse_reply(call, target, body, False)
         verdict = _verdict(d, reply.body)
-        _attempt(record, target, 200, reply.usage, started, verdict.error)
+        _attempt(sink, target, 200, reply.usage, started, verdict.error)
         rt.health.success(target.id)
         return verdict
     return Classification(None, error=last)
 
 
-def _attempt(record: RequestRecord, target: Target, status: int | None, usage: Any,
+def _attempt(sink: list[AttemptRecord], target: Target, status: int | None, usage: Any,
              started: float, error: str | None) -> None:
-    record.attempts.append(AttemptRecord(
+    sink.append(AttemptRecord(
         target.id, target.provider_name, target.upstream_model, "guard", status, usage,
         (time.monotonic() - started) * 1000, error=error))
 

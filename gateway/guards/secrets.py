@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.plugins.base import RegexBasedDetector
 from detect_secrets.plugins.keyword import KeywordDetector
+from detect_secrets.settings import get_settings
 
 from gateway.guards.base import Finding
 
@@ -53,17 +55,38 @@ def _needs(p: re.Pattern[str]) -> _Needs | None:
     return None
 
 
+# Our own plugins (gateway/guards/secret_plugins.py), registered with detect-secrets as custom
+# plugins: the library imports the file and lists its classes with its own.
+_OWN_FILE = Path(__file__).with_name("secret_plugins.py")
+_OWN_PLUGINS = ("OpenAIProjectKeyDetector",)
+
+
+def _mapping() -> dict[str, Any]:
+    """detect-secrets' secret type → plugin class, our custom plugins included.
+
+    Registering is the library's own mechanism (its settings' `plugins_used` with a
+    `file://` path, as `detect-secrets scan --plugin` does); the mapping is cached by the
+    library, so its cache is cleared once after registering. Checked on every call because
+    the settings are a library-wide singleton that other code may reset."""
+    mapping: dict[str, Any] = dict(get_mapping_from_secret_type_to_class())
+    if all(any(c.__name__ == n for c in mapping.values()) for n in _OWN_PLUGINS):
+        return mapping
+    get_settings().configure_plugins(
+        [{"name": n, "path": f"file://{_OWN_FILE}"} for n in _OWN_PLUGINS])
+    get_mapping_from_secret_type_to_class.cache_clear()
+    return dict(get_mapping_from_secret_type_to_class())
+
+
 def available_plugins() -> list[str]:
     """Names of the pattern-based detect-secrets plugins the detector can use."""
-    classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
+    classes: list[Any] = list(_mapping().values())
     return sorted(c.__name__ for c in classes
                   if c.__name__ not in _EXCLUDED and issubclass(c, RegexBasedDetector))
 
 
 class SecretsDetector:
     def __init__(self, plugins: Sequence[str] | None = None, keywords: bool = False) -> None:
-        mapping: dict[str, Any] = dict(get_mapping_from_secret_type_to_class())
-        classes = {c.__name__: c for c in mapping.values()}
+        classes = {c.__name__: c for c in _mapping().values()}
         names = list(plugins) if plugins is not None else available_plugins()
         self.patterns: list[tuple[str, re.Pattern[str], _Needs | None]] = []
         for name in names:

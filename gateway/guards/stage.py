@@ -6,6 +6,11 @@ runs at `attempt()` — once the destination is known — and only for an extern
 a request that falls back from a self-hosted deployment to an external one is checked (and
 blocked or redacted) before anything leaves. Its redaction applies to external attempts
 only: a later self-hosted attempt gets the original prompt back.
+
+Output checks: the text detectors on replies (and on streams through the sliding window),
+`length` and `model` on whole replies (`output.py`) and on streams (`stream_checks.py`).
+A policy with a `model` guard gets a `SpendingGuardStage`, whose `reserve` adds the
+classifier calls' worst case to the request's admission (`admission.py`).
 """
 
 from __future__ import annotations
@@ -15,19 +20,23 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.estimate import estimate_prompt_tokens
-from gateway.call import Call
+from gateway.call import Call, Principal
+from gateway.guards.admission import GuardSpend
 from gateway.guards.base import Finding, redact
-from gateway.guards.classifier import classify
 from gateway.guards.compiled import SELF_HOSTED_KINDS, CompiledGuard, compile_guards
+from gateway.guards.model_check import ask
+from gateway.guards.output import check_reply
+from gateway.guards.refusal import TOO_LONG, blocked, prompt_param
+from gateway.guards.stream_checks import LengthCap, SegmentCheck
 from gateway.guards.text import rewrite, texts
 from gateway.guards.verdicts import VerdictClock
 from gateway.guards.window import Check, StreamBlocked, WindowScanner
 from gateway.stages.base import (
     ORDER_GUARD_INPUT,
-    Blocked,
     ReplyInfo,
     Stage,
     StageContext,
@@ -49,7 +58,13 @@ def build_guard_stages(policy: Policy, runtime: Runtime) -> Iterable[Stage]:
     """One guard stage when the policy has any guard."""
     if not policy.guards:
         return ()
-    return (GuardStage(compile_guards(policy.guards), runtime),)
+    guards = compile_guards(policy.guards)
+    spend = GuardSpend(policy, runtime, guards) if any(g.model for g in guards) else None
+    return (GuardStage(guards, runtime) if spend is None
+            else SpendingGuardStage(guards, runtime, spend),)
+
+
+_UNPLANNED = object()  # a (tenant, model) whose guards are not worked out yet
 
 
 class GuardStage:
@@ -63,13 +78,38 @@ class GuardStage:
         # policy's tenants × models (both are checked before stages begin).
         self._plans: dict[tuple[str, str], _Plan | None] = {}
 
-    def begin(self, ctx: StageContext) -> StageRun | None:
-        key = (ctx.principal.tenant, ctx.call.model)
+    def plan(self, tenant: str, model: str) -> _Plan | None:
+        key = (tenant, model)
         try:
-            plan = self._plans[key]
+            return self._plans[key]
         except KeyError:
             plan = self._plans[key] = _Plan.of([g for g in self.guards if g.applies(*key)])
-        return GuardRun(self.runtime, ctx, plan) if plan is not None else None
+            return plan
+
+    def begin(self, ctx: StageContext) -> StageRun | None:
+        plan = self._plans.get((ctx.principal.tenant, ctx.call.model), _UNPLANNED)
+        if plan is _UNPLANNED:
+            plan = self.plan(ctx.principal.tenant, ctx.call.model)
+        return GuardRun(self.runtime, ctx, plan) if isinstance(plan, _Plan) else None
+
+
+class SpendingGuardStage(GuardStage):
+    """The guards of a policy with a `model` guard: its classifier calls are admitted with
+    the request they check (gateway/stages/base.py `Reserves`). Only such a policy has
+    `reserve`, so admission of any other does no guard work."""
+
+    def __init__(self, guards: list[CompiledGuard], runtime: Runtime,
+                 spend: GuardSpend) -> None:
+        super().__init__(guards, runtime)
+        self.spend = spend
+
+    def reserve(self, call: Call, principal: Principal, prompt_tokens: int,
+                max_completion_tokens: int) -> tuple[int, Decimal] | None:
+        plan = self.plan(principal.tenant, call.model)
+        if plan is None or not plan.models:
+            return None
+        return self.spend.worst_case(plan.models, call.stream, principal.tenant,
+                                     prompt_tokens, max_completion_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +117,8 @@ class _Plan:
     inputs: list[CompiledGuard]
     external_inputs: list[CompiledGuard]
     outputs: list[CompiledGuard]
+    # The `model` guards, each with where it runs (`input`, `output`), for admission.
+    models: list[tuple[CompiledGuard, str]]
 
     @classmethod
     def of(cls, guards: list[CompiledGuard]) -> _Plan | None:
@@ -84,7 +126,9 @@ class _Plan:
             return None
         return cls([g for g in guards if g.input and not g.external_only],
                    [g for g in guards if g.input and g.external_only],
-                   [g for g in guards if g.output])
+                   [g for g in guards if g.output],
+                   [(g, stage) for g in guards if g.model is not None
+                    for stage, on in (("input", g.input), ("output", g.output)) if on])
 
 
 @dataclass(slots=True)
@@ -123,7 +167,10 @@ class GuardRun(StageRun):
 
     async def before(self) -> None:
         for g in self.inputs:
-            await self._check_input(g, None)
+            if g.model is None:
+                self._check_input(g, None)  # no await: no coroutine for a pattern scan
+            else:
+                await self._ask_input(g, None)
         return None
 
     async def attempt(self, target: Target) -> None:
@@ -139,10 +186,14 @@ class GuardRun(StageRun):
             return
         self._original = _Bodies.of(call)
         for g in self.external_inputs:
-            await self._check_input(g, target)
+            if g.model is None:
+                self._check_input(g, target)
+            else:
+                await self._ask_input(g, target)
         self._external = _Bodies.of(call)
 
-    async def _check_input(self, g: CompiledGuard, target: Target | None) -> None:
+    def _check_input(self, g: CompiledGuard, target: Target | None) -> None:
+        """A text or length guard on the prompt (synchronous)."""
         call = self.ctx.call
         clock = VerdictClock(self.ctx.record, g.name, "input",
                              target.id if target is not None else None)
@@ -160,38 +211,30 @@ class GuardRun(StageRun):
                 return
             clock.done(g.action, labels)
             if g.action == "block":
-                raise _blocked(g, "prompt", param=_prompt_param(call))
+                raise blocked(g, "prompt", param=prompt_param(call))
             return
-        if g.length is not None:
-            over = _too_long(g, call, parts)
-            clock.done(("block" if g.action == "block" else "flag") if over else "pass",
-                       ["length"] if over else [])
-            if over and g.action == "block":
-                raise _blocked(g, "prompt", "it is longer than this policy allows",
-                               param=_prompt_param(call))
-            return
-        assert g.model is not None
-        result = await classify(self.rt, g.model, "\n".join(parts), self.ctx.record)
-        if result.unsafe is None:
-            verdict = "fail_open" if g.model.on_error == "fail_open" else "fail_closed"
-            clock.done(verdict, ["classifier_error"])
-            if verdict == "fail_closed":
-                raise _blocked(g, "prompt", "its safety classifier gave no verdict in time "
-                               "and this policy refuses unchecked prompts",
-                               param=_prompt_param(call))
-            return
-        if result.unsafe:
-            clock.done("block" if g.action == "block" else "flag", result.categories)
-            if g.action == "block":
-                raise _blocked(g, "prompt", param=_prompt_param(call))
-            return
-        clock.done("pass", result.categories)
+        over = _too_long(g, call, parts)
+        clock.done(("block" if g.action == "block" else "flag") if over else "pass",
+                   ["length"] if over else [])
+        if over and g.action == "block":
+            raise blocked(g, "prompt", TOO_LONG, param=prompt_param(call))
+
+    async def _ask_input(self, g: CompiledGuard, target: Target | None) -> None:
+        """A `model` guard on the prompt: its classifier's verdict."""
+        call = self.ctx.call
+        clock = VerdictClock(self.ctx.record, g.name, "input",
+                             target.id if target is not None else None)
+        source = call.native_body if call.native_body is not None else call.body
+        why = await ask(self.rt, g, "\n".join(texts(source)), self.ctx.record, clock,
+                        "prompt")
+        if why is not None:
+            raise blocked(g, "prompt", why, param=prompt_param(call))
 
     # ---- output --------------------------------------------------------------------------
 
     def _outputs_for(self, target: Target) -> list[CompiledGuard]:
         return [g for g in self.outputs
-                if g.find is not None and (not g.external_only or _external(self.ctx, target))]
+                if not g.external_only or _external(self.ctx, target)]
 
     async def reply(self, body: bytes, info: ReplyInfo) -> bytes:
         guards = self._outputs_for(info.target)
@@ -203,7 +246,9 @@ class GuardRun(StageRun):
             return body
         changed = False
         for g in guards:
-            assert g.find is not None
+            if g.find is None:  # length, model: on the reply as it now reads
+                await check_reply(self.rt, self.ctx.record, g, obj, info)
+                continue
             clock = VerdictClock(self.ctx.record, g.name, "output")
             found = [f for t in texts(obj) for f in g.find(t)]
             if not found:
@@ -211,7 +256,7 @@ class GuardRun(StageRun):
                 continue
             clock.done(g.action, {f.label for f in found})
             if g.action == "block":
-                raise _blocked(g, "reply")
+                raise blocked(g, "reply")
             if g.action == "redact":
                 obj = rewrite(obj, _redactor(g))
                 changed = True
@@ -224,20 +269,31 @@ class GuardRun(StageRun):
         guards = self._outputs_for(info.target)
         if not guards:
             return None
-        return GuardWatch(self.ctx, info, guards)
+        return GuardWatch(self.rt, self.ctx, info, guards)
 
 
 class GuardWatch:
-    """The output guards on one stream: a `WindowScanner` and each guard's verdict entry."""
+    """The output guards on one stream, in three steps each fed what the one before let
+    through: the text detectors' sliding window (`WindowScanner`), the classifiers'
+    segments (`SegmentCheck`), then the length caps (`LengthCap`: they count only text that
+    reaches the client, and release up to the cap when they cut)."""
 
-    def __init__(self, ctx: StageContext, info: ReplyInfo, guards: list[CompiledGuard]) -> None:
+    def __init__(self, rt: Runtime, ctx: StageContext, info: ReplyInfo,
+                 guards: list[CompiledGuard]) -> None:
         self.ctx = ctx
-        self.clocks = {g.name: VerdictClock(ctx.record, g.name, "output") for g in guards}
         self.guards = {g.name: g for g in guards}
-        checks: list[Check] = [(g.name, g.action, g.find, g.replacement) for g in guards
+        text = [g for g in guards if g.find is not None]
+        self.clocks = {g.name: VerdictClock(ctx.record, g.name, "output") for g in text}
+        checks: list[Check] = [(g.name, g.action, g.find, g.replacement) for g in text
                                if g.find is not None]
-        self.scanner = WindowScanner(info.wire, max(g.window for g in guards), checks,
-                                     self._found)
+        self.scanner = WindowScanner(info.wire, max(g.window for g in text), checks,
+                                     self._found) if text else None
+        record = ctx.record
+        self.steps: list[LengthCap | SegmentCheck] = [
+            SegmentCheck(rt, record, info.wire, g, VerdictClock(record, g.name, "output"))
+            for g in guards if g.model is not None]
+        self.steps += [LengthCap(info.wire, g, VerdictClock(record, g.name, "output"))
+                       for g in guards if g.length is not None]
 
     def _found(self, name: str, action: str, labels: list[str]) -> None:
         entry = self.clocks[name].entry
@@ -245,12 +301,29 @@ class GuardWatch:
         entry["labels"] = sorted(set(entry["labels"]) | set(labels))
 
     async def feed(self, chunk: bytes) -> bytes:
-        return self._timed(self.scanner.feed, chunk)
+        if self.scanner is not None:
+            chunk = self._timed(self.scanner.feed, chunk)
+        return await self._steps(chunk, 0)
+
+    async def _steps(self, data: bytes, first: int) -> bytes:
+        for i in range(first, len(self.steps)):
+            try:
+                data = await self.steps[i].feed(data) if data else data
+            except StreamBlocked as e:
+                release = e.release
+                if release and i + 1 < len(self.steps):
+                    # What the blocking step let through still passes the steps after it.
+                    release = await self._steps(release, i + 1)
+                raise blocked(self.guards[e.name], "reply", e.why, release=release) from None
+        return data
 
     async def finish(self) -> None:
         # The text ending (finish_reason, message_delta, [DONE]) released everything held
         # already; this is the last check of anything a translator left without one.
-        left = self._timed(lambda _: self.scanner.flush(), b"")
+        left = self._timed(lambda _: self.scanner.flush(), b"") if self.scanner else b""
+        left = await self._steps(left, 0)
+        for i, step in enumerate(self.steps):
+            left += await self._steps(await step.flush(), i + 1)
         if any(c.entry["verdict"] == "redact" for c in self.clocks.values()):
             _redact_stored(self.ctx.call, list(self.guards.values()))
         if left:
@@ -263,7 +336,7 @@ class GuardWatch:
             out: bytes = fn(arg)
             return out
         except StreamBlocked as e:
-            raise _blocked(self.guards[e.name], "reply") from None
+            raise blocked(self.guards[e.name], "reply") from None
         finally:
             spent = time.perf_counter() - t0
             for clock in self.clocks.values():
@@ -276,23 +349,6 @@ class GuardWatch:
 def _external(ctx: StageContext, target: Target) -> bool:
     provider = ctx.policy.providers.get(target.provider_name)
     return provider is None or provider.kind not in SELF_HOSTED_KINDS
-
-
-def _blocked(g: CompiledGuard, what: str, why: str | None = None,
-             param: str | None = None) -> Blocked:
-    # Names the guard and the kind of check, never the matched text.
-    reason = why or "it contains content this policy does not allow"
-    where = "request" if what == "prompt" else "reply"
-    return Blocked(g.name, f"The {where} was blocked by the gateway's {g.name!r} guard: "
-                   f"{reason}. Remove that content, or ask the gateway's administrator about "
-                   "the policy.", param=param)
-
-
-def _prompt_param(call: Call) -> str:
-    """The request field that holds the prompt, for the error's `param`."""
-    if call.ingress == "responses" or call.endpoint in ("embeddings", "moderations"):
-        return "input"
-    return "prompt" if call.endpoint == "completions" else "messages"
 
 
 def _redactor(g: CompiledGuard) -> Any:

@@ -20,6 +20,9 @@ from typing import Any
 
 from gateway.accounting.records import RequestRecord
 
+# A check that ran several times on one request (a stream's segments) reports the gravest.
+_GRAVITY = {"pass": 0, "fail_open": 1, "flag": 2, "redact": 2, "block": 3, "fail_closed": 3}
+
 
 class VerdictClock:
     """Times one check and adds its verdict to the record."""
@@ -50,6 +53,15 @@ class VerdictClock:
         if labels:
             e["labels"] = sorted({*e["labels"], *labels})
         e["ms"] = int((time.perf_counter() - self._t0) * 1_000_000) / 1000
+
+    def worse(self, verdict: str, labels: Iterable[str] = ()) -> None:
+        """A further finding on the same check (a stream's next segment): the entry keeps
+        the gravest verdict seen and every label."""
+        e = self._entry
+        if _GRAVITY[verdict] > _GRAVITY.get(e["verdict"], 0):
+            e["verdict"] = verdict
+        if labels:
+            e["labels"] = sorted({*e["labels"], *labels})
 
     def add_time(self, seconds: float) -> None:
         """Streams: the check's time is the sum of its scans, not the stream's length."""

@@ -36,17 +36,21 @@ OnFinding = Callable[[str, str, list[str]], None]
 
 
 class StreamBlocked(Exception):
-    """A block check matched: the stream must end now (nothing pending is released)."""
+    """A block check matched: the stream must end now. `release`: whole events that still go
+    to the client in front of the block (a length cap's text up to the cap); nothing
+    pending is released."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, release: bytes = b"", why: str | None = None) -> None:
         self.name = name
+        self.release = release
+        self.why = why
 
 
 @dataclass(slots=True)
-class _Event:
+class Event:
     raw: bytes
     obj: dict[str, Any] | None = None
-    # Where the delta text sits in `obj` (set via `_set_text`), and the text itself.
+    # Where the delta text sits in `obj` (set via `set_text`), and the text itself.
     path: tuple[Any, ...] = ()
     text: str = ""
     dirty: bool = False
@@ -69,7 +73,7 @@ class WindowScanner:
     window: int
     checks: list[Check]
     on_finding: OnFinding
-    pending: list[_Event] = field(default_factory=list)
+    pending: list[Event] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
 
     def feed(self, data: bytes) -> bytes:
@@ -78,12 +82,12 @@ class WindowScanner:
         Translators hand over whole events only; bytes after the last event boundary are
         still kept (as one event, unparsed if they do not parse), so nothing is ever lost."""
         out = []
-        for raw in _events(data):
+        for raw in split_events(data):
             ev = self._parse(raw)
             if ev.obj is not None and not ev.path:
                 self._check_whole(ev)
             self.pending.append(ev)
-            if _ends_text(self.wire, ev, raw):
+            if ends_text(self.wire, ev, raw):
                 # The text is complete (finish_reason, message_delta, [DONE]…): check it as
                 # final and release it in front of the stream's last events.
                 out.append(self.flush())
@@ -100,24 +104,10 @@ class WindowScanner:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _parse(self, raw: bytes) -> _Event:
-        data = _data_of(raw)
-        if data is None or data == b"[DONE]":
-            return _Event(raw)
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return _Event(raw)
-        if not isinstance(obj, dict):
-            return _Event(raw)
-        ev = _Event(raw, obj)
-        path = _delta_path(self.wire, obj)
-        if path is not None:
-            value = _get(obj, path)
-            ev.path, ev.text = path, value if isinstance(value, str) else ""
-        return ev
+    def _parse(self, raw: bytes) -> Event:
+        return parse_event(self.wire, raw)
 
-    def _check_whole(self, ev: _Event) -> None:
+    def _check_whole(self, ev: Event) -> None:
         """An event that is not a delta but may carry the whole text (Responses' `.done`)."""
         assert ev.obj is not None
         parts = texts(ev.obj)
@@ -170,7 +160,7 @@ class WindowScanner:
                     continue
                 a, b = max(f.start, start) - start, min(f.end, end) - start
                 insert = replacement.format(label=f.label) if start <= f.start < end else ""
-                _set_text(ev, ev.text[:a] + insert + ev.text[b:])
+                set_text(ev, ev.text[:a] + insert + ev.text[b:])
 
     def _release(self) -> bytes:
         out = []
@@ -184,6 +174,25 @@ class WindowScanner:
         return b"".join(out)
 
 
+def parse_event(wire: str, raw: bytes) -> Event:
+    """One SSE event of `wire` format, with the text it adds (if any) and where it sits."""
+    data = _data_of(raw)
+    if data is None or data == b"[DONE]":
+        return Event(raw)
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return Event(raw)
+    if not isinstance(obj, dict):
+        return Event(raw)
+    ev = Event(raw, obj)
+    path = _delta_path(wire, obj)
+    if path is not None:
+        value = _get(obj, path)
+        ev.path, ev.text = path, value if isinstance(value, str) else ""
+    return ev
+
+
 def _redactor(find: Callable[[str], list[Finding]], replacement: str) -> Callable[[str], str]:
     def fn(s: str) -> str:
         found = find(s)
@@ -194,7 +203,7 @@ def _redactor(find: Callable[[str], list[Finding]], replacement: str) -> Callabl
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
-def _events(data: bytes) -> list[bytes]:
+def split_events(data: bytes) -> list[bytes]:
     """`data` cut after each SSE event boundary (any of the three line endings), each event
     with its own bytes; a tail without a boundary is an event of its own."""
     out = []
@@ -208,7 +217,7 @@ def _events(data: bytes) -> list[bytes]:
     return out
 
 
-def _set_text(ev: _Event, text: str) -> None:
+def set_text(ev: Event, text: str) -> None:
     assert ev.obj is not None
     node: Any = ev.obj
     for key in ev.path[:-1]:
@@ -254,7 +263,7 @@ def _delta_path(wire: str, obj: dict[str, Any]) -> tuple[Any, ...] | None:
     return None
 
 
-def _ends_text(wire: str, ev: _Event, raw: bytes) -> bool:
+def ends_text(wire: str, ev: Event, raw: bytes) -> bool:
     """The event ends the reply's text: nothing more can join a match."""
     obj = ev.obj
     if wire == "openai":

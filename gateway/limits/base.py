@@ -19,10 +19,13 @@ class Estimate:
     prompt_tokens: int
     max_completion_tokens: int
     cost_usd: Decimal = Decimal(0)
+    # Tokens that request stages may spend on the request's behalf (a guard's classifier
+    # calls: gateway/stages/base.py `Reserves`); their cost is in `cost_usd`.
+    stage_tokens: int = 0
 
     @property
     def tokens(self) -> int:
-        return self.prompt_tokens + self.max_completion_tokens
+        return self.prompt_tokens + self.max_completion_tokens + self.stage_tokens
 
 
 @dataclass(slots=True)

@@ -1,5 +1,9 @@
 """The many-replica limiter: every counter in Redis, one Lua script (one round trip) per admission.
 
+Settlements are batched off every request's path (redis_batch.py): queued, they ride in the
+next admission's round trip, or leave together by a timer after `settle_window_s` when no
+admission comes — so under load a request costs one round trip, its admission's.
+
 admit.lua checks and reserves RPM, TPM and concurrency for every scope plus the budgets in one
 atomic step on Redis's clock, so two replicas together are held to exactly the limits one
 process would be. Scripts run by EVALSHA; when Redis has lost them (restart, SCRIPT FLUSH, a
@@ -36,6 +40,7 @@ from gateway.limits import budget as b
 from gateway.limits.base import Estimate, Reservation
 from gateway.limits.headers import RateState, rate_limited
 from gateway.limits.memory import DEFAULT_LEASE_S, admitted, budget_status, lease_for
+from gateway.limits.redis_batch import DEFAULT_WINDOW_S, SettleBatcher
 from gateway.limits.rules import BudgetRule, Hold, Plan, Rules, take_hold
 from gateway.policy.models import Policy
 from gateway.policy.tenants import TenantConfig
@@ -49,6 +54,13 @@ _TTL_S = {"month": 62 * 86400, "day": 3 * 86400}
 # connect timeout on every request; then the next request tries Redis again.
 _DOWN_S = 1.0
 _LOG_EVERY_S = 10.0
+# Connecting gets longer than a call. A burst of admissions on an empty pool (start-up, a
+# spike) opens one connection each at once, and every connect's clock runs while the event
+# loop sets up all the others: 25 at once took 0.2-0.4 s on a 2-core host at load 8, and
+# past the call timeout (0.5 s) under more load, failing open with "Timeout connecting to
+# server". A Redis that is down refuses at once; an unreachable one costs this once per
+# _DOWN_S.
+_CONNECT_TIMEOUT_S = 2.0
 
 
 class _Script:
@@ -96,7 +108,7 @@ class RedisLimiter:
     def __init__(self, tenants: Mapping[str, TenantConfig], *, url: str,
                  key_prefix: str = "gw:", on_redis_error: FailMode = "fail_open",
                  lease_s: float = DEFAULT_LEASE_S, socket_timeout_s: float = 0.5,
-                 max_connections: int = 256,
+                 max_connections: int = 256, settle_window_s: float = DEFAULT_WINDOW_S,
                  on_budget_alert: b.AlertSink | None = None,
                  on_store_error: Callable[[str, Exception], None] | None = None,
                  wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -109,7 +121,8 @@ class RedisLimiter:
         self._on_error = on_store_error
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout_s,
-            socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=max(socket_timeout_s, _CONNECT_TIMEOUT_S),
             # One immediate retry on a broken pooled connection (Redis restarted); never on a
             # timeout, where the script may have run and a retry would reserve twice.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
@@ -117,6 +130,8 @@ class RedisLimiter:
         self._admit = _Script(self._redis, _lua("admit.lua"))
         self._settle = _Script(self._redis, _lua("settle.lua"))
         self._restore = _Script(self._redis, _lua("restore.lua"))
+        self.settlements = SettleBatcher(self._redis, self._settle, window_s=settle_window_s)
+        """settle.lua calls, pipelined in batches (`round_trips` counts them)."""
         self._prepared: dict[int, _Prepared] = {}
         self._orphans: set[asyncio.Future[None]] = set()
         self._down_until = 0.0
@@ -203,7 +218,8 @@ class RedisLimiter:
         for rule, pid in zip(plan.budgets, periods, strict=True):
             keys += self._budget_keys(rule, pid)
             args += (rule.limit_nano, cost_nano, int(rule.block), _TTL_S[rule.period])
-        call = asyncio.ensure_future(self._admit(keys, args))
+        # Settlements queued since the last round trip ride in this one, ahead of it.
+        call = asyncio.ensure_future(self.settlements.run_with(self._admit, keys, args))
         try:
             out = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -306,7 +322,7 @@ class RedisLimiter:
             keys += self._budget_keys(rule, pid)
             args += (actual, _TTL_S[rule.period], ",".join(map(str, rule.thresholds)))
         try:
-            out = await self._settle(keys, args)
+            out = await self.settlements.call(keys, args)
         except (TimeoutError, RedisError, OSError) as e:
             # Slots and holds expire with their lease; the spend is rebuilt from the ledger.
             self._failed("settle", e)
@@ -344,4 +360,5 @@ class RedisLimiter:
     async def close(self) -> None:
         if self._orphans:
             await asyncio.gather(*self._orphans, return_exceptions=True)
+        await self.settlements.close()  # what is queued goes now, not after the window
         await self._redis.aclose()

@@ -69,6 +69,11 @@ class Metrics:
         self.guard_verdicts = Counter("gateway_guard_verdicts_total",
                                       "Guard verdicts by guard, verdict and tenant",
                                       ["guard", "verdict", "tenant"], registry=r)
+        # Cost-aware spill decisions (gateway/routing/spill.py), from settled records.
+        self.route_spills = Counter("gateway_route_spills_total",
+                                    "Requests a model's spill rule sent external (spill) or kept "
+                                    "self-hosted over its TTFT threshold (held)",
+                                    ["model", "decision"], registry=r)
 
     def request_done(self, model: str, status: int, seconds: float, ttft: float | None) -> None:
         key = (model, status)
@@ -109,6 +114,12 @@ class Metrics:
         tenant = self.settled.tenants(record.tenant)
         for v in record.guards:
             self.guard_verdicts.labels(v["name"], v["verdict"], tenant).inc()
+
+    def spills_settled(self, record: Any) -> None:
+        """A settlement listener: one count per request a `spill:` rule decided."""
+        reason = record.route_reason
+        if reason:
+            self.route_spills.labels(record.model, reason.split(":", 1)[0]).inc()
 
     def upstream_error(self, deployment: str, reason: str) -> None:
         # A stable code (`http_503`, `timeout`, `connect`), never the message's free text.

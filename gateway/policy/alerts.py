@@ -122,8 +122,12 @@ class Alerts(_Strict):
     """Deliveries in flight at once per replica (a hanging receiver holds one for at most its
     `timeout_s`); read at start, a reload keeps the running workers. Example: `concurrency: 8`."""
     log_size: int = Field(200, ge=1, le=100_000)
-    """Deliveries kept in memory for `GET /admin/alerts/deliveries` (the newest).
-    Example: `log_size: 1000`."""
+    """Deliveries shown by `GET /admin/alerts/deliveries` (the newest; kept in memory, and
+    read back from the outbox table at start). Example: `log_size: 1000`."""
+    outbox_lease_s: float = Field(30.0, ge=1, le=3600)
+    """How long a replica's claim on its unsent deliveries holds without renewal (it renews
+    every third of it). Deliveries of a replica killed outright are resumed — by another
+    replica, or by itself restarted — this long after it died. Example: `outbox_lease_s: 10`."""
 
     @model_validator(mode="after")
     def _checks(self) -> Alerts:

@@ -100,6 +100,14 @@ def reference_issues(data: Mapping[str, Any], lines: Lines,
                     out.append(issue(loc, "a model cannot fall back to itself", lines))
                 else:
                     ref(loc, "model", fb, models)
+        spill = route.get("spill")
+        spill_to = spill.get("to") if isinstance(spill, dict) else None
+        for i, to in enumerate(spill_to if isinstance(spill_to, list) else []):
+            if to == mname:
+                out.append(issue(("models", mname, "spill", "to", i),
+                                 "a model cannot spill to itself", lines))
+            else:
+                ref(("models", mname, "spill", "to", i), "model", to, models)
     for tname, tenant in _mapping(data.get("tenants")).items():
         if not isinstance(tenant, dict):
             continue
@@ -108,6 +116,9 @@ def reference_issues(data: Mapping[str, Any], lines: Lines,
             ref(("tenants", tname, "models", i), "model", m, models)
         for m in _mapping(tenant.get("model_limits")):
             ref(("tenants", tname, "model_limits", m), "model", m, models)
+    flow_models = _mapping(data.get("flow_control")).get("models")
+    for i, m in enumerate(flow_models if isinstance(flow_models, list) else []):
+        ref(("flow_control", "models", i), "model", m, models)
     tenants = _mapping(data.get("tenants"))
     for gname, guard in _mapping(data.get("guards")).items():
         # A guard's classifier and scope name models and tenants (docs/guards.md).

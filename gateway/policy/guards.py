@@ -138,16 +138,19 @@ class RegexDetector(_Strict):
 
 
 class LengthDetector(_Strict):
-    """Prompts longer than a bound (input only)."""
+    """Prompts (input) or replies (output) longer than a bound."""
 
     kind: Literal["length"]
     """`length`. Example: `length`."""
     max_chars: int | None = Field(None, ge=1)
-    """Most characters of prompt text (every message, system prompt and tool text counted).
-    Example: `200000`."""
+    """Most characters of text: on input every message, system prompt and tool text; on
+    output the reply's text (a stream is counted as it arrives and cut at this many
+    characters). Example: `200000`."""
     max_tokens: int | None = Field(None, ge=1)
-    """Most prompt tokens, as admission estimates them (characters / 4 plus message
-    overhead). Example: `32000`."""
+    """Most tokens: on input the prompt as admission estimates it (characters / 4 plus
+    message overhead); on output the reply's completion tokens as the upstream reports them,
+    or characters / 4 where it has not yet (a stream is cut at `4 × max_tokens` characters).
+    Example: `32000`."""
 
     @model_validator(mode="after")
     def _a_bound(self) -> LengthDetector:
@@ -157,13 +160,14 @@ class LengthDetector(_Strict):
 
 
 class ModelDetector(_Strict):
-    """A classifier model, called through the gateway's own routing (input only)."""
+    """A classifier model, called through the gateway's own routing (docs/guards.md)."""
 
     kind: Literal["model"]
     """`model`. Example: `model`."""
     model: str
     """Public model name (under `models:`) of the classifier. Its tokens are billed to the
-    tenant of the request it checks, as an attempt with outcome `guard`. Example:
+    tenant of the request it checks, as an attempt with outcome `guard`, and its worst case
+    is reserved with the request at admission (budgets, token limits). Example:
     `llama-guard`."""
     api: Literal["chat", "moderation"] = "chat"
     """`chat`: a Llama Guard–style chat model that answers `safe`, or `unsafe` and its
@@ -178,6 +182,12 @@ class ModelDetector(_Strict):
     """When the classifier times out or fails: let the request through (`fail_open`) or
     refuse it (`fail_closed`, 400 naming the guard). Either way the verdict is recorded and
     counted. Example: `fail_open`."""
+    segment_chars: int = Field(2048, ge=64, le=65_536)
+    """Output checks on streams: the classifier is asked about each segment of this many
+    characters of reply text as it completes (with the last quarter of the segment before,
+    for context), and the text's end; a segment is held back from the client until its
+    verdict. Smaller: text reaches the client sooner, more classifier calls. Example:
+    `1024`."""
 
 
 Detector = Annotated[
@@ -209,7 +219,7 @@ class Guard(_Strict):
     …}`. Example: `{kind: pii, types: [card, iban]}`."""
     stage: Literal["input", "output", "both"] = "input"
     """Check the request (`input`), the reply (`output`, streams included, incrementally) or
-    both. `length` and `model` detectors check input only. Example: `both`."""
+    both. Every detector works on both. Example: `both`."""
     action: Literal["block", "redact", "flag"] = "block"
     """`block`: refuse with 400 `content_policy_violation` naming the guard (mid-stream: end
     the stream with `finish_reason: content_filter` and an error event); `redact`: replace
@@ -221,16 +231,15 @@ class Guard(_Strict):
     """What a redacted match becomes; `{label}` is the finding's type (`card`, `email`,
     `AWSKeyDetector`, `deny_list`…). Example: `'***'`."""
     window_chars: int = Field(256, ge=8, le=65_536)
-    """Output checks on streams scan a sliding window of this many characters, so a match
-    split across chunks is still caught; at most this much text is held back from the
-    client at any time. Set it above the longest match you expect. Example: `512`."""
+    """Output checks on streams by the text detectors (`secrets`, `pii`, `deny_list`,
+    `regex`) scan a sliding window of this many characters, so a match split across chunks
+    is still caught; at most this much text is held back from the client at any time. Set
+    it above the longest match you expect (a `model` detector holds `segment_chars`; a
+    `length` one holds nothing). Example: `512`."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Guard:
         kind = self.detector.kind
-        if kind in ("length", "model") and self.stage != "input":
-            raise ValueError(f"a {kind} detector checks input only (got stage "
-                             f"{self.stage!r}): set stage: input")
         if kind in ("length", "model") and self.action == "redact":
             raise ValueError(f"a {kind} detector finds nothing to redact: use action "
                              "block or flag")

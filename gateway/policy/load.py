@@ -26,6 +26,7 @@ from gateway.policy.checks import fallback_warnings, reference_issues
 from gateway.policy.issues import Loc, PolicyError, PolicyIssue, by_line, fmt_path, issue
 from gateway.policy.models import Policy
 from gateway.policy.schema_issues import schema_issues
+from gateway.policy.spill import spill_warnings
 
 __all__ = ["PolicyCheck", "PolicyError", "PolicyIssue", "check_policy", "check_policy_file",
            "load_policy", "parse_policy", "policy_warnings"]
@@ -231,6 +232,11 @@ def _check(text: str, file: str, env: Mapping[str, str]) -> PolicyCheck:
     models, tenants = data.get("models"), data.get("tenants")
     warnings = fallback_warnings(models, tenants, lines) \
         if isinstance(models, dict) and isinstance(tenants, dict) else []
+    if isinstance(models, dict):
+        providers = data.get("providers")
+        warnings += [w for name, route in models.items() if isinstance(route, dict)
+                     for w in spill_warnings(name, route, providers
+                                             if isinstance(providers, dict) else {}, lines)]
     return PolicyCheck(file, None if errors else policy, by_line(errors), by_line(warnings))
 
 

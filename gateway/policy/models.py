@@ -11,12 +11,22 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from gateway.policy.alerts import Alerts
 from gateway.policy.cache import CacheRule, CacheSettings
+from gateway.policy.flow import FlowControl
 from gateway.policy.guards import Guard
 from gateway.policy.rollouts import Rollout
+from gateway.policy.spill import SessionHeader, Spill
 from gateway.policy.tenants import TenantConfig
 
 
@@ -190,7 +200,12 @@ class Deployment(Strict):
 
 
 Strategy = Literal["weighted", "least-busy", "latency", "prefix-affinity", "prefix-load", "cost"]
-SessionKey = Literal["auto", "header", "user", "previous_response_id", "none"]
+SessionRule = Literal["auto", "header", "user", "previous_response_id", "none"]
+# A name or `{header: NAME}`, told apart by shape so a bad value gets one error, not one per form.
+SessionKey = Annotated[
+    Annotated[SessionRule, Tag("name")] | Annotated[SessionHeader, Tag("header")],
+    Discriminator(lambda v: "name" if isinstance(v, str) else "header"),
+]
 
 
 class ModelRoute(Strict):
@@ -202,10 +217,16 @@ class ModelRoute(Strict):
     on a `vllm` or `local` provider, else `weighted`. Example: `strategy: least-busy`."""
     session_key: SessionKey = "auto"
     """What pins a conversation to one deployment for `prefix-affinity` and `prefix-load`:
-    `header` (the `x-session-id` request header), `user` (the request's `user` field),
-    `previous_response_id` (the Responses API conversation it continues), `none` (the prompt
-    alone decides), or `auto`: the first of those three that the request has
-    (docs/routing.md, "Session affinity"). Example: `session_key: previous_response_id`."""
+    `header` (the `x-session-id` request header), `{header: NAME}` (another request header),
+    `user` (the request's `user` field), `previous_response_id` (the Responses API
+    conversation it continues), `none` (the prompt alone decides), or `auto`: the first of
+    `x-session-id`, `user` and `previous_response_id` that the request has (docs/routing.md,
+    "Session affinity"). Example: `session_key: {header: x-conversation-id}`."""
+    spill: Spill | None = None
+    """Cost-aware spill for a model served both self-hosted and externally: self-hosted
+    first while its predicted TTFT stays under `ttft_ms`, external beyond; each spill is
+    recorded in the ledger with its reason (docs/routing.md, "Cost-aware spill"). Example:
+    `spill: {ttft_ms: 800, to: [gpt-4o-mini]}`."""
     fallbacks: list[str] = Field(default_factory=list)
     """Other public model names tried, in order, when every deployment of this one failed with
     a retryable error (connect, timeout, 429, 5xx)."""
@@ -409,6 +430,10 @@ class Policy(Strict):
     cache: CacheSettings | None = None
     """The exact response cache: its store and default rule; absent, nothing is cached unless
     a model says `cache: {enabled: true}` (docs/stages.md). Example: `{backend: redis}`."""
+    flow_control: FlowControl | None = None
+    """Fair per-tenant queues in front of saturated self-hosted pools, by each tenant's
+    `priority` and `weight` (docs/routing.md, "Flow control"); absent, nothing is queued.
+    Example: `{max_in_flight_per_deployment: 32, queue_timeout_s: 20}`."""
     guards: dict[str, Guard] = Field(default_factory=dict)
     """Named safety checks on prompts and replies, run in this order (docs/guards.md).
     Example: `{no-cards: {detector: {kind: pii, types: [card]}, applies_to: {external_only:

@@ -121,6 +121,13 @@ class TenantConfig(_Strict):
     cache: CacheRule | None = None
     """This tenant's response-cache rule, over its model's (docs/stages.md). Example:
     `{enabled: false}`."""
+    priority: int = Field(0, ge=-1000, le=1000)
+    """Flow-control class (docs/routing.md, "Flow control"): while a pool is saturated, queued
+    requests of a higher priority are served first and a lower one is shed first.
+    Example: `priority: 10`."""
+    weight: float = Field(1.0, gt=0, le=1000)
+    """Flow-control share within its priority class: two backlogged tenants of one class are
+    served in the ratio of their weights. Example: `weight: 3`."""
 
     @model_validator(mode="after")
     def _unique_keys(self) -> TenantConfig:

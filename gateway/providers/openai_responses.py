@@ -148,12 +148,70 @@ def _key_pairs(key: bytes, old: bytes, new: bytes) -> tuple[tuple[bytes, bytes],
 
 # ---- non-streaming reply ---------------------------------------------------------------------
 
-def parse_reply(call: Call, target: Target, body: bytes, provider: str) -> Reply:
-    """The upstream's Response object → the client's bytes; sets `call.final_response` and
-    `call.upstream_response_id`. (Parsed whole even when not stored: pydantic-core parses a
-    whole Response faster than regexes and a partial decode find its id, model and usage.)"""
+# A reply the client asked not to store needs only its id, `model` and `usage` (`_head`),
+# found with bytes searches: a key can only be where a quote is unescaped, and a string with
+# no backslash in it is the value itself.
+_HEAD_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
+# `usage` holds numbers and objects of numbers: one level of nesting, no strings with braces.
+_USAGE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]++|\{[^{}]*+\})*+\})')
+
+
+def _value(body: bytes, key: bytes, start: int, end: int = -1) -> tuple[int, int] | None:
+    """Where the plain string value of the first `key` in body[start:end] is (no escapes)."""
+    k = body.find(key, start, end)
+    if k < 0:
+        return None
+    i = k + len(key)
+    if body[i:i + 1] != b'"':
+        i = body.find(b'"', i, i + 8)  # `"key": "…"` (pretty-printed) or anything else
+        if i < 0 or body[k + len(key):i].strip(b" \t\r\n:"):
+            return None
+    j = body.find(b'"', i + 1)
+    if j < 0 or body.find(b"\\", i + 1, j) >= 0:
+        return None
+    return i + 1, j
+
+
+def _head(body: bytes) -> tuple[tuple[int, int], tuple[int, int], Usage] | None:
+    """Where the id and `model` are and what the usage is in a Response object, without
+    decoding it whole: its `output` is most of it. None when the reply is not laid out as
+    OpenAI, Azure and vLLM lay it out (the id first, `model` before any `metadata`, whose
+    keys are the client's, `usage` the last member of that name); the caller then decodes
+    it whole."""
+    if body.startswith(b'{"id":"'):
+        j = body.find(b'"', 7, 263)
+        id_at = (7, j) if j > 7 and body.find(b"\\", 7, j) < 0 else None
+    else:
+        m = _HEAD_ID.match(body)
+        id_at = None if m is None else m.span(1)
+    if id_at is None:
+        return None
+    model_at = _value(body, b'"model":', id_at[1], body.find(b'"metadata"', id_at[1]))
+    u = _USAGE.match(body, body.rfind(b'"usage"'))
+    if model_at is None or u is None:
+        return None
     try:
-        # pydantic-core's parser: the reply is parsed whole (it is stored), at half the cost.
+        obj = from_json(u.group(1))
+    except ValueError:
+        return None
+    usage = from_responses(obj) if isinstance(obj, dict) and "input_tokens" in obj else None
+    return None if usage is None else (id_at, model_at, usage)
+
+
+def parse_reply(call: Call, target: Target, body: bytes, provider: str) -> Reply:
+    """The upstream's Response object → the client's bytes; sets `call.upstream_response_id`
+    and, unless the client said `store: false`, `call.final_response` (what is stored)."""
+    if call.conversation is None and (call.native_body or {}).get("store") is False:
+        head = _head(body)
+        if head is not None:
+            (i, j), (mi, mj), usage = head
+            call.upstream_response_id = body[i:j].decode()
+            # The two values spliced in place (a gateway id needs no escaping).
+            gid = (call.response_id or call.upstream_response_id).encode()
+            public = _json_str(call.model)[1:-1]
+            return Reply(b"".join((body[:i], gid, body[j:mi], public, body[mj:])), usage)
+    try:
+        # pydantic-core's parser: half the cost of the standard library's.
         obj = from_json(body)
     except ValueError:
         obj = None

@@ -1,7 +1,9 @@
 """Which value pins a conversation to one deployment, per model (`models.*.session_key`).
 
 The ingress sets `Call.session` to the first of the `x-session-id` header, the `user` field
-and (Responses API) `previous_response_id`. A model may name one of them instead, or none:
+and (Responses API) `previous_response_id`. A model may name one of them instead, another
+request header (`{header: x-conversation-id}`: the ingress keeps every header a model of the
+loaded policy names, `session_headers`), or none:
 `prefix-affinity` hashes the session onto its ring, and `prefix-load` sends a session back to
 where its last request went while that is not loaded. Resolved per model when the plan is
 built, so a fallback model with another rule gets its own key.
@@ -14,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.call import Call
-from gateway.policy.models import SessionKey
+from gateway.policy.models import Policy, SessionKey
+from gateway.policy.spill import SessionHeader
 from gateway.providers.base import Target
 from gateway.routing.base import Signals, Strategy
 
@@ -34,6 +37,8 @@ def session_of(rule: SessionKey, call: Call) -> str | None:
         return None
     if rule == "header":
         return call.headers.get("x-session-id") or None
+    if isinstance(rule, SessionHeader):
+        return call.headers.get(rule.header) or None
     if rule == "user":
         user = _body(call).get("user")
         return user if isinstance(user, str) and user else None
@@ -42,6 +47,16 @@ def session_of(rule: SessionKey, call: Call) -> str | None:
         return call.conversation.previous_id
     prev = _body(call).get("previous_response_id") if call.ingress == "responses" else None
     return prev if isinstance(prev, str) and prev else None
+
+
+def session_headers(policy: Policy) -> tuple[str, ...]:
+    """The request headers the ingress must keep in `Call.headers` for routing: `x-session-id`
+    and every header a model's `session_key` names (lower-case, each once)."""
+    names = {"x-session-id": None}
+    for route in policy.models.values():
+        if isinstance(route.session_key, SessionHeader):
+            names[route.session_key.header] = None
+    return tuple(names)
 
 
 def with_session(rule: SessionKey, call: Call) -> Call:

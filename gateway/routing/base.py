@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.call import Call
 from gateway.providers.base import Target
+
+if TYPE_CHECKING:
+    from gateway.routing.prefix_index import PrefixIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +35,18 @@ class EndpointLoad:
     """Smoothed total latency of recent successful requests."""
     ttft_ewma_s: float | None = None
     """Smoothed time to first byte of recent requests."""
+    queue_time_s: float | None = None
+    """Mean `vllm:request_queue_time_seconds` of the requests the backend scheduled over its
+    last scrape interval (`queue_time.QueueTimes`); None when unknown or stale."""
 
 
 @dataclass(frozen=True, slots=True)
 class Signals:
     loads: Mapping[str, EndpointLoad]
     """By deployment id. A missing id means nothing is known (treat as idle)."""
+    prefixes: PrefixIndex | None = None
+    """The process's prefix index (`SignalCollector.prefixes`, fed by every replica through
+    `shared_view`); None: a strategy that needs one keeps its own."""
 
     def load(self, deployment_id: str) -> EndpointLoad:
         return self.loads.get(deployment_id, _IDLE)

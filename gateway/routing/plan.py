@@ -10,11 +10,12 @@ from gateway.call import Call
 from gateway.errors import ServiceUnavailable
 from gateway.policy.models import ModelRoute, Policy
 from gateway.providers.base import Target
-from gateway.routing.affinity import keyed
+from gateway.routing.affinity import keyed, session_headers
 from gateway.routing.base import NO_SIGNALS, Signals, Strategy
-from gateway.routing.defaults import strategy_for
+from gateway.routing.defaults import SELF_HOSTED_DEFAULT, strategy_for
 from gateway.routing.health import Health
 from gateway.routing.registry import make_strategy
+from gateway.routing.spill import Spill, self_hosted_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,10 @@ class RoutePlan:
     arm: str | None = None
     """The rollout arm (`baseline`/`candidate`) the primary model's targets came from; None
     when the model has no rollout (gateway/rollouts)."""
+    reason: str | None = None
+    """Why a model with a `spill:` rule was ordered as it was, when its self-hosted side was
+    predicted over the TTFT threshold (`spill: …`/`held: …`, gateway/routing/spill.py);
+    stored in the ledger record."""
 
 
 class Router:
@@ -54,6 +59,17 @@ class Router:
                         route.session_key)
             for name, route in policy.models.items()
         }
+        # Models with a `spill:` rule: their self-hosted side is ordered by the model's
+        # strategy (the self-hosted default when it names none), the external side by price.
+        self._spills: dict[str, Spill] = {
+            name: Spill(route.spill, self_hosted_ids(policy, route.deployments),
+                        keyed(make_strategy(route.strategy if "strategy" in route.model_fields_set
+                                            else SELF_HOSTED_DEFAULT, policy.router.seed),
+                              route.session_key), policy.router.seed)
+            for name, route in policy.models.items() if route.spill is not None
+        }
+        # Request headers the ingress keeps for routing (models' `session_key` headers).
+        self.session_headers = session_headers(policy)
 
     def route(self, model: str) -> ModelRoute:
         return self._policy.models[model]
@@ -91,11 +107,15 @@ class Router:
         attempts: list[Target] = []
         seen: set[tuple[str, str]] = set()
         arm: str | None = None
+        reason: str | None = None
         rollout = self.rollout(call.model)
         for name in names:
             if rollout is not None and name == call.model:
                 arm = rollout.arm(call)
                 ordered = self._order_arm(name, rollout, arm, call, signals, unhealthy)
+            elif name in self._spills:
+                ordered, why = self._spill(name, call, signals, unhealthy, allowed)
+                reason = reason or why
             else:
                 ordered = self.order(name, call, signals, unhealthy)
             for t in ordered:
@@ -106,7 +126,17 @@ class Router:
         if not attempts and require:
             raise self._all_down(names, skipped)
         return RoutePlan(tuple(attempts), tuple(route.context_fallbacks), max_attempts, skipped,
-                         arm)
+                         arm, reason)
+
+    def _spill(self, model: str, call: Call, signals: Signals, unhealthy: frozenset[str],
+               allowed: frozenset[str] | None) -> tuple[list[Target], str | None]:
+        """The model's targets and its `spill.to` models' (those the tenant may use) in
+        spill order, with the reason when the threshold decided it."""
+        spill = self._spills[model]
+        to = [m for m in spill.rule.to if m in self._targets]
+        excluded = [m for m in to if allowed is not None and m not in allowed]
+        extra = [t for m in to if m not in excluded for t in self.candidates(m, unhealthy)]
+        return spill.order(self.candidates(model, unhealthy), extra, signals, call, excluded)
 
     def _order_arm(self, model: str, rollout: Any, arm: str, call: Call, signals: Signals,
                    unhealthy: frozenset[str]) -> list[Target]:

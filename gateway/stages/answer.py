@@ -1,17 +1,31 @@
 """Reply with a stage's `Answer` (a cache hit) in the shape the client asked for, and close
 the request's record: one attempt with outcome `cache_hit`, the usage the answer would have
-cost, zero upstream cost (pricing turns it into `saved_usd`)."""
+cost, zero upstream cost (pricing turns it into `saved_usd`).
+
+A chat-shaped answer goes through the ingress codec (JSON, or a chat SSE replay the codec
+reshapes); a native one (`Answer.wire` is the ingress's) is replayed in its own shape
+(`cache_replay.py`). Then the ingress's `completed` runs as after an upstream reply: the
+Responses ingress stores the replayed response under this request's fresh id (unless
+`store: false`), so a follow-up's `previous_response_id` finds it."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.records import AttemptRecord
 from gateway.call import Call
+from gateway.policy.models import Deployment
+from gateway.providers.base import Target
+from gateway.providers.request_json import encode
 from gateway.responses import RawResponse
-from gateway.stages.base import Answer
+from gateway.stages.base import Answer, StageContext
+from gateway.stages.cache_replay import (
+    anthropic_events,
+    anthropic_message,
+    response_events,
+    response_object,
+)
 
 if TYPE_CHECKING:
     from gateway.closing import Closer
@@ -23,7 +37,7 @@ _SSE = b"text/event-stream; charset=utf-8"
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return encode(obj)
 
 
 def completion(answer: Answer, call: Call) -> dict[str, Any]:
@@ -32,7 +46,7 @@ def completion(answer: Answer, call: Call) -> dict[str, Any]:
     body["id"] = f"chatcmpl-{call.request_id}"
     body["created"] = int(time.time())
     body["model"] = call.model
-    if answer.usage is not None:
+    if answer.usage is not None and "usage" not in body:  # a decoded entry has it already
         body["usage"] = answer.usage.to_openai()
     return body
 
@@ -66,21 +80,44 @@ def replay_chunks(body: dict[str, Any], include_usage: bool) -> bytes:
     return b"".join(out)
 
 
-async def reply_with(stages: RequestStages, answer: Answer, closer: Closer,
-                     reservation: Reservation | None, codec: Any, t0: float,
-                     span: RequestSpan) -> RawResponse:
-    ctx = stages.ctx
-    call, record = ctx.call, ctx.record
+def replayed(answer: Answer, call: Call, codec: Any) -> bytes:
+    """The client's bytes: JSON or SSE, in the ingress's shape."""
+    if answer.wire == "anthropic":
+        msg = anthropic_message(answer.body, call)
+        return anthropic_events(msg) if call.stream else encode(msg)
+    if answer.wire == "responses":
+        obj = response_object(answer.body, call)
+        return response_events(obj) if call.stream else encode(obj)
     body = completion(answer, call)
     if call.stream:
         data = replay_chunks(body, call.client_include_usage)
         if codec is not None:
             shaped = codec.stream(call)
             data = shaped.feed(data) + shaped.finish()
-    else:
-        data = _dumps(body)
-        if codec is not None:
-            data = codec.reply(data, call)
+        return data
+    data = _dumps(body)
+    return codec.reply(data, call) if codec is not None else data
+
+
+def _target(ctx: StageContext, answer: Answer) -> Target:
+    """The deployment whose reply this was, for the ingress's `completed` (the Responses store
+    names its provider; no upstream id: a follow-up sends the conversation itself)."""
+    for d in ctx.route.deployments:
+        if d.id == answer.deployment:
+            return Target(ctx.call.model, d, answer.provider)
+    return Target(ctx.call.model, Deployment(provider=answer.provider,
+                                             model=answer.upstream_model), answer.provider)
+
+
+async def reply_with(stages: RequestStages, answer: Answer, closer: Closer,
+                     reservation: Reservation | None, codec: Any, t0: float,
+                     span: RequestSpan) -> RawResponse:
+    ctx = stages.ctx
+    call, record = ctx.call, ctx.record
+    data = replayed(answer, call, codec)
+    if codec is not None:
+        stages.mark()  # the ingress may store the reply (I/O): journal the admission first
+        await codec.completed(call, _target(ctx, answer), record.tenant)
     elapsed = time.monotonic() - t0
     record.attempts.append(AttemptRecord(
         answer.deployment, "cache", answer.upstream_model, answer.outcome, 200,

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from gateway.accounting.usage import Usage
 from gateway.call import Call, Principal
@@ -118,9 +119,10 @@ class ReplyInfo:
 class Answer:
     """A stage's reply in place of an upstream call (a cache hit).
 
-    ``body`` is an OpenAI `chat.completion` object (the internal shape): the proxy turns it
-    into the client's shape — the ingress codec for Anthropic Messages / Responses, an SSE
-    replay with the same chunk shape (and a usage chunk when asked) for a stream.
+    ``body`` is an OpenAI `chat.completion` object (the internal shape; or the ingress's own
+    reply, see ``wire``): the proxy turns it into the client's shape — the ingress codec for
+    Anthropic Messages / Responses, an SSE replay with the same chunk shape (and a usage chunk
+    when asked) for a stream.
     ``deployment``/``provider``/``upstream_model``: the deployment whose reply this was, so the
     ledger can price what the answer saved.
     """
@@ -132,6 +134,9 @@ class Answer:
     upstream_model: str
     # Ledger attempt outcome for this answer.
     outcome: Literal["cache_hit"] = "cache_hit"
+    # The shape of ``body``: `openai` (the internal chat completion, above), or the ingress's
+    # own (`anthropic` message, `responses` Response object) — a native reply, replayed as is.
+    wire: Wire = "openai"
 
 
 class StreamWatch(Protocol):
@@ -154,6 +159,11 @@ class StreamWatch(Protocol):
 class StageRun:
     """One stage's work on one request. Subclass and override what the stage needs; the
     defaults pass."""
+
+    # True when `before` completes without suspending (no awaited I/O): the request's
+    # admission marker may then wait until after it, and a hit it answers is journaled once,
+    # as its final record (`RequestStages.before`). Leave False when unsure.
+    never_suspends: bool = False
 
     async def before(self) -> Answer | None:
         """Before routing (after admission). Return an `Answer` to reply without an upstream
@@ -185,6 +195,21 @@ class Stage(Protocol):
     def begin(self, ctx: StageContext) -> StageRun | None:
         """The per-request run, or None when this stage does not apply to this request
         (model, tenant, endpoint): nothing more of this stage runs for it. Must not await."""
+        ...
+
+
+@runtime_checkable
+class Reserves(Protocol):
+    """A stage that calls models itself on a request's behalf (a guard's classifier). Its
+    worst case joins the request's one admission (`Runtime.estimate`): budgets hold its cost
+    and token rate limits its tokens, like the request's own, so a tenant out of budget is
+    refused before any of it is spent; settlement replaces the hold with the actual usage of
+    every attempt of the record (the stage's attempts included)."""
+
+    def reserve(self, call: Call, principal: Principal, prompt_tokens: int,
+                max_completion_tokens: int) -> tuple[int, Decimal] | None:
+        """(tokens, USD) this stage may spend at most for this request, given the request's
+        own estimate; None: nothing. Runs on the hot path: no I/O, no await."""
         ...
 
 

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from gateway.stages.base import ReplyInfo
 
@@ -12,15 +13,13 @@ if TYPE_CHECKING:
     from gateway.stages.cache import CacheRun
 
 
-class StreamCapture:
+class SSECapture:
+    """Reads each `data:` payload of the events going by (which pass unchanged) until one
+    shows the stream cannot be replayed (`ok` false)."""
+
     def __init__(self, run: CacheRun, info: ReplyInfo) -> None:
         self.run = run
         self.info = info
-        self.head: dict[str, Any] = {}
-        self.content: list[str] = []
-        self.refusal: list[str] = []
-        self.tools: dict[int, dict[str, Any]] = {}
-        self.finish_reason: Any = None
         # False once the stream carried something a replay would not reproduce.
         self.ok = True
 
@@ -32,10 +31,23 @@ class StreamCapture:
         return chunk
 
     def _event(self, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class StreamCapture(SSECapture):
+    def __init__(self, run: CacheRun, info: ReplyInfo) -> None:
+        super().__init__(run, info)
+        self.head: dict[str, Any] = {}
+        self.content: list[str] = []
+        self.refusal: list[str] = []
+        self.tools: dict[int, dict[str, Any]] = {}
+        self.finish_reason: Any = None
+
+    def _event(self, data: bytes) -> None:
         if not data or data == b"[DONE]":
             return
         try:
-            obj = json.loads(data)
+            obj = msgspec.json.decode(data)
         except ValueError:
             self.ok = False
             return
@@ -88,4 +100,4 @@ class StreamCapture:
             return
         tr = self.info.translator
         usage = tr.usage if tr is not None else None
-        await self.run.keep(self.completion(), self.info, usage)
+        self.run.keep(self.completion(), self.info, usage)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.call import Call, Principal
@@ -54,6 +54,7 @@ class RequestStages:
     def __init__(self, ctx: StageContext, runs: list[tuple[str, StageRun]]) -> None:
         self.ctx = ctx
         self.runs = runs
+        self._mark: Callable[[], None] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -65,9 +66,21 @@ class RequestStages:
         return e
 
     async def before(self, closer: Closer, reservation: Reservation | None, codec: Any,
-                     t0: float, span: RequestSpan) -> RawResponse | None:
-        """Run every stage's `before`; an `Answer` is replied here (and its record closed)."""
+                     t0: float, span: RequestSpan,
+                     mark: Callable[[], None] | None = None) -> RawResponse | None:
+        """Run every stage's `before`; an `Answer` is replied here (and its record closed).
+
+        ``mark`` journals the admission marker (`Settler.admitted`). It runs before the first
+        `before` that may suspend (I/O: a Redis lookup, a guard's classifier call) and, at
+        the latest, before this returns None (the request goes upstream). A hit answered
+        without suspending (a memory-cache lookup) never needs it: its final record is
+        journaled in this same loop turn, before the reply's first byte — and a marker is
+        only written at the end of the turn it was made in (journal.py), so one made for
+        such a hit was never written anyway: the final record replaced it in the buffer."""
+        self._mark = mark
         for _name, run in self.runs:
+            if not run.never_suspends:
+                self.mark()
             try:
                 answer = await run.before()
             except Blocked as e:
@@ -75,7 +88,14 @@ class RequestStages:
             if answer is not None:
                 from gateway.stages.answer import reply_with  # only on a hit
                 return await reply_with(self, answer, closer, reservation, codec, t0, span)
+        self.mark()
         return None
+
+    def mark(self) -> None:
+        """Journal the admission marker now, if it is not yet (see `before`)."""
+        mark, self._mark = self._mark, None
+        if mark is not None:
+            mark()
 
     async def attempt(self, target: Target) -> None:
         for _name, run in self.runs:

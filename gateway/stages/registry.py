@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from gateway.flow.stage import build_flow_stages
 from gateway.guards.stage import build_guard_stages
 from gateway.stages.base import Stage
 from gateway.stages.cache import build_cache_stages
@@ -24,6 +25,7 @@ Builder = Callable[["Policy", "Runtime"], Iterable[Stage]]
 _BUILDERS: list[Builder] = [
     build_guard_stages,
     build_cache_stages,
+    build_flow_stages,
 ]
 
 

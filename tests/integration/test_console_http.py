@@ -3,7 +3,9 @@ and revocation, and that no key or secret reaches any page or response."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,27 @@ def test_the_admin_session_sees_every_tenant(setup: Setup) -> None:
     doc = c.get("/ui/data/spend").json()
     assert doc["totals"]["requests"] == ledger_sums(setup.ledger)["requests"] == 7
     assert c.get("/ui/tenants/nobody").status_code == 404
+
+
+def test_the_requests_explorer_pages_back_with_the_same_filters(setup: Setup) -> None:
+    c = sign_in(setup.url, ADMIN_KEY)
+    seen: list[str] = []
+    doc = c.get("/ui/data/requests?limit=3&tenant=acme").json()
+    while True:
+        seen += [r["request_id"] for r in doc["data"]]
+        if doc["next_cursor"] is None:
+            break
+        doc = c.get("/ui/data/requests", params={"limit": 3, "tenant": "acme",
+                                                 "before": doc["next_cursor"]}).json()
+    assert len(seen) == len(set(seen)) == 5
+    # The page links to the older rows, keeping its filters.
+    page = c.get("/ui/requests?limit=3&tenant=acme").text
+    found = re.search(r'href="([^"]+)" data-testid="older"', page)
+    assert found is not None
+    link = html.unescape(found.group(1))
+    assert "tenant=acme" in link and "before=" in link and c.get(link).status_code == 200
+    r = c.get("/ui/data/requests?before=nonsense")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "before"
 
 
 def test_state_changes_need_the_csrf_token(setup: Setup) -> None:

@@ -357,3 +357,49 @@ async def test_open_tenants_never_touch_redis(redis_limiter: Make) -> None:
     r = await lim.admit(BOT, "gpt", est())
     assert r.handle is None and lim.redis_errors == 0
 
+
+
+async def test_settlements_ride_in_the_next_admission(redis_limiter: Make) -> None:
+    # A window no test outlives: only an admission (or close) can carry the settlement.
+    lim = redis_limiter({"limits": {"concurrency": 1}}, settle_window_s=3600)
+    r = await lim.admit(BOT, "gpt", est())
+    settling = asyncio.create_task(lim.settle(r, 1, Decimal(0)))
+    await asyncio.sleep(0)
+    assert lim.settlements.pending == 1 and not settling.done()
+    # The queued settlement goes ahead of this admission in one round trip: its slot is free.
+    r2 = await lim.admit(BOT, "gpt", est())
+    assert r2.handle is not None and lim.settlements.pending == 0
+    await settling
+    assert lim.settlements.round_trips == 1
+    settling = asyncio.create_task(lim.settle(r2, 1, Decimal(0)))
+    await asyncio.sleep(0)
+    await lim.settlements.close()  # shutdown sends what is queued without the window
+    await settling
+    assert await try_admit(lim) is not None
+
+
+async def test_settlements_leave_by_the_timer_when_no_admission_comes(redis_limiter: Make
+                                                                     ) -> None:
+    lim = redis_limiter({"limits": {"concurrency": 3}})
+    held = [await lim.admit(BOT, "gpt", est()) for _ in range(3)]
+    await asyncio.gather(*(lim.settle(r, 1, Decimal(0)) for r in held))
+    assert lim.settlements.round_trips == 1  # three settlements, one pipeline
+    assert all([await try_admit(lim) for _ in range(3)])
+
+
+async def test_a_batch_reloads_scripts_redis_lost(redis_limiter: Make) -> None:
+    lim = redis_limiter({"limits": {"concurrency": 1}}, settle_window_s=3600)
+    lost = []
+    for s in (lim._admit, lim._settle):  # scripts Redis has never seen: NOSCRIPT first
+        script = _Script(lim._redis, s.source + f"\n-- {uuid.uuid4().hex}\n")
+        script.sha = "0" * 40
+        lost.append(script)
+    lim._admit = lost[0]
+    r = await lim.admit(BOT, "gpt", est())
+    lim.settlements._script = lost[1]
+    settling = asyncio.create_task(lim.settle(r, 1, Decimal(0)))
+    await asyncio.sleep(0)
+    lost[0].sha = "0" * 40
+    assert (await lim.admit(BOT, "gpt", est())).handle is not None
+    await settling
+    assert all(s.sha != "0" * 40 for s in lost)

@@ -343,3 +343,31 @@ def test_embeddings_base64_and_token_arrays_match_floats(server: ServerThread) -
     assert tokens["usage"]["prompt_tokens"] == floats["usage"]["prompt_tokens"] == 4
     assert tokens["data"][0]["embedding"] == pytest.approx(floats["data"][0]["embedding"],
                                                            abs=1e-5)
+
+
+def test_the_gateway_reads_the_prefix_cache_size_from_cache_config_info(
+    server: ServerThread,
+) -> None:
+    """`vllm:cache_config_info` as vLLM exports it (no model_name, one series per engine):
+    the gateway's collector takes num_gpu_blocks × block_size, the engine's real budget,
+    instead of the 131,072 tokens it assumes when a backend reports nothing."""
+    import asyncio
+
+    from gateway.routing.signals import _CACHE_TOKENS, Probe, SignalCollector
+    from local_backend.launch import PREFIX_CACHE_TOKENS
+
+    text = httpx.get(server.base_url + "/metrics").text
+    info = re.search(r"^vllm:cache_config_info\{(.*)\} 1\.0$", text, re.M)
+    assert info and 'enable_prefix_caching="True"' in info.group(1)
+    assert "model_name" not in info.group(1)
+
+    async def scrape() -> int | None:
+        probe = Probe("local/tiny", MODEL, server.base_url + "/metrics", None)
+        collector = SignalCollector([probe])
+        try:
+            await collector.scrape_once()
+            return collector.snapshot().load("local/tiny").cache_tokens
+        finally:
+            await collector.stop()
+
+    assert asyncio.run(scrape()) == PREFIX_CACHE_TOKENS != _CACHE_TOKENS

@@ -177,6 +177,11 @@ def test_filters_pick_status_model_key_and_the_newest(gw: Any) -> None:
     newest = listed(gw, 2, limit="2")
     assert newest["has_more"] is True and newest["data"][0]["tenant"] == "globex"
     assert listed(gw, 4, limit="4")["has_more"] is False
+    # The next page starts after the last row of this one, with the same filters.
+    older = listed(gw, 2, limit="2", before=newest["next_cursor"])
+    ids = [x["request_id"] for x in newest["data"] + older["data"]]
+    assert ids == [x["request_id"] for x in listed(gw, 4, limit="4")["data"]]
+    assert older["next_cursor"] is None
     table = list(csv.DictReader(io.StringIO(admin(
         "GET", gw.url, "/admin/requests", params={**days(), "format": "csv"}).text)))
     assert len(table) == 4 and {r["tenant"] for r in table} == {"acme", "globex"}
@@ -214,7 +219,8 @@ def test_bad_filters_are_400_naming_the_parameter(gw: Any) -> None:
             ({"status": "oops"}, "status", "or 'error'"), ({"status": "99"}, "status", "100-599"),
             ({"limit": "0"}, "limit", "from 1 to 10,000"),
             ({"limit": "10001"}, "limit", "from 1 to 10,000"),
-            ({"limit": "many"}, "limit", "whole number"), ({"format": "xml"}, "format", "csv")):
+            ({"limit": "many"}, "limit", "whole number"), ({"format": "xml"}, "format", "csv"),
+            ({"before": "yesterday"}, "before", "page cursor")):
         for path, headers in (("/admin/requests", {"Authorization": f"Bearer {ADMIN_KEY}"}),
                               ("/v1/usage/requests", {"Authorization": f"Bearer {ACME.key}"})):
             r = httpx.get(gw.url + path, params=params, headers=headers, timeout=30)

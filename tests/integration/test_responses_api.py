@@ -229,8 +229,9 @@ def test_http_details(env: Any) -> None:
 def test_a_store_that_is_down_answers_503_and_never_costs_the_answer(
         fakes: Callable[..., FakeOpenAI], gateway: Any, tmp_path: Path) -> None:
     """The ledger's database (and with it the stored responses) unreachable: a new response is
-    still answered (and its record spilled), but reading or continuing a stored one says the
-    store is down (503), never that the response does not exist (404)."""
+    still answered (and its record spilled), and this replica still holds it (the store keeps
+    a batch it cannot write and retries it), so it can be read and continued; a response it
+    does not hold reads as "the store is down" (503), never as "it does not exist" (404)."""
     chat = fakes("chat-only")
     policy = simple_policy(tmp_path, {"chat": provider(chat)},
                            {"chat": {"deployments": [{"provider": "chat", "model": "llama"}]}})
@@ -239,9 +240,13 @@ def test_a_store_that_is_down_answers_503_and_never_costs_the_answer(
     c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=20)
     answered = c.responses.create(model="chat", input="hi")
     assert answered.output_text
+    assert c.responses.retrieve(answered.id).output_text == answered.output_text
+    again = c.responses.create(model="chat", input="again", previous_response_id=answered.id)
+    assert again.previous_response_id == answered.id
+    elsewhere = "resp_" + "0" * 32  # stored by another replica, say: only the database knows
     with pytest.raises(openai.InternalServerError) as e:
-        c.responses.retrieve(answered.id)
+        c.responses.retrieve(elsewhere)
     assert e.value.status_code == 503
     with pytest.raises(openai.InternalServerError) as e:
-        c.responses.create(model="chat", input="again", previous_response_id=answered.id)
+        c.responses.create(model="chat", input="again", previous_response_id=elsewhere)
     assert e.value.status_code == 503 and "retry" in e.value.message.lower()

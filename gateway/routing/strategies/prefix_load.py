@@ -27,6 +27,12 @@ Each candidate is scored in prompt tokens, lower first:
   prompt cached everywhere, spreads instead of piling onto the first in the list.
 
 The rest of the order (fallbacks) is by score.
+
+Decision time (`python -m bench.routing_decision`): what depends only on the candidate list
+(ids, index bits) is cached per list, and what depends only on the signals snapshot (each
+candidate's load score, own picks added as they are made) per snapshot, so a decision does
+per-endpoint work only for the endpoints its prompt is cached on; the fingerprints are one
+xxHash pass (`prefix_index`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from collections.abc import Sequence
 
 from gateway.call import Call
 from gateway.providers.base import Target
-from gateway.routing.base import Signals
+from gateway.routing.base import EndpointLoad, Signals
 from gateway.routing.prefix_index import PrefixIndex, fingerprints
 from gateway.routing.strategies.pool import routable
 
@@ -65,6 +71,67 @@ MAX_UNSEEN = 64
 live signals hands the same empty snapshot to every call)."""
 
 
+_IDLE = EndpointLoad()
+
+
+class _Pool:
+    """One candidate list, as far as it does not change between decisions: the routable
+    targets, their ids and their bits in the prefix index. Holding `candidates` keeps those
+    objects alive, so the `id()`s keying the cache cannot be reused while it is cached."""
+
+    __slots__ = ("at", "bits", "candidates", "ids", "index", "live", "mask")
+
+    def __init__(self, candidates: Sequence[Target], index: PrefixIndex) -> None:
+        self.candidates = tuple(candidates)
+        self.index = index
+        self.live = routable(candidates)
+        self.ids = [t.id for t in self.live]
+        self.at = {did: i for i, did in enumerate(self.ids)}
+        self.bits = {index.bit(did): i for i, did in enumerate(self.ids)}
+        self.mask = index.mask(self.ids)
+
+
+class _Loads:
+    """A pool's load scores against one signals snapshot: QUEUE_TOKENS × outstanding + the
+    KV penalty (`raw`), and outstanding; `base` and `busy` add the own picks as they are
+    made. Built from the previous snapshot's where a deployment's `EndpointLoad` is the same
+    object (`SignalCollector` rebuilds only the deployments that changed)."""
+
+    __slots__ = ("base", "busy", "caps", "lds", "raw", "raw_busy")
+    raw: list[float]
+    raw_busy: list[int]
+    caps: list[int | None]
+    lds: list[EndpointLoad | None]
+    base: list[float]
+    busy: list[int]
+
+    def __init__(self, pool: _Pool, signals: Signals, queue: float, knee: float,
+                 kv_weight: float, prev: _Loads | None) -> None:
+        get = signals.loads.get
+        n = len(pool.ids)
+        if prev is not None:  # same pool: same length
+            raw, raw_busy, caps = prev.raw.copy(), prev.raw_busy.copy(), prev.caps.copy()
+            old, lds = prev.lds, prev.lds.copy()
+        else:
+            raw, raw_busy, caps, lds = [0.0] * n, [0] * n, [None] * n, [None] * n
+            old = lds.copy()
+        for i, did in enumerate(pool.ids):
+            ld = get(did, _IDLE)
+            if ld is old[i]:
+                continue
+            lds[i] = ld
+            b = ld.in_flight + (ld.waiting or 0)
+            score = queue * b
+            kv = ld.kv_cache_usage
+            if kv is not None and kv > knee:
+                score += kv_weight * (kv - knee) / (1.0 - knee)
+            raw[i] = score
+            raw_busy[i] = b
+            caps[i] = ld.cache_tokens
+        self.raw, self.raw_busy, self.caps, self.lds = raw, raw_busy, caps, lds
+        self.base, self.busy = raw.copy(), raw_busy.copy()
+
+
 class PrefixLoad:
     """Estimated cached prefix against load, ties by power of two choices."""
 
@@ -72,68 +139,98 @@ class PrefixLoad:
                  tie_tokens: float = TIE_TOKENS, kv_knee: float = KV_KNEE,
                  kv_tokens: float = KV_TOKENS, cache_tokens: int = CACHE_TOKENS) -> None:
         self._rng = random.Random(seed)
-        self._queue = queue_tokens
+        # Floats, so every score is one and sorting them takes CPython's float fast path.
+        self._queue = float(queue_tokens)
         self._tie = tie_tokens
         self._kv_knee = kv_knee
         self._kv = kv_tokens
+        # Used when the signals carry no index (`Signals.prefixes`: the process-wide one,
+        # shared with other replicas when `state.redis_url` is set).
         self._index = PrefixIndex(cache_tokens)
+        self._pools: dict[tuple[int, ...], _Pool] = {}
         self._snapshot: Signals | None = None
-        self._unseen: dict[str, int] = {}  # own picks made against `_snapshot`
-        self._unseen_total = 0
+        self._loads: dict[tuple[int, ...], _Loads] = {}  # per pool, against `_snapshot`
+        self._previous: dict[tuple[int, ...], _Loads] = {}  # against the snapshot before
+        self._unseen_total = 0  # own picks made against `_snapshot`
         self._sessions: OrderedDict[str, tuple[str, int]] = OrderedDict()  # -> (id, tokens)
         self._last: dict[str, int] = {}  # deployment -> tick it was last picked
         self._tick = 0
 
     def order(self, candidates: Sequence[Target], signals: Signals, call: Call) -> list[Target]:
-        live = routable(candidates)
+        index = signals.prefixes if signals.prefixes is not None else self._index
+        key = tuple(map(id, candidates))
+        pool = self._pools.get(key)
+        if pool is None or pool.index is not index:
+            if len(self._pools) >= 256:  # candidate lists change on cooldowns and reloads
+                self._pools.clear()
+            pool = self._pools[key] = _Pool(candidates, index)
+        live = pool.live
         if not live:
-            return live
+            return []
+        if signals is not self._snapshot or self._unseen_total >= MAX_UNSEEN:
+            self._snapshot = signals
+            self._previous = {k: v for k, v in self._loads.items() if k in self._pools}
+            self._loads = {}
+            self._unseen_total = 0
+        loads = self._loads.get(key)
+        if loads is None:
+            loads = self._loads[key] = _Loads(pool, signals, self._queue, self._kv_knee,
+                                              self._kv, self._previous.get(key))
         fps, tokens, replies = fingerprints(call.body)
         prompt = sum(tokens)
-        ids = [t.id for t in live]  # a property chain: read once per decision
-        cached = self._index.matched(fps, tokens, set(ids), replies) if len(live) > 1 else {}
+        scores = loads.base.copy()  # lower is better; the prompt's length is the same for all
+        n = len(scores)
+        if n > 1:
+            bits = pool.bits
+            for mask, cached in index.groups(fps, tokens, pool.mask, replies):
+                while mask:
+                    low = mask & -mask
+                    mask ^= low
+                    i = bits.get(low)
+                    if i is not None:
+                        scores[i] -= cached  # a float minus an int stays a float
         session = call.session
         if session:
             last = self._sessions.get(session)
-            if last is not None and last[1] > cached.get(last[0], 0):
-                cached[last[0]] = last[1]
-        if signals is not self._snapshot or self._unseen_total >= MAX_UNSEEN:
-            self._snapshot = signals
-            self._unseen.clear()
-            self._unseen_total = 0
-        unseen = self._unseen
-        queue, knee, kv_weight = self._queue, self._kv_knee, self._kv
-        scores: list[tuple[float, int, int]] = []  # (score, outstanding, index in live)
-        for i, did in enumerate(ids):
-            ld = signals.load(did)
-            busy = ld.in_flight + (ld.waiting or 0) + unseen.get(did, 0)
-            score = prompt - cached.get(did, 0) + queue * busy
-            kv = ld.kv_cache_usage
-            if kv is not None and kv > knee:
-                score += kv_weight * (kv - knee) / (1.0 - knee)
-            scores.append((score, busy, i))
-        scores.sort()
-        limit = scores[0][0] + self._tie
+            if last is not None:
+                i = pool.at.get(last[0], -1)
+                if i >= 0 and loads.base[i] - last[1] < scores[i]:
+                    scores[i] = loads.base[i] - last[1]
+        ranked = sorted(range(n), key=scores.__getitem__)
+        limit = scores[ranked[0]] + self._tie
         tied = 1
-        while tied < len(scores) and scores[tied][0] <= limit:
+        while tied < n and scores[ranked[tied]] <= limit:
             tied += 1
         pick = 0
+        ids = pool.ids
         if tied > 1:  # power of two choices among the tied: the better of two random ones
             a = self._rng.randrange(tied)
             b = self._rng.randrange(tied - 1)
             b += b >= a
-            recency = self._last
-            pick = min(a, b, key=lambda k: (scores[k][1], recency.get(ids[scores[k][2]], -1)))
-        chosen = scores[pick][2]
+            busy, recency = loads.busy, self._last
+            ia, ib = ranked[a], ranked[b]
+            pick = a if (busy[ia], recency.get(ids[ia], -1)) <= (
+                busy[ib], recency.get(ids[ib], -1)) else b
+        chosen = ranked[pick]
         did = ids[chosen]
         self._tick += 1
         self._last[did] = self._tick
-        unseen[did] = unseen.get(did, 0) + 1
-        self._unseen_total += 1
-        self._index.record(did, fps, tokens, signals.load(did).cache_tokens)
+        self._count_pick(did)
+        index.record(did, fps, tokens, loads.caps[chosen])
         if session:
             self._sessions[session] = (did, prompt)
             self._sessions.move_to_end(session)
             if len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
-        return [live[chosen], *(live[s[2]] for k, s in enumerate(scores) if k != pick)]
+        del ranked[pick]
+        return [live[chosen], *[live[i] for i in ranked]]
+
+    def _count_pick(self, did: str) -> None:
+        """Count an own pick against the current snapshot, in every pool that has `did`."""
+        self._unseen_total += 1
+        queue = self._queue
+        for key, loads in self._loads.items():
+            i = self._pools[key].at.get(did) if key in self._pools else None
+            if i is not None:
+                loads.base[i] += queue
+                loads.busy[i] += 1

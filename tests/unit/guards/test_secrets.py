@@ -81,3 +81,55 @@ def test_the_prefilter_applies_to_the_slow_assignment_patterns() -> None:
             "SoftlayerDetector", "ArtifactoryDetector"} <= slow
     hex64 = "0123456789abcdef" * 4
     assert ("CloudantDetector", hex64) in found(f'cloudant_apikey = "{hex64}"')
+
+
+# Modern OpenAI keys (shape of real ones: ~150 URL-safe base64 characters after the prefix),
+# made up here; detect-secrets' own OpenAIDetector needs the legacy `T3BlbkFJ` marker.
+_BODY = "Ab3dE_f9-" * 17
+PROJECT_KEY = f"sk-proj-{_BODY}"
+SVCACCT_KEY = f"sk-svcacct-{_BODY}"
+ADMIN_KEY = f"sk-admin-{_BODY[:60]}"
+
+
+@pytest.mark.parametrize("key", [PROJECT_KEY, SVCACCT_KEY, ADMIN_KEY])
+def test_modern_openai_keys_are_found_by_our_registered_plugin(key: str) -> None:
+    assert "T3BlbkFJ" not in key
+    assert found(f"export OPENAI_API_KEY={key}\nthanks") == [
+        ("OpenAIProjectKeyDetector", key)]
+
+
+@pytest.mark.parametrize("text", [
+    "our sk-proj-name convention and the sk-admin-panel page",       # prefix, no key body
+    f"sk-proj-{'a' * 39}",                                            # one short of a key
+    f"sk-project-{_BODY}",                                            # not an OpenAI prefix
+    f"sk-live-{_BODY}",
+])
+def test_near_misses_of_modern_openai_keys_are_not_flagged(text: str) -> None:
+    assert [label for label, _ in found(text)] == []
+
+
+def test_the_plugin_is_registered_the_detect_secrets_way() -> None:
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.settings import get_settings
+
+    assert "OpenAIProjectKeyDetector" in available_plugins()
+    # A custom plugin in the library's settings (a file:// path, as `scan --plugin` writes),
+    # listed by the library's own plugin mapping beside its built-ins.
+    path = get_settings().plugins["OpenAIProjectKeyDetector"]["path"]
+    assert path.startswith("file://") and path.endswith("gateway/guards/secret_plugins.py")
+    mapping = get_mapping_from_secret_type_to_class()
+    assert mapping["OpenAI Project Key"].__name__ == "OpenAIProjectKeyDetector"
+    assert mapping["OpenAI Token"].__name__ == "OpenAIDetector"
+    # Chosen by name like a built-in, and redacted whole.
+    only = SecretsDetector(["OpenAIProjectKeyDetector"])
+    assert found(f"k={PROJECT_KEY}", only) == [("OpenAIProjectKeyDetector", PROJECT_KEY)]
+
+
+def test_a_legacy_project_key_with_the_marker_is_found_by_both_and_redacted_once() -> None:
+    from gateway.guards.base import redact
+
+    key = "sk-proj-" + "a1B2" * 10 + "x" * 20 + "T3BlbkFJ" + "y" * 20
+    text = f"key {key} end"
+    labels = {label for label, _ in found(text)}
+    assert labels == {"OpenAIDetector", "OpenAIProjectKeyDetector"}
+    assert redact(text, DETECTOR.find(text), "[X]") == "key [X] end"

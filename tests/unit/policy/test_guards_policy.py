@@ -22,13 +22,16 @@ def test_defaults_and_each_detector() -> None:
               {"kind": "regex", "patterns": ["a+"]}, {"kind": "length", "max_chars": 10},
               {"kind": "model", "model": "lg"}):
         guard(detector=d)
+        # Every detector checks replies too (streams incrementally: docs/guards.md).
+        assert guard(detector=d, stage="both").stage == "both"
 
 
 @pytest.mark.parametrize("kw,message", [
     ({"detector": {"kind": "regex", "patterns": ["("]}}, "not a valid regular expression"),
     ({"detector": {"kind": "regex", "patterns": ["a*"]}}, "matches the empty string"),
     ({"detector": {"kind": "length"}}, "needs max_chars or max_tokens"),
-    ({"detector": {"kind": "model", "model": "m"}, "stage": "output"}, "checks input only"),
+    ({"detector": {"kind": "model", "model": "m"}, "action": "redact"}, "nothing to redact"),
+    ({"detector": {"kind": "model", "model": "m", "segment_chars": 8}}, "segment_chars"),
     ({"detector": {"kind": "length", "max_chars": 5}, "action": "redact"}, "nothing to redact"),
     ({"detector": {"kind": "pii", "national_ids": ["xx.id"]}}, "unknown national id"),
     ({"detector": {"kind": "pii", "phone_regions": ["XX"]}}, "unknown phone region"),

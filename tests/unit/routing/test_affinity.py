@@ -90,3 +90,30 @@ def test_the_policy_field_accepts_the_rules_and_names_the_bad_value() -> None:
         "previous_response_id"
     with pytest.raises(ValidationError, match="session_key"):
         ModelRoute(deployments=d, session_key="cookie")
+
+
+def test_a_named_header_is_the_key_and_the_policy_lists_it_for_the_ingress() -> None:
+    from gateway.policy.models import Policy
+    from gateway.policy.spill import SessionHeader
+    from gateway.routing.affinity import session_headers
+
+    rule = ModelRoute(deployments=[{"provider": "p", "model": "m"}],
+                      session_key={"header": "X-Conversation-Id"}).session_key
+    assert rule == SessionHeader(header="x-conversation-id")  # names compare lower-cased
+    c = _chat(user="alice", header="conv-7")
+    assert session_of(rule, c) is None  # x-session-id is not the named header
+    c.headers["x-conversation-id"] = "thread-9"
+    assert session_of(rule, c) == "thread-9"
+    assert with_session(rule, c).session == "thread-9"
+    p = Policy.model_validate({"providers": {"p": {"kind": "vllm", "base_url": "http://p/v1"}},
+                               "models": {"a": {"deployments": [{"provider": "p", "model": "m"}],
+                                                "session_key": {"header": "x-conversation-id"}},
+                                          "b": {"deployments": [{"provider": "p", "model": "m"}],
+                                                "session_key": "header"}}})
+    assert session_headers(p) == ("x-session-id", "x-conversation-id")
+
+
+@pytest.mark.parametrize("bad", ["Authorization", "x api", "", "cookie"])
+def test_a_session_header_that_is_not_a_name_or_carries_credentials_is_refused(bad) -> None:
+    with pytest.raises(ValidationError, match="session_key"):
+        ModelRoute(deployments=[{"provider": "p", "model": "m"}], session_key={"header": bad})
