@@ -41,11 +41,8 @@ class Closer:
         """Close the record before the response completes. Awaits only when usage must be
         estimated (a provider that reported none), and then shielded: a cancellation of the
         caller cannot leave the record half-settled."""
-        if record.closed:
+        if not _claim(record):
             return
-        record.closed = True
-        if record.on_close is not None:
-            record.on_close()
         settler = self.deps.settler
         if not settler.needs_estimate(record):
             self._journal_and_finish(reservation, record, span)
@@ -56,11 +53,8 @@ class Closer:
     def close_now(self, reservation: Reservation | None, record: RequestRecord,
                   span: RequestSpan | None) -> None:
         """The same, for paths that cannot await (a `finally`, a cancelled task)."""
-        if record.closed:
+        if not _claim(record):
             return
-        record.closed = True
-        if record.on_close is not None:
-            record.on_close()
         if self.deps.settler.needs_estimate(record):
             self._start(self._estimate_then_close(reservation, record, span, None))
         else:
@@ -117,3 +111,14 @@ class Closer:
         """Wait for settlements and drains still running (shutdown)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+def _claim(record: RequestRecord) -> bool:
+    """Mark the record closed, once: False when it already was. Runs its `on_close` hook (a
+    flow-control slot's release) the first time, whichever close path gets there first."""
+    if record.closed:
+        return False
+    record.closed = True
+    if record.on_close is not None:
+        record.on_close()
+    return True

@@ -44,7 +44,7 @@ Record = tuple[str, Sequence[int], Sequence[int]]
 """(deployment id, fingerprints, tokens per chunk): one prompt sent to one deployment."""
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """A message's text: a string, or the text parts of a content list."""
     if isinstance(content, str):
         return content
@@ -60,7 +60,7 @@ def _texts(body: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     if isinstance(messages, list):
         for m in messages:
             if isinstance(m, dict):
-                yield str(m.get("role", "")), _text(m.get("content"))
+                yield str(m.get("role", "")), message_text(m.get("content"))
         return
     prompt = body.get("prompt", body.get("input"))
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
@@ -73,7 +73,7 @@ def _texts(body: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         else:
             for item in prompt:
                 if isinstance(item, dict):
-                    yield str(item.get("role", "")), _text(item.get("content"))
+                    yield str(item.get("role", "")), message_text(item.get("content"))
 
 
 class Prompt(NamedTuple):

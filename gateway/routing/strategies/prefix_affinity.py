@@ -28,11 +28,11 @@ import bisect
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from gateway.call import Call
 from gateway.providers.base import Target
 from gateway.routing.base import Signals
+from gateway.routing.prefix_index import message_text
 from gateway.routing.strategies.pool import outstanding, routable
 
 LOAD_FACTOR = 2.0
@@ -57,16 +57,6 @@ def _digest(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a content list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content
-                       if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def affinity_key(call: Call, prefix_chars: int = PREFIX_CHARS) -> bytes:
     """The bytes hashed onto the ring for this call."""
     if call.session:
@@ -80,9 +70,9 @@ def affinity_key(call: Call, prefix_chars: int = PREFIX_CHARS) -> bytes:
                 continue
             role = m.get("role")
             if not system and role in ("system", "developer"):
-                system = _text(m.get("content"))[:prefix_chars]
+                system = message_text(m.get("content"))[:prefix_chars]
             elif role == "user":
-                user = _text(m.get("content"))[:prefix_chars]
+                user = message_text(m.get("content"))[:prefix_chars]
                 break
         return b"m\x00" + system.encode() + b"\x00" + user.encode()
     prompt = body.get("prompt", body.get("input"))
