@@ -53,7 +53,7 @@ def gw(prefix: str, fakes: Any, gateway: Any, tmp_path: Any) -> Any:
         router={"health_check_interval_s": 0.1, "metrics_stale_s": 5})
     del p["ledger"]["schema"]
     g = gateway(p)
-    g.gpu = gpu
+    g.gpu, g.mini = gpu, mini
     return g
 
 
@@ -142,3 +142,19 @@ def test_a_long_queue_spills_within_the_tenants_models_and_is_recorded(gw: Any) 
     assert page.status_code == 200
     assert page.text.count('data-testid="route-reason"') == spills
     assert "spill: predicted TTFT 4000 ms on gpu-a" in page.text
+
+
+def test_a_spill_whose_external_side_fails_is_still_answered_and_recorded_once(gw: Any
+                                                                              ) -> None:
+    # The spill target answers 500: the request goes on to another deployment of its plan
+    # (fallback as usual), the client gets its answer, and the ledger has one record for it.
+    c = Client(gw)
+    gw.gpu.waiting, gw.gpu.running, gw.gpu.queue_time_step = 50, 8, 4.0
+    poll(lambda: c.served("acme", ACME) == "mini-1", timeout=10,
+         what="a spill once the queue is scraped")
+    gw.mini.fail_next(status=500)
+    served = c.served("acme", ACME)
+    assert served in ("big-1", "gpu-a"), served
+    rows = recorded(gw, len(c.sent))
+    assert [(t, d) for t, d, _ in rows] == c.sent
+    assert rows[-1][2] is not None and rows[-1][2].startswith("spill: ")
