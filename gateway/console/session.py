@@ -126,7 +126,9 @@ class SessionSigner:
         try:
             body_text, mac_text = cookie.split(".", 1)
             body = _unb64(body_text)
-            good = hmac.compare_digest(_unb64(mac_text), self._mac(body))
+            # The MAC's canonical text, not its decoded bytes: base64's last character
+            # carries unused bits, so another text can decode to the same MAC.
+            good = hmac.compare_digest(mac_text, _b64(self._mac(body)))
             d: dict[str, Any] = json.loads(body) if good else {}
         except (ValueError, TypeError):
             good, d = False, {}

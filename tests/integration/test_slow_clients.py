@@ -51,6 +51,25 @@ def _read_until_closed(s: socket.socket, timeout: float = 10.0) -> bytes:
     raise AssertionError(f"connection still open after {timeout} s; got {data!r}")
 
 
+def _read_response(s: socket.socket, timeout: float = 10.0) -> bytes:
+    """One whole response on a kept-alive connection: its head and `content-length` bytes of
+    body, however TCP split them (a single recv may return the head alone)."""
+    s.settimeout(timeout)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed mid-response: {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed mid-body: {raw!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def _split(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
@@ -126,8 +145,7 @@ def test_body_sent_in_pieces_within_the_timeout_is_served(gw) -> None:
 def test_next_request_on_a_kept_alive_connection_has_its_own_header_deadline(gw) -> None:
     s = _connect(gw.port)
     s.sendall(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
-    s.settimeout(10)
-    first = s.recv(65536)
+    first = _read_response(s)
     assert first.startswith(b"HTTP/1.1 200")
     s.sendall(b"GET /hea")  # and nothing more
     status, _, _ = _split(_read_until_closed(s))
@@ -140,7 +158,7 @@ def test_connections_past_the_cap_get_503_until_one_closes(fakes, gateway, tmp_p
     for _ in range(3):
         s = _connect(gw.port)
         s.sendall(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
-        assert s.recv(65536).startswith(b"HTTP/1.1 200")  # open, idle, kept alive
+        assert _read_response(s).startswith(b"HTTP/1.1 200")  # open, idle, kept alive
         held.append(s)
     r = httpx.post(gw.base_url + "/chat/completions", json=CHAT)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -148,7 +166,7 @@ def test_connections_past_the_cap_get_503_until_one_closes(fakes, gateway, tmp_p
     assert err["code"] == "too_many_connections" and "server.max_connections" in err["message"]
     # The connections admitted before the cap was reached are still served.
     held[0].sendall(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
-    assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+    assert _read_response(held[0]).startswith(b"HTTP/1.1 200")
     held.pop().close()
     assert wait_until(lambda: httpx.post(gw.base_url + "/chat/completions",
                                          json=CHAT).status_code == 200, timeout=10)

@@ -120,3 +120,15 @@ def test_a_tenant_viewer_is_scoped_to_its_tenant() -> None:
     admin = check(s.verify(s.issue("admin", hash_key(ADMIN), None, 60)), ADMIN, auth)
     assert admin.scope(None) is None and admin.scope("globex") == "globex"
     admin.require_admin()
+
+
+def test_a_mac_text_that_decodes_to_the_same_bytes_is_refused() -> None:
+    # A 32-byte MAC is 43 base64 characters; the last one carries 2 unused bits, so flipping
+    # its lowest bit gives another text for the same bytes. Only the canonical text verifies.
+    s = SessionSigner(ADMIN)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for _ in range(20):
+        body, mac = s.issue("admin", hash_key(ADMIN), None, 60).split(".", 1)
+        twin = mac[:-1] + alphabet[alphabet.index(mac[-1]) ^ 1]
+        with pytest.raises(AuthError):
+            s.verify(f"{body}.{twin}")
