@@ -3,6 +3,7 @@
     .venv/bin/python bench/ledger_bench.py                      # SQLite + PostgreSQL, 50k each
     .venv/bin/python bench/ledger_bench.py --records 200000 --backends sqlite
     .venv/bin/python bench/ledger_bench.py --report-records 1000000   # report over 1M records
+    .venv/bin/python bench/ledger_bench.py --instructions [--src DIR]  # per record, callgrind
 
 Throughput is measured through the real path: ``LedgerWriter.record()`` from the caller's
 thread, the writer thread batching (policy defaults: 500 / 0.2 s) and committing, until
@@ -13,8 +14,12 @@ PostgreSQL gets a fresh schema, dropped afterwards.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after PYTHONPATH: --src
 
 from gateway.accounting.ledger import open_ledger
 from gateway.accounting.pricing import PriceBook, Rates
@@ -70,16 +75,26 @@ def throughput(url: str, schema: str | None, recs: list[RequestRecord], spill: P
     w = LedgerWriter(open_ledger(url, schema), spill)
     w.start()
     assert w.flush(60)  # connected, tables created: not part of the measurement
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     for r in recs:
         w.record(r)
     t_enqueue = time.perf_counter() - t0
     assert w.flush(600)
     elapsed = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
     w.close()
     assert w.stats.written == len(recs), w.stats
+    # CPU per record (every thread of this process: the writer and the caller) is what the
+    # writer takes from the gateway's core; records/s also moves with the machine's load.
     print(f"  {len(recs):>8} records  {elapsed:7.2f} s  {len(recs) / elapsed:>9,.0f} records/s"
+          f"  {cpu / len(recs) * 1e6:6.1f} µs CPU/record"
           f"  (record() {t_enqueue / len(recs) * 1e6:.2f} µs each, {w.stats.batches} batches)")
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def drop_schema(schema: str) -> None:
@@ -111,13 +126,65 @@ def report_latency(url: str, schema: str | None, n: int, tmp: Path) -> None:
               f"  cost={r.totals.cost_usd}")
 
 
+def _write_now(n: int, total: int) -> None:
+    """`--write-now`: write the first `n` of `total` records stamped now (as the gateway
+    writes them: one day, times in order) straight into a fresh SQLite ledger, in batches."""
+    recs = records(total)
+    now = datetime.now(UTC)
+    for r in recs:
+        r.ts = now
+    # The collector as `gateway serve` sets it up (server.py): what it scans is the
+    # gateway's, not this script's.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+    ledger = open_ledger(f"sqlite:///{tempfile.mkdtemp(prefix='ledger-ir-')}/bench.db")
+    ledger.connect()
+    for i in range(0, n, 500):
+        ledger.write(recs[i : i + 500])
+
+
+def instructions(src: str | None) -> None:
+    """Instructions per SQLite record written, under callgrind: two runs that build the same
+    6,000 records and write 1,000 or all of them; the difference over 5,000 records is the
+    write path alone (rows, conversion, SQLite, commits), unmoved by the machine's load."""
+    exe = shutil.which("valgrind")
+    if exe is None:
+        sys.exit("valgrind is missing: apt-get install -y valgrind")
+    tmp = Path(tempfile.mkdtemp(prefix="ledger-ir-"))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    totals = []
+    for n in (1000, 6000):
+        out = tmp / f"cg.{n}"
+        subprocess.run([exe, "--tool=callgrind", f"--callgrind-out-file={out}", "-q",
+                        sys.executable, __file__, "--write-now", str(n)], env=env, check=True)
+        line = next(x for x in out.read_text().splitlines()
+                    if x.startswith(("summary:", "totals:")))
+        totals.append(int(line.split()[1]))
+    print(f"sqlite, records stamped now: {(totals[1] - totals[0]) / 5000:,.0f} "
+          f"instructions per record written ({src or 'this tree'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=50_000)
+    ap.add_argument("--instructions", action="store_true",
+                    help="instructions per SQLite record written, under callgrind")
+    ap.add_argument("--src", help="with --instructions: a directory holding a modified "
+                    "copy of gateway/ to measure instead")
+    ap.add_argument("--write-now", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--report-records", type=int, default=0,
                     help="also time reports over a ledger of this many records")
     args = ap.parse_args()
+    if args.write_now is not None:
+        _write_now(args.write_now, 6000)
+        return
+    if args.instructions:
+        instructions(args.src)
+        return
     backends = args.backends.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
     recs = records(args.records)

@@ -5,7 +5,8 @@ Not a test (no timed assertions in the suite): run it on a quiet machine. Prompt
 multi-turn chat (1.5k-token system prompt, three turns: ~2.5k tokens) and, separately, a
 single-turn RAG prompt of 6k tokens; the characters-per-token ratio is 4. Every timed
 decision gets a call object of its own, as a request does, so nothing computed from the body
-carries over from the warm-up.
+carries over from the warm-up but what a running gateway keeps too: the prefix index, and
+the fingerprints of the long messages it has seen (the 8 system prompts, the 32 documents).
 
 `--instructions` counts instructions per decision under callgrind instead of timing them (a
 shared machine cannot move that figure): the process warms up, its counters are zeroed, it
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.call import Call
@@ -73,8 +75,9 @@ class _Row:
 
     def __init__(self, strategy: str, kind: str, endpoints: int, n: int, live: bool) -> None:
         rng = random.Random(1)
-        self.targets = [Target("m", Deployment(provider="p", model="m", name=f"gpu-{i}"), "p")
-                        for i in range(endpoints)]
+        # A tuple, as `Router.candidates` hands a strategy while no deployment is cooling down.
+        self.targets = tuple(Target("m", Deployment(provider="p", model="m", name=f"gpu-{i}"),
+                                    "p") for i in range(endpoints))
         self.collector: SignalCollector | None = None
         if live:
             c = self.collector = SignalCollector()
@@ -97,7 +100,7 @@ class _Row:
     def signals(self) -> Signals:
         return self.collector.snapshot() if self.collector is not None else self.fixed
 
-    def after(self, order: list[Target]) -> None:
+    def after(self, order: Sequence[Target]) -> None:
         if self.collector is not None:
             self.collector.begin(order[0].id)
             self.in_flight.append(order[0].id)

@@ -5,8 +5,9 @@ unexpected exception, a shutdown — ends in `Closer.close` or `Closer.close_now
 - the record is priced and journaled *before* the response's last byte (`Settler.seal`), so a
   process killed after answering cannot lose it;
 - the rest — the limiter's reservation settled to actual usage (released at once, whatever
-  happened), the ledger queue, the trace span, the request log line — runs as a task the
-  client never waits on.
+  happened), the ledger queue, the trace span, the request log line — runs after the
+  response is written, where the client never waits on it: as a callback when nothing in it
+  awaits (open mode, in-memory limits), else as a task (Redis limits).
 `record.closed` makes a second close a no-op, so the paths need not know about each other.
 The Closer also owns the tasks it starts and the shutdown drain's state.
 """
@@ -67,12 +68,28 @@ class Closer:
 
     def _journal_and_finish(self, reservation: Reservation | None, record: RequestRecord,
                             span: RequestSpan | None) -> None:
-        self.deps.settler.seal(record)
-        self._start(self._finish(reservation, record, span))
+        settler = self.deps.settler
+        settler.seal(record)
+        if settler.finishes_now(reservation):
+            # Nothing left to await (open mode, limits in memory): a callback after this tick
+            # — after the response is written, as a task's first step would be — costs a
+            # tenth of a task. `drain` lets pending ones run before shutdown goes on.
+            asyncio.get_running_loop().call_soon(self._finish_now, reservation, record, span)
+        else:
+            self._start(self._finish(reservation, record, span))
 
     async def _finish(self, reservation: Reservation | None, record: RequestRecord,
                       span: RequestSpan | None) -> None:
         await self.deps.settler.finish(reservation, record)
+        self._finished(record, span)
+
+    def _finish_now(self, reservation: Reservation | None, record: RequestRecord,
+                    span: RequestSpan | None) -> None:
+        self.deps.settler.finish_now(reservation, record)
+        self._finished(record, span)
+
+    def _finished(self, record: RequestRecord, span: RequestSpan | None) -> None:
+        """After settlement: rollout observation, the trace span, the request log line."""
         if record.rollout_arm is not None and self.deps.rollouts is not None:
             self.deps.rollouts.observe(record)  # after pricing: the cost gate reads it
         if span is not None:
@@ -109,6 +126,7 @@ class Closer:
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for settlements and drains still running (shutdown)."""
+        await asyncio.sleep(0)  # settlement callbacks already scheduled run first
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 

@@ -279,7 +279,8 @@ class Proxy:
         # Ended by span.finish(record), from the attempt's ledger record.
         req.headers = span.attempt(target, provider).traced_headers(req.headers)
         signals = self.deps.signals
-        signals.begin(target.id)
+        tid = target.id  # a property building its text each time: once per attempt
+        signals.begin(tid)
         started = time.monotonic()
         ok = False
         ttft: float | None = None
@@ -308,9 +309,9 @@ class Proxy:
                 reply = adapter.parse_reply(call, target, body, native)
                 ttft = time.monotonic() - started
                 record.attempts.append(AttemptRecord(
-                    target.id, target.provider_name, target.upstream_model, "ok", 200,
+                    tid, target.provider_name, target.upstream_model, "ok", 200,
                     reply.usage, ttft * 1000))
-                rt.health.success(target.id)
+                rt.health.success(tid)
                 ok = True
                 return reply.body, reply.usage is not None
             opened = await self._open_stream(rt, call, target, record, adapter, resp, native,
@@ -321,7 +322,7 @@ class Proxy:
         finally:
             # Streams report their end to signals when they finish; see StreamResponse.
             if not (ok and call.stream):
-                signals.end(target.id, ok, time.monotonic() - started, ttft)
+                signals.end(tid, ok, time.monotonic() - started, ttft)
 
     async def _open_stream(self, rt: Runtime, call: Call, target: Target, record: RequestRecord,
                            adapter: Any, resp: UpstreamResponse, native: bool, first_byte: float,

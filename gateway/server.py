@@ -95,6 +95,9 @@ def build_config(app: Any, settings: Server, *, log_level: str = "warning",
         # No WebSocket routes: an Upgrade request is served as plain HTTP, under the same
         # timeouts, instead of handing the connection to a protocol without them.
         ws="none",
+        # Nothing reads the ASGI scope's client address or scheme (the console reads
+        # x-forwarded-proto itself), so uvicorn's proxy-headers layer was pure per-request cost.
+        proxy_headers=False,
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # a float works
     )

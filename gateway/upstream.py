@@ -7,7 +7,6 @@ req/s on one core at concurrency 64 where the same over aiohttp serves ~6,500 (d
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -85,6 +84,28 @@ class UpstreamResponse:
         self._resp.release()
 
 
+_TIMEOUTS: dict[tuple[float, float, float], aiohttp.ClientTimeout] = {}
+
+
+def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for `t`, built once per distinct setting (not per request).
+
+    They alone bound the wait for the response headers, with no timer of our own around the
+    call (one timer fewer per request): a pooled connection is taken without one; waiting for
+    a free slot and connecting get `connect + first_byte` (the bound the wait for headers had),
+    the socket connect `connect`, and from the request sent `first_byte` until the first
+    byte. Each raises a TimeoutError, which `send` turns into UpstreamTimeout."""
+    key = (t.total, t.connect, t.first_byte)
+    timeout = _TIMEOUTS.get(key)
+    if timeout is None:
+        if len(_TIMEOUTS) > 1024:  # policies reloaded many times: stay bounded
+            _TIMEOUTS.clear()
+        timeout = _TIMEOUTS[key] = aiohttp.ClientTimeout(
+            total=t.total, connect=t.connect + t.first_byte, sock_connect=t.connect,
+            sock_read=t.first_byte)
+    return timeout
+
+
 class UpstreamClient:
     """A keep-alive pool for one provider. Built once at startup, closed at shutdown."""
 
@@ -109,14 +130,12 @@ class UpstreamClient:
         """Send and wait for the response headers (bounded by connect + first_byte)."""
         session = self._session or self._open()
         t = timeouts or self._timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect,
-                                        sock_read=t.first_byte)
+        timeout = _client_timeout(t)
         try:
-            async with asyncio.timeout(t.connect + t.first_byte):
-                resp = await session.request(
-                    req.method, req.url, data=req.body, headers=req.headers, timeout=timeout,
-                    allow_redirects=False,
-                )
+            resp = await session.request(
+                req.method, req.url, data=req.body, headers=req.headers, timeout=timeout,
+                allow_redirects=False,
+            )
         except TimeoutError:
             wait = t.connect + t.first_byte
             raise UpstreamTimeout(f"no response within {wait:g} s") from None

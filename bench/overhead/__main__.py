@@ -29,11 +29,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.overhead import derive, profile, report, runner
+from bench.overhead import derive, profile, report, runner, spread
 from bench.overhead.apis import CHAT, RESPONSES
 from bench.overhead.procs import Procs, pin_self
 from bench.overhead.runner import CHAT_SCENARIOS, RESPONSES_SCENARIOS, Plan, log
-from bench.overhead.targets import LITELLM_VENV, ROOT, TARGETS, Endpoint, Env, Target, patched
+from bench.overhead.targets import (
+    LITELLM_VENV,
+    PG_URL,
+    ROOT,
+    TARGETS,
+    Endpoint,
+    Env,
+    Gateway,
+    Target,
+    patched,
+    pg_schema,
+)
 
 RESULTS = ROOT / "bench" / "results"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -86,6 +97,18 @@ def preflight(names: list[str]) -> str:
         sys.exit(f"{LITELLM_VENV} is missing: run bench/overhead/setup.sh, "
                  "or leave litellm out (--targets …)")
     return shutil.which("nginx") or "nginx"
+
+
+def pg_cleanup(schema: str) -> str:
+    """Drop the run's own ledger schema (the gateway-redis-pg target's), whatever it holds."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        return f"dropped schema {schema}"
+    except Exception as exc:  # a cleanup must not hide the run's results
+        return f"schema {schema} left behind: {exc}"
 
 
 def redis_cleanup(prefix: str) -> int:
@@ -167,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=None,
                    help="rounds per scenario, round-robin over targets; the best is reported")
     p.add_argument("--soak-requests", type=int, default=None)
+    p.add_argument("--soak-max-s", type=float, default=None,
+                   help="stop the soak after this many seconds (default 180)")
+    p.add_argument("--soak-from", type=int, default=None,
+                   help="also report RSS growth from this many requests on (default 100000)")
+    p.add_argument("--soak-only", action="store_true",
+                   help="no scenarios: start the targets and soak them (memory over requests)")
     p.add_argument("--profile", metavar="TARGET", default=None,
                    help="profile this target with py-spy instead of the comparison")
     p.add_argument("--patched", metavar="NAME=DIR", action="append", default=[],
@@ -200,12 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, chunk_delay_ms=a.chunk_delay_ms)
     scenarios = tuple(x.strip() for x in a.scenarios.split(",") if x.strip())
     bad = [x for x in scenarios if x not in CHAT_SCENARIOS + RESPONSES_SCENARIOS]
-    if bad or not scenarios:
+    if a.soak_only:
+        scenarios = ()
+    elif bad or not scenarios:
         sys.exit(f"--scenarios {a.scenarios}: choose from "
                  f"{','.join(CHAT_SCENARIOS + RESPONSES_SCENARIOS)}")
     plan = replace(plan, scenarios=scenarios)
     if a.soak_requests is not None:
         plan = replace(plan, soak_requests=a.soak_requests)
+    if a.soak_max_s is not None:
+        plan = replace(plan, soak_max_s=a.soak_max_s)
+    if a.soak_from is not None:
+        plan = replace(plan, soak_from=a.soak_from)
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
@@ -240,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         results = runner.run_all(selected, env, plan)
     finally:
         procs.stop_all()
-        if "gateway-redis" in names:
+        if any(n.startswith("gateway-redis") for n in names):
             log(f"redis: removed {redis_cleanup(prefix)} keys under {prefix!r}")
+        if any(TARGETS[n].postgres for n in names if isinstance(TARGETS[n], Gateway)):
+            log(f"postgres: {pg_cleanup(pg_schema(prefix))}")
         shutil.rmtree(workdir, ignore_errors=True)
 
     derived = derive.derive(results)
@@ -269,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_save:
         path = runner.save(doc, RESULTS)
         log(f"results: {path.relative_to(ROOT)}")
+        if plan.repeat >= 2 and plan.scenarios:  # the figures to compare across reruns
+            print("\n### Every round: median, range and others' CPU\n")
+            print(spread.table(spread.rounds([path])))
     return 0
 
 

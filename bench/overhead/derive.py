@@ -130,6 +130,10 @@ def check_targets(results: dict[str, Any], derived: dict[str, Any],
     if s:
         v = s["growth_after_first_slice_mb"]
         add(f"RSS growth over {s['requests']:,} requests (MB)", v, "flat (< 10)", v < 10)
+        if "growth_from_mb" in s:  # issue 9, target 6
+            v = s["growth_from_mb"]
+            add(f"RSS growth from {s['from_requests']:,} to {s['requests']:,} requests (MB)",
+                v, "< 2", v < 2)
     native = derived.get(f"{name}/responses-native")
     if native:
         # Issue 10: a native Responses pass-through costs no more than chat's pass-through.

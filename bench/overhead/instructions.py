@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--body-kb", type=int, default=0)
     p.add_argument("--stream", action="store_true", help="streams (20 events) instead")
     p.add_argument("--chunks", type=int, default=20, help="SSE events per stream")
+    p.add_argument("--chunk-delay-ms", type=float, default=0.5,
+                   help="between a stream's events; per-chunk counts want each event in its "
+                        "own read even under callgrind's slowdown (20 ms does at c=8)")
     p.add_argument("--responses", action="store_true",
                    help="each target's Responses rows too (on the same processes)")
     p.add_argument("--idle-s", type=float, default=0.0,
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     procs = Procs(workdir)
-    plan = replace(Plan(), chunks=a.chunks, chunk_delay_ms=0.5)
+    plan = replace(Plan(), chunks=a.chunks, chunk_delay_ms=a.chunk_delay_ms)
     results = []
     try:
         ups = runner.start_mocks(procs, plan, workdir, shutil.which("nginx") or "nginx")

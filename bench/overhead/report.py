@@ -99,7 +99,10 @@ def render(doc: dict[str, Any]) -> str:
         pts = ", ".join(f"{p['requests'] // 1000}k: {p['rss_mb']:.1f}" for p in s["samples"])
         out.append(f"\nRSS of **{r['label']}** over {s['requests']:,} requests "
                    f"(c={plan['c_throughput']}, {s['errors']} errors): {pts} MB — "
-                   f"{s['growth_after_first_slice_mb']:+.1f} MB after the first slice.")
+                   f"{s['growth_after_first_slice_mb']:+.1f} MB after the first slice"
+                   + (f", {s['growth_from_mb']:+.1f} MB from {s['from_requests']:,} requests "
+                      f"({s['rss_from_mb']:.1f} MB) to the end." if "growth_from_mb" in s
+                      else "."))
 
     rows = _responses_rows(res, der)
     if rows:

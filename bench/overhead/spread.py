@@ -18,24 +18,42 @@ from pathlib import Path
 from typing import Any
 
 # scenario key -> (column, value of one round)
-METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
-    "b_throughput": ("CPU µs/req, c=64", lambda r: r.get("proxy_cpu_us_per_request")),
-    "a_latency": ("p50 ms, c=1", lambda r: r["latency_us"]["p50"] / 1000
-                  if "latency_us" in r else None),
-    "c_stream": ("CPU µs/stream, c=16", lambda r: r.get("proxy_cpu_us_per_request")),
+Getter = Callable[[dict[str, Any]], float | None]
+
+
+def _lat(key: str, pct: str, scale: float) -> Getter:
+    return lambda r: r[key][pct] / scale if key in r else None
+
+
+# (scenario key, column) -> value of one round. Every round also records the CPU that
+# processes the benchmark did not start used meanwhile (percent of one core).
+METRICS: dict[tuple[str, str], Getter] = {
+    ("b_throughput", "req/s, c=64"): lambda r: r.get("rps"),
+    ("b_throughput", "CPU µs/req, c=64"): lambda r: r.get("proxy_cpu_us_per_request"),
+    ("a_latency", "p50 ms, c=1"): _lat("latency_us", "p50", 1000),
+    ("a_latency", "p99 ms, c=1"): _lat("latency_us", "p99", 1000),
+    ("c_stream", "TTFT p50 ms, c=16"): _lat("ttft_ms", "p50", 1),
+    ("c_stream", "CPU µs/stream, c=16"): lambda r: r.get("proxy_cpu_us_per_request"),
 }
+OTHERS = "others' CPU %"
 
 
 def rounds(files: Sequence[Path]) -> dict[tuple[str, str], list[float]]:
-    """(row, scenario) -> every round's value, across the files."""
+    """(row, column) -> every round's value, across the files; (row, OTHERS) gathers the
+    background CPU of all of the row's rounds."""
     out: dict[tuple[str, str], list[float]] = {}
     for f in files:
         for row, res in json.loads(f.read_text())["results"].items():
             for scenario, runs in (res.get("runs") or {}).items():
-                _, value = METRICS.get(scenario, ("", lambda r: None))
-                vals = [v for v in (value(r) for r in runs) if v is not None]
-                if vals:
-                    out.setdefault((row, scenario), []).extend(vals)
+                for (key, column), value in METRICS.items():
+                    if key != scenario:
+                        continue
+                    vals = [v for v in (value(r) for r in runs) if v is not None]
+                    if vals:
+                        out.setdefault((row, column), []).extend(vals)
+                bg = [r["background_cpu_pct"] for r in runs if "background_cpu_pct" in r]
+                if bg:
+                    out.setdefault((row, OTHERS), []).extend(bg)
     return out
 
 
@@ -44,17 +62,19 @@ def _num(v: float) -> str:
 
 
 def table(data: dict[tuple[str, str], list[float]], against: str | None = None) -> str:
-    lines = ["| row | scenario | rounds | median | min – max | spread | vs reference |",
+    lines = ["| row | measure | rounds | median | min – max | spread | vs reference |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for (row, scenario), vals in sorted(data.items()):
+    order = {column: i for i, (_, column) in enumerate(METRICS)} | {OTHERS: len(METRICS)}
+    for (row, scenario), vals in sorted(data.items(), key=lambda kv: (kv[0][0],
+                                                                      order.get(kv[0][1], 99))):
         med = statistics.median(vals)
         ref_row = against or ("bare-aiohttp/responses" if "/responses" in row
                               else "bare-aiohttp")
         ref = data.get((ref_row, scenario))
-        ratio = f"{med / statistics.median(ref):.2f}× {ref_row}" if ref and ref_row != row \
-            else "—"
+        ratio = f"{med / statistics.median(ref):.2f}× {ref_row}" \
+            if ref and ref_row != row and scenario != OTHERS else "—"
         spread = (max(vals) - min(vals)) / med * 100 if med else 0.0
-        lines.append(f"| {row} | {METRICS[scenario][0]} | {len(vals)} | {_num(med)} | "
+        lines.append(f"| {row} | {scenario} | {len(vals)} | {_num(med)} | "
                      f"{_num(min(vals))} – {_num(max(vals))} | ±{spread / 2:.0f} % | {ratio} |")
     return "\n".join(lines)
 

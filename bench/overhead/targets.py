@@ -24,6 +24,11 @@ from bench.overhead.procs import SUT_CPU, Proc, Procs, free_port
 ROOT = Path(__file__).resolve().parents[2]
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_schema(redis_prefix: str) -> str:
+    """The PostgreSQL ledger's schema of one run, named after its Redis prefix."""
+    return "bench_" + redis_prefix.strip(":").replace("-", "_")
 BENCH_KEY = "sk-bench-" + "0123456789abcdef" * 2
 # A price on the deployment, so that the gateway's cost accounting runs as it does in production.
 PRICING = [{"input": "0.15", "output": "0.60"}]
@@ -162,7 +167,7 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
     if postgres:
         # The ledger (and key store) in a schema of the run's own, named after its Redis prefix.
         policy["ledger"]["url"] = PG_URL
-        policy["ledger"]["schema"] = "bench_" + env.redis_prefix.strip(":").replace("-", "_")
+        policy["ledger"]["schema"] = pg_schema(env.redis_prefix)
     return policy
 
 

@@ -2,7 +2,8 @@
 without the gateway's flow control (gateway/flow), on the simulator's cluster.
 
 The neighbour is the chat-short workload at 40 % of the cluster's capacity; the flood is a
-second tenant sending single turns on one 2k-token prompt (300-700 new tokens each) at
+second tenant sending single turns on one 2k-token prompt (300-700 new prompt tokens and
+100-300 output tokens each) at
 `--flood-load` (default 100 %: 140 % together, well past saturation). Three runs per seed:
 
 - `alone`: the neighbour by itself — its baseline TTFT;
@@ -10,10 +11,12 @@ second tenant sending single turns on one 2k-token prompt (300-700 new tokens ea
   and the neighbour waits behind the flood;
 - `flood+flow L/h`: both, through the gateway's own `FlowScheduler` (the object
   `gateway/flow/pool.py` drives): at most L (`max_in_flight_per_deployment`) requests per
-  backend, `headroom` h, the neighbour at `--weight` (the flood at 1), a queue timeout; the
-  slot is given back when a request's last token is out.
+  backend, `headroom` h, the neighbour at `--weight` (the flood at 1; default: equal), a
+  queue timeout, each turn's cost estimated by the gateway's own `request_cost`; the slot is
+  given back when a request's last token is out.
 
-TTFT is measured from a turn's arrival, queueing at the gateway included. L, h and the weight
+TTFT is measured from a turn's arrival, queueing at the gateway included; the flood's
+throughput is the turns sent to the backends while the neighbour runs. L, h and the weight
 are chosen on `TUNE_SEEDS` (`--tune`) and reported on `HELDOUT_SEEDS`; the target is the
 neighbour's TTFT p99 at most 20 % above `alone`. Writes bench/results/flow-control.json.
 """
@@ -35,7 +38,8 @@ from bench.sim.__main__ import _pct
 from bench.sim.backend import Request
 from bench.sim.cluster import SimConfig, run
 from bench.sim.families import _CHAT, _FLOOD, DURATION_S, HELDOUT_SEEDS, TUNE_SEEDS, WARMUP_S
-from bench.sim.workload import Session
+from bench.sim.workload import Session, user_text
+from gateway.flow.cost import request_cost
 from gateway.flow.scheduler import FlowScheduler, Ticket
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "flow-control.json"
@@ -44,15 +48,17 @@ FLOOD_LOAD = 1.0
 QUEUE_TIMEOUT_S = 30.0
 MAX_QUEUED_PER_TENANT = 2000
 # (max_in_flight_per_deployment, headroom) pairs tried by --tune; the backend's batch is 48.
-GRID = tuple((limit, h) for limit in (24, 32, 40) for h in (0.2, 0.3, 0.5))
-# What --tune picked on TUNE_SEEDS: the most flood throughput with the neighbour's p99 within
-# 10 % of alone (a margin for the held-out seeds), the neighbour at weight 3 (the flood's 1):
-# with equal weights no point of the grid came within 20 % (docs/routing.md, "Flow control").
-CHOSEN = (16, 0.5)
-CHOSEN_WEIGHT = 3.0
+GRID = ((16, 0.5), (16, 0.55), (16, 0.6), (20, 0.6), (20, 0.65), (20, 0.7), (24, 0.7),
+        (24, 0.75), (24, 0.8), (32, 0.8))
+# What --tune picked on TUNE_SEEDS with equal weights: the most flood throughput with the
+# neighbour's p99 within 10 % of alone (a margin for the held-out seeds), docs/routing.md,
+# "The flood experiment".
+CHOSEN = (24, 0.75)
+CHOSEN_WEIGHT = 1.0
 HEADROOM = 0.5
 STRATEGY = "prefix-load"
 TARGET = 1.20
+EXPECTED_OUTPUT_TOKENS = 256  # the policy default; every simulated turn sets max_tokens
 
 
 class SimFlow:
@@ -70,23 +76,38 @@ class SimFlow:
         self.timeout = queue_timeout_s
         self._deadlines: deque[tuple[float, Ticket[Session]]] = deque()
         self.shed: Counter[tuple[str, str]] = Counter()
+        self._cost: dict[tuple[int, int], float] = {}  # of the turns holding a slot
 
     def arrive(self, s: Session, now: float) -> Iterable[tuple[Session, float]]:
         priority, weight = self.classes.get(s.tenant, (0, 1.0))
-        o = self.sched.offer(s, s.tenant, priority, weight, now)
+        o = self.sched.offer(s, s.tenant, priority, weight, now, self.cost(s))
         for v in o.evicted:
             self.shed[v.tenant, "evicted"] += 1
+            del self._cost[v.item.sid, v.item.next_turn]
         out = [(t.item, t.enqueued) for t in o.dispatched]
         if o.outcome == "admitted":
             out.append((s, now))
         elif o.outcome == "refused":
             self.shed[s.tenant, str(o.reason)] += 1
+            del self._cost[s.sid, s.next_turn]
         else:  # one timeout for all: deadlines come in arrival order
             self._deadlines.append((now + self.timeout, o.ticket))
         return out
 
+    def cost(self, s: Session) -> float:
+        """The gateway's estimate (gateway/flow/cost.py) on the body `cluster.run` sends for
+        the session's next turn: the new user message after the last reply (where the estimate
+        stops, so the history before it is left out), and `max_tokens`."""
+        turn = s.next_turn
+        body = {"messages": [*s.messages[-1:], {"role": "user", "content": user_text(s, turn)}],
+                "max_tokens": s.turns[turn].output_tokens}
+        cost = request_cost(body, EXPECTED_OUTPUT_TOKENS)
+        self._cost[s.sid, turn] = cost
+        return cost
+
     def finished(self, r: Request, now: float) -> Iterable[tuple[Session, float]]:
-        return [(t.item, t.enqueued) for t in self.sched.release(now, r.tenant)]
+        cost = self._cost.pop((r.session, r.turn))
+        return [(t.item, t.enqueued) for t in self.sched.release(now, r.tenant, cost)]
 
     def tick(self, now: float) -> None:
         d = self._deadlines
@@ -94,6 +115,7 @@ class SimFlow:
             _, t = d.popleft()
             if self.sched.cancel(t):
                 self.shed[t.tenant, "queue_timeout"] += 1
+                del self._cost[t.item.sid, t.item.next_turn]
 
 
 def config(seed: int, flood_load: float, duration_s: float, warmup_s: float) -> SimConfig:
@@ -115,24 +137,32 @@ def _one(job: Job) -> dict[str, Any]:
     by: dict[str, list[float]] = {"main": [], "flood": []}
     for r in out.requests:
         by[r.tenant].append(r.first_token - r.arrival)
+    # The flood's throughput is counted while the neighbour runs: once its last turns are in
+    # (after `duration_s`) the flood's queued backlog gets the whole pool, and counting what
+    # is served then would credit the flood with capacity the neighbour no longer uses. A
+    # turn sent after `warmup_s` + the queue timeout arrived in the measured window.
+    start = warmup_s + QUEUE_TIMEOUT_S
+    flood_sent = sum(1 for r in out.requests if r.tenant == "flood"
+                     and start <= r.arrival + r.queued_s < duration_s)
     shed = Counter[str]()
     if flow is not None:
         for (tenant, _reason), n in flow.shed.items():
             shed[tenant] += n
     return {"scenario": scenario, "seed": seed, "flow": flow_cfg, "window_s": out.window_s,
-            "main": by["main"], "flood": by["flood"], "shed": dict(shed)}
+            "main": by["main"], "flood": by["flood"], "shed": dict(shed),
+            "flood_sent": flood_sent, "flood_window_s": max(0.0, duration_s - start)}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     main = sorted(x for r in rows for x in r["main"])
-    flood = [x for r in rows for x in r["flood"]]
-    window = sum(r["window_s"] for r in rows)
+    sent = sum(r["flood_sent"] for r in rows)
+    window = sum(r["flood_window_s"] for r in rows)
     shed: Counter[str] = Counter()
     for r in rows:
         shed.update(r["shed"])
     return {"main_ttft_p50_ms": 1000 * _pct(main, 50), "main_ttft_p99_ms": 1000 * _pct(main, 99),
             "main_served": len(main), "main_shed": shed.get("main", 0),
-            "flood_served_rps": len(flood) / window if window else 0.0,
+            "flood_served_rps": sent / window if window else 0.0,
             "flood_shed": shed.get("flood", 0)}
 
 

@@ -82,7 +82,10 @@ def rollup_deltas(records: Iterable[RequestRecord]) -> list[tuple[RollupKey, Rol
         last = len(rec.attempts) - 1
         for i, a in enumerate(rec.attempts):
             key = (day, tenant, model, text(a.deployment) or "", text(a.provider) or "")
-            d = acc.setdefault(key, RollupDelta())
+            found = acc.get(key)  # not setdefault: it builds a delta per attempt to discard
+            if found is None:
+                found = acc[key] = RollupDelta()
+            d = found
             d.attempts += 1
             if i == last:
                 d.requests += 1

@@ -61,7 +61,10 @@ def plain(d: Decimal) -> str:
 
 def as_utc(when: datetime) -> datetime:
     # Naive datetimes in records and tests mean UTC: the gateway stamps everything in UTC.
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    tz = when.tzinfo
+    if tz is UTC:  # the gateway's own stamps: astimezone would still call utcoffset()
+        return when
+    return when.replace(tzinfo=UTC) if tz is None else when.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ The proxy settles each request exactly once, however it ended, in two parts:
   ``seal`` — price the record and put it in the journal, so a process killed after
   answering still has it on disk (journal.py);
 - after, as a task the client never waits on: ``finish`` — settle the limiter's reservation
-  with the actual usage, queue the record for the ledger, update metrics.
+  with the actual usage, queue the record for the ledger, update metrics (``finish_now``
+  does the same without awaiting, for a limiter that settles in memory: a callback then,
+  not a task).
 ``settle`` does all of it in one call (tools, tests). Nothing here raises into the request
 path: each step is guarded, a failure is logged and counted in ``failures``, and the record is
 queued for the ledger in every case — a request without a record is the one thing finance
@@ -180,6 +182,28 @@ class Settler:
                 await self.limiter.settle(reservation, tokens, record.cost_usd)
             except Exception:
                 self._failed("limits", record)
+        self._settled(record)
+
+    def finishes_now(self, reservation: Reservation | None) -> bool:
+        """Whether `finish_now` can settle this reservation: nothing to settle (open mode), or
+        a limiter that settles without awaiting (in memory). Then the closer runs it as a
+        callback rather than a task per request."""
+        return reservation is None or reservation.settled or self.limiter is None \
+            or getattr(self.limiter, "settle_now", None) is not None
+
+    def finish_now(self, reservation: Reservation | None, record: RequestRecord) -> None:
+        """`finish` without awaiting, where `finishes_now(reservation)`. Never raises."""
+        if self.limiter is not None and reservation is not None and not reservation.settled:
+            try:
+                tokens = sum(a.usage.total for a in record.attempts if a.usage is not None)
+                self.limiter.settle_now(  # type: ignore[attr-defined]
+                    reservation, tokens, record.cost_usd)
+            except Exception:
+                self._failed("limits", record)
+        self._settled(record)
+
+    def _settled(self, record: RequestRecord) -> None:
+        """The limiter is settled: queue the record for the ledger, count it, tell listeners."""
         try:
             self.ledger_writer.record(record)
         except Exception:
@@ -233,12 +257,10 @@ class Settler:
         if m is None:
             return
         if record is not None:
-            totals = dict.fromkeys(BUCKETS, 0)
-            for a in record.attempts:
-                if a.usage is not None:
-                    for b in BUCKETS:
-                        totals[b] += getattr(a.usage, b)
-            for b, n in totals.items():
+            usages = [a.usage for a in record.attempts if a.usage is not None]
+            for b in BUCKETS:
+                n = sum(getattr(u, b) for u in usages) if len(usages) > 1 \
+                    else getattr(usages[0], b) if usages else 0
                 if n:
                     m.add_tokens(record.tenant, record.model, b, n)
             cost = record.cost_usd
@@ -246,7 +268,8 @@ class Settler:
                 # Prometheus counters are floats: fine for a dashboard, never for billing.
                 m.add_cost(record.tenant, record.model, float(cost))
         w = self.ledger_writer
-        m.ledger_pending.set(w.pending)
+        if record is None:  # per record it would only be overwritten before anyone reads it
+            m.ledger_pending.set(w.pending)
         spilled = w.stats.spilled
         if spilled > self._spilled_seen:
             m.ledger_spilled.inc(spilled - self._spilled_seen)

@@ -13,20 +13,33 @@ from gateway.call import Call, Endpoint
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.ids import new_id
 
-__all__ = ["api_key", "client_request_id", "echo_id", "openai_call", "parse_json_object",
-           "read_body"]
+__all__ = ["api_key", "client_request_id", "echo_id", "header_map", "openai_call",
+           "parse_json_object", "read_body"]
 
 log = logging.getLogger("gateway.api")
 
 # The session header every ingress keeps; the policy can name more (`Router.session_headers`).
 SESSION_HEADERS = ("x-session-id",)
+_HEADERS = "gateway.headers"  # the request's header map, kept in its ASGI scope
+
+
+def header_map(request: Request) -> dict[str, str]:
+    """The request's headers as a dict, built once per request. Starlette's `Headers.get`
+    scans every header on each call, and one proxied request asks for about nine. Names come
+    lowercased from uvicorn; of a repeated header the first one wins, as with `Headers.get`."""
+    scope = request.scope
+    got: dict[str, str] | None = scope.get(_HEADERS)
+    if got is None:
+        got = scope[_HEADERS] = {k.decode("latin-1"): v.decode("latin-1")
+                                 for k, v in reversed(scope["headers"])}
+    return got
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, at most `limit` bytes (413 past it). A client that stalls is the connection's
     business (server.body_timeout_s: `gateway/connection.py` answers 408); one that leaves
     mid-body is an info line and a 499 nobody reads, never an error with a traceback."""
-    declared = request.headers.get("content-length")
+    declared = header_map(request).get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(_too_large(int(declared), limit))
     chunks: list[bytes] = []
@@ -54,12 +67,13 @@ def _too_large(size: int, limit: int) -> str:
 
 
 def api_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
+    headers = header_map(request)
+    auth = headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("x-api-key") or request.headers.get("api-key")
+    return headers.get("x-api-key") or headers.get("api-key")
 
 
 def client_request_id(headers: Mapping[str, str]) -> str | None:
@@ -84,7 +98,7 @@ def openai_call(endpoint: Endpoint, raw: bytes, request: Request,
     opts = body.get("stream_options")
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")
-    headers = request.headers
+    headers = header_map(request)
     return Call(
         endpoint=endpoint, model=body["model"], body=body, raw=raw, stream=stream,
         request_id=new_id(), client_request_id=client_request_id(headers),
@@ -98,11 +112,12 @@ def trace_headers(request: Request) -> dict[str, str]:
     """W3C trace context, for tracing, and `Cache-Control`, for the response cache
     (gateway/stages/cache.py): the OpenAI and Responses ingresses keep these; the Anthropic
     ingress keeps every header."""
-    cc = request.headers.get("cache-control")
-    tp = request.headers.get("traceparent")
+    headers = header_map(request)
+    cc = headers.get("cache-control")
+    tp = headers.get("traceparent")
     if tp is None:
         return {} if cc is None else {"cache-control": cc}
-    ts = request.headers.get("tracestate")
+    ts = headers.get("tracestate")
     out = {"traceparent": tp, "tracestate": ts} if ts else {"traceparent": tp}
     if cc is not None:
         out["cache-control"] = cc
@@ -113,7 +128,7 @@ def session_header(request: Request, names: Sequence[str] = SESSION_HEADERS) -> 
     """The session headers as sent (`x-session-id`, and those the policy's `session_key`s
     name: `Router.session_headers`), for a model whose `session_key` is a header
     (gateway/routing/affinity.py): `Call.session` alone cannot tell it from `user`."""
-    got = request.headers
+    got = header_map(request)
     out: dict[str, str] = {}
     for name in names:
         v = got.get(name)

@@ -21,6 +21,7 @@ from gateway.api.parse import (
     api_key,
     client_request_id,
     echo_id,
+    header_map,
     read_body,
     session_header,
     trace_headers,
@@ -52,16 +53,19 @@ def responses_call(raw: bytes, request: Request,
     conversation it continues is known."""
     body = parse_json_object(raw)
     check_responses(body)
-    headers = request.headers
+    headers = header_map(request)  # built once, as the chat ingress reads them
     user = body.get("user")
     prev = body.get("previous_response_id")
     stream = body.get("stream") is True
+    rid = new_id()
     return Call(
         endpoint="chat", model=body["model"], body={}, raw=b"", stream=stream,
-        request_id=new_id(), client_request_id=client_request_id(headers),
+        request_id=rid, client_request_id=client_request_id(headers),
         api_key=api_key(request), ingress="responses", native_body=body, native_raw=raw,
-        # The codec builds Responses' usage from the chat stream's usage chunk.
-        client_include_usage=stream, response_id="resp_" + new_id(),
+        # The codec builds Responses' usage from the chat stream's usage chunk. The response's
+        # id is the request's (unique already): the ledger's record and the stored response
+        # name each other.
+        client_include_usage=stream, response_id="resp_" + rid,
         # One conversation stays on one backend while it can (prefix caches).
         session=headers.get("x-session-id") or (user if isinstance(user, str) else None)
         or (prev if isinstance(prev, str) else None),

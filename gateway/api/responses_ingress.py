@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pydantic_core import to_json
@@ -96,7 +97,8 @@ class ResponsesIngress:
         cap = body.get("max_output_tokens")
         call.body = {"max_completion_tokens": cap} if isinstance(cap, int) else {}
         if call.translation_error is None:
-            call.translate = _translator(call, body, history)
+            # A partial, not a closure: built on every request, called on few.
+            call.translate = partial(_translate, call, body, history)
 
     async def _chain(self, tenant: str, prev: str) -> list[StoredResponse] | None:
         turns = self._policy().responses.max_turns
@@ -141,10 +143,8 @@ class ResponsesIngress:
                         "find it", call.response_id, e)
 
 
-def _translator(call: Call, body: dict[str, Any], history: list[dict[str, Any]]
-                ) -> Callable[[], None]:
-    def translate() -> None:
-        call.body = to_chat_request(body, history)
-        call.raw = to_json(call.body)
-        call.translate = None
-    return translate
+def _translate(call: Call, body: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """`call.body`/`raw` as the chat request, the first time a translated backend needs it."""
+    call.body = to_chat_request(body, history)
+    call.raw = to_json(call.body)
+    call.translate = None

@@ -97,9 +97,16 @@ def _item_reason(body: dict[str, Any], item: Any, param: str) -> str | None:
     return None
 
 
+# The members `untranslatable` looks at besides a list `input`: a request with none of them
+# and a string `input` (most requests) is translatable at a glance, one set operation.
+_LOOKED_AT = frozenset({"background", "prompt", "conversation", "tools", "tool_choice"})
+
+
 def untranslatable(body: dict[str, Any]) -> str | None:
     """Why a chat backend cannot serve this request — a sentence naming the field — or None
     when the translation carries everything it asks for."""
+    if not isinstance(body.get("input"), list) and _LOOKED_AT.isdisjoint(body):
+        return None
     if body.get("background") is True:
         return _native(body, "background", "a background response")
     for key, what in (("prompt", "a stored prompt template"),

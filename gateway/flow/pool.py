@@ -111,13 +111,14 @@ class Pool:
     # -- the request path ----------------------------------------------------------------------
 
     async def acquire(self, tenant: str, priority: int, weight: float,
-                      receive: Callable[[], Awaitable[Any]] | None) -> None:
-        """Return once the request holds a slot (then `release` must follow, exactly once);
-        raise `FlowShed` or `ClientGone` when it will not get one (it then holds nothing)."""
+                      receive: Callable[[], Awaitable[Any]] | None, cost: float = 1.0) -> None:
+        """Return once the request (of estimated `cost`, gateway/flow/cost.py) holds a slot
+        (then `release` with the same cost must follow, exactly once); raise `FlowShed` or
+        `ClientGone` when it will not get one (it then holds nothing)."""
         sched = self.sched
         self._refresh()
         now = self.clock()
-        offer = sched.offer(None, tenant, priority, weight, now)
+        offer = sched.offer(None, tenant, priority, weight, now, cost)
         for victim in offer.evicted:
             self._queued(victim, -1)
             if victim.item is not None and not victim.item.done():
@@ -148,7 +149,7 @@ class Pool:
             # Cancelled (shutdown, the server's own timeout): leave the queue, or give back
             # the slot if it was granted in the same instant.
             if not self._leave(ticket):
-                self.release(ticket.tenant)
+                self.release(ticket.tenant, ticket.cost)
             raise
         finally:
             if gone is not None:
@@ -168,11 +169,12 @@ class Pool:
             raise ClientGone("The client closed the connection while the request was queued.")
         raise self._shed(ticket, "queue_timeout")
 
-    def release(self, tenant: str) -> None:
-        """A request of `tenant` holding a slot ended (its record closed)."""
+    def release(self, tenant: str, cost: float = 1.0) -> None:
+        """A request of `tenant` holding a slot (acquired at `cost`) ended (its record
+        closed)."""
         if self.sched.queued:  # the limit or the hold may have moved since it was read
             self._refresh()
-        self._wake(self.sched.release(self.clock(), tenant))
+        self._wake(self.sched.release(self.clock(), tenant, cost))
 
     # -- internals -----------------------------------------------------------------------------
 

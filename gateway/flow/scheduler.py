@@ -9,10 +9,15 @@ brought forward to the band's clock, so idling earns no credit. Every backlogged
 band is served within a bounded number of dispatches whatever the others send (no
 starvation within a class); lower bands wait for higher ones and are shed first.
 
-Slots are shared the same way: a tenant's *fair share* is the limit × its weight ÷ the weights
-of every tenant with requests running or queued. A tenant past its share may still borrow idle
-slots, but never the last `headroom` of them: they stay free so another tenant's next request
-starts at once instead of waiting for a flood's request to end.
+A request's *cost* is its estimated work (gateway/flow/cost.py: the new tokens it brings and
+the tokens it may generate), so fairness counts work, not requests: a tenant whose requests are
+twice as long gets half as many. Slots are shared by the same measure: a tenant's *fair share*
+is the cost of every request in flight × its weight ÷ the weights of every tenant with requests
+running or queued. A tenant within its share may take any free slot; one past it may borrow
+idle slots, but never the last `headroom` of them: they stay free so a lighter tenant's next
+request starts at once instead of waiting for a flood's request to end. Shares are of the work
+in flight, not of the limit, so the tenant using less work than the others (per weight) is
+never the one kept out of the headroom, however many slots its short requests hold.
 
 The gateway (`gateway/flow/pool.py`) and the simulator (`bench/sim/flow.py`) drive the same
 object; tests drive it directly.
@@ -104,6 +109,8 @@ class FlowScheduler(Generic[T]):
         self._order: list[int] = []  # band priorities, highest first
         self._per_tenant: dict[str, int] = {}  # queued, by tenant
         self._running: dict[str, int] = {}  # holding a slot, by tenant
+        self._running_cost: dict[str, float] = {}  # their cost, by tenant
+        self.cost_in_flight = 0.0
         self._weights: dict[str, float] = {}  # of the tenants running or queued
         self._active_weight = 0.0
         self._seq = 0
@@ -187,16 +194,22 @@ class FlowScheduler(Generic[T]):
         self._leave_if_idle(ticket.tenant)
         return True
 
-    def release(self, now: float = 0.0, tenant: str | None = None) -> list[Ticket[T]]:
-        """A dispatched request (of `tenant`) ended: its slot goes to the next in line.
-        Returns the requests dispatched now (their state is DISPATCHED, their slot counted)."""
+    def release(self, now: float = 0.0, tenant: str | None = None,
+                cost: float = 1.0) -> list[Ticket[T]]:
+        """A dispatched request (of `tenant`, offered at `cost`) ended: its slot goes to the
+        next in line. Returns the requests dispatched now (their state is DISPATCHED, their
+        slot counted)."""
         self.in_flight = max(0, self.in_flight - 1)
+        # Back to exactly nothing when the pool empties: no float drift across busy spells.
+        self.cost_in_flight = self.cost_in_flight - cost if self.in_flight else 0.0
         if tenant is not None and tenant in self._running:
             left = self._running[tenant] - 1
             if left:
                 self._running[tenant] = left
+                self._running_cost[tenant] -= cost
             else:
                 del self._running[tenant]
+                del self._running_cost[tenant]
                 self._leave_if_idle(tenant)
         if self._last_release is not None:
             gap = now - self._last_release
@@ -215,13 +228,18 @@ class FlowScheduler(Generic[T]):
         return out
 
     def share(self, tenant: str) -> float:
-        """The tenant's fair share of the slots now (it must be running or queued)."""
+        """The tenant's fair share of the cost in flight now (it must be running or queued)."""
         total = self._active_weight
         w = self._weights.get(tenant)
-        return self.cap * w / total if w is not None and total > 0 else float(self.cap)
+        return self.cost_in_flight * w / total if w is not None and total > 0 else (
+            self.cost_in_flight)
 
     def running(self, tenant: str) -> int:
         return self._running.get(tenant, 0)
+
+    def usage(self, tenant: str) -> float:
+        """The cost of the tenant's requests in flight."""
+        return self._running_cost.get(tenant, 0.0)
 
     def drain_s(self, ahead: int | None = None) -> float:
         """Seconds until `ahead` more requests (default: all queued) have been dispatched, at
@@ -251,8 +269,13 @@ class FlowScheduler(Generic[T]):
                     self._active_weight = 0.0  # no float drift across idle spells
 
     def _eligible(self, tenant: str) -> bool:
-        """Below its share, or borrowing a slot that is not part of the headroom."""
-        return self._running.get(tenant, 0) < self.share(tenant) or self._borrowable()
+        """Alone, below its share, or borrowing a slot that is not part of the headroom."""
+        used = self._running_cost.get(tenant, 0.0)
+        if used <= 0.0 or len(self._weights) == 1:
+            return True
+        # used < cost_in_flight × weight ÷ active weight, without the division.
+        return (used * self._active_weight < self.cost_in_flight * self._weights[tenant]
+                or self._borrowable())
 
     def _borrowable(self) -> bool:
         return self.headroom <= 0 or self.cap - self.in_flight > self.headroom * self.cap
@@ -261,6 +284,8 @@ class FlowScheduler(Generic[T]):
         t.state = DISPATCHED
         self.in_flight += 1
         self._running[t.tenant] = self._running.get(t.tenant, 0) + 1
+        self._running_cost[t.tenant] = self._running_cost.get(t.tenant, 0.0) + t.cost
+        self.cost_in_flight += t.cost
 
     def _band(self, priority: int) -> _Band[T]:
         band = self._bands.get(priority)

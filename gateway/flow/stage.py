@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.flow.cost import request_cost
 from gateway.flow.metrics import FlowMetrics
 from gateway.flow.pool import ClientGone, Pool
 from gateway.routing.defaults import self_hosted
@@ -92,9 +93,10 @@ class _FlowRun(StageRun):
         ctx = self.ctx
         pool = self.pool
         started = pool.clock()
+        cost = request_cost(ctx.call.body, pool.cfg.expected_output_tokens)
         try:
             await pool.acquire(ctx.principal.tenant, self.priority, self.weight,
-                               ctx.call.receive)
+                               ctx.call.receive, cost)
         except ClientGone:
             ctx.record.client_disconnected = True
             raise
@@ -105,7 +107,7 @@ class _FlowRun(StageRun):
         def release() -> None:
             if previous is not None:  # another holder came first: both run
                 previous()
-            pool.release(tenant)
+            pool.release(tenant, cost)
         record.on_close = release
         waited = pool.clock() - started
         if waited > 0.0005:

@@ -56,24 +56,30 @@ def retry_after(seconds: float) -> int:
     return max(1, math.ceil(seconds - 1e-9))
 
 
-def _binding(states: Sequence[RateState], kind: str) -> RateState | None:
-    # The tightest rule of a family: a refused one first, then the fewest units left.
-    found = [s for s in states if s.rule.kind == kind]
-    if not found:
-        return None
-    return min(found, key=lambda s: (s.ok, s.remaining, -s.reset_s))
+# The three header names of each family, built once (this runs for every admitted request).
+_NAMES = {kind: (f"x-ratelimit-limit-{family}", f"x-ratelimit-remaining-{family}",
+                 f"x-ratelimit-reset-{family}") for kind, family in _FAMILY.items()}
 
 
 def rate_headers(states: Sequence[RateState]) -> dict[str, str]:
     """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the binding rules."""
+    # The binding (tightest) rule of each family: a refused one first, then the fewest units
+    # left, then the longest reset; on a tie the first. One pass, no list per family.
+    binding: dict[str, tuple[tuple[bool, int, float], RateState]] = {}
+    for s in states:
+        key = (s.ok, s.remaining, -s.reset_s)
+        best = binding.get(s.rule.kind)
+        if best is None or key < best[0]:
+            binding[s.rule.kind] = (key, s)
     headers: dict[str, str] = {}
-    for kind, family in _FAMILY.items():
-        s = _binding(states, kind)
-        if s is None:
+    for kind, (limit, remaining, reset) in _NAMES.items():
+        found = binding.get(kind)
+        if found is None:
             continue
-        headers[f"x-ratelimit-limit-{family}"] = str(s.rule.limit)
-        headers[f"x-ratelimit-remaining-{family}"] = str(max(0, s.remaining))
-        headers[f"x-ratelimit-reset-{family}"] = format_reset(s.reset_s)
+        s = found[1]
+        headers[limit] = str(s.rule.limit)
+        headers[remaining] = str(max(0, s.remaining))
+        headers[reset] = format_reset(s.reset_s)
     return headers
 
 

@@ -199,6 +199,11 @@ class MemoryLimiter:
         return st
 
     async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
+        self.settle_now(reservation, tokens, cost_usd)
+
+    def settle_now(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
+        """`settle`, which never awaits here: the closer calls this one directly, so that a
+        request's end costs a callback rather than a task (accounting/settle.py)."""
         hold = take_hold(reservation)
         if hold is None:
             return

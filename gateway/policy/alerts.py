@@ -147,14 +147,15 @@ def alert_secret_issues(raw: Mapping[str, Any], data: dict[str, Any], file: str,
                         lines: Mapping[Loc, int]) -> list[PolicyIssue]:
     """Refuse inline webhook secrets (judged on `raw`, before `${ENV}` interpolation) and read
     each `secret_file` into `data` (interpolated). A load stage: see policy/load.py."""
-    raw_hooks = _webhooks(raw)
+    # Read before any `secret` is filled in below: `data` may share a hook with `raw` (the
+    # interpolation copies only what it changes), or two hooks may be one YAML alias.
+    raw_secrets = [h.get("secret") for h in _webhooks(raw)]
     hooks = _webhooks(data)
     out: list[PolicyIssue] = []
     base = Path(file).parent
     for i, hook in enumerate(hooks):
         loc: Loc = ("alerts", "webhooks", i)
-        raw_hook = raw_hooks[i] if i < len(raw_hooks) else {}
-        secret = raw_hook.get("secret")
+        secret = raw_secrets[i] if i < len(raw_secrets) else None
         if isinstance(secret, str) and secret and "${" not in secret:
             out.append(issue((*loc, "secret"), "a webhook secret must not be written in the "
                              "policy: write it as ${ENV_VAR} or use secret_file", lines))

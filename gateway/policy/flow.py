@@ -19,9 +19,9 @@ class FlowControl(BaseModel):
     """Requests this gateway replica lets run at once on each deployment of a pool (the pool's
     limit is this times its deployments not in cooldown or failing health checks); past it,
     requests queue. Set it at the concurrency where a backend still meets its latency target,
-    below its batch size (vLLM `max_num_seqs`): in the simulator a third of the batch kept a
-    neighbour's TTFT p99 within 20 % under a flood (docs/routing.md, "Flow control").
-    Example: `max_in_flight_per_deployment: 16`."""
+    below its batch size (vLLM `max_num_seqs`): in the simulator half the batch with
+    `headroom: 0.75` kept a neighbour's TTFT p99 within 20 % under a flood, at equal weights
+    (docs/routing.md, "Flow control"). Example: `max_in_flight_per_deployment: 24`."""
     max_waiting: int | None = Field(None, ge=0, le=100_000)
     """A deployment whose scraped `vllm:num_requests_waiting` is at least this counts as
     saturated; when every deployment of the pool is, the pool holds its in-flight count where
@@ -48,10 +48,17 @@ class FlowControl(BaseModel):
     elsewhere rather than wait. Unset: every priority may queue.
     Example: `min_queued_priority: 0`."""
     headroom: float = Field(0.5, ge=0, lt=1)
-    """Share of a pool's slots that a tenant already past its fair share (the limit × its
-    weight ÷ the weights of the tenants with requests running or queued) may not borrow:
-    they stay free, so another tenant's next request starts at once instead of waiting for
-    one of a flood's to end. 0: a flood may fill every idle slot. Example: `headroom: 0.2`."""
+    """Share of a pool's slots that a tenant already past its fair share may not borrow. A
+    tenant's fair share is the estimated work (tokens) of every request in flight × its weight
+    ÷ the weights of the tenants with requests running or queued. The headroom stays free for
+    tenants within their share, so a lighter tenant's next request starts at once instead of
+    waiting for one of a flood's to end. 0: a flood may fill every idle slot.
+    Example: `headroom: 0.2`."""
+    expected_output_tokens: int = Field(256, ge=1, le=1_000_000)
+    """Tokens a request without `max_tokens` (or `max_completion_tokens`) is assumed to
+    generate when its cost is estimated. A request's cost, what fair shares and fair queuing
+    count, is the new tokens of its last turn plus its output tokens (docs/routing.md, "Flow
+    control"). Example: `expected_output_tokens: 512`."""
     recheck_s: float = Field(0.25, gt=0, le=60)
     """While requests wait on a pool held by its scraped saturation, how often the gateway
     re-reads the signals to see whether the hold is over. Example: `recheck_s: 0.5`."""

@@ -23,19 +23,17 @@ from pydantic import ValidationError
 
 from gateway.policy.alerts import alert_secret_issues
 from gateway.policy.checks import fallback_warnings, reference_issues
-from gateway.policy.issues import Loc, PolicyError, PolicyIssue, by_line, fmt_path, issue
+from gateway.policy.compact import sharing
+from gateway.policy.issues import Loc, PolicyError, PolicyIssue, by_line, issue
 from gateway.policy.models import Policy
 from gateway.policy.schema_issues import schema_issues
 from gateway.policy.spill import spill_warnings
+from gateway.policy.yaml_data import Lines, parse
 
 __all__ = ["PolicyCheck", "PolicyError", "PolicyIssue", "check_policy", "check_policy_file",
            "load_policy", "parse_policy", "policy_warnings"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
-# libyaml parses a 10,000-tenant policy (160,000 lines) in 0.7 s, the pure-Python parser in
-# 5 s; that one is only for a PyYAML built without libyaml.
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_MERGE = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,58 +46,41 @@ class PolicyCheck:
     warnings: list[PolicyIssue]
 
 
-def _index(node: yaml.Node, path: Loc, lines: dict[Loc, int],
-           dupes: list[PolicyIssue]) -> None:
-    """Record the line of every path, and every key a mapping repeats (YAML would silently
+def _parse_yaml(text: str, file: str) -> tuple[Any, Lines, list[PolicyIssue]]:
+    """One parse: the data, its line index and the keys a mapping repeats (YAML would silently
     keep only the last one: a second `providers:` replaces the first)."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for k, v in node.value:
-            if k.tag == _MERGE or not isinstance(k, yaml.ScalarNode):
-                continue  # `<<: *defaults` overriding keys is the point of a merge
-            key, line = k.value, k.start_mark.line + 1
-            if key in seen:
-                dupes.append(PolicyIssue(
-                    fmt_path((*path, key)),
-                    f"duplicate key {key!r} (first at line {seen[key]}); YAML keeps only the "
-                    "last one, so merge the two", line))
-            else:
-                seen[key] = line
-            lines[(*path, key)] = line
-            _index(v, (*path, key), lines, dupes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _index(v, (*path, i), lines, dupes)
-
-
-def _parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int], list[PolicyIssue]]:
-    """Parse once: the node tree gives lines and duplicate keys, then becomes the data."""
-    loader = _Loader(text)
-    lines: dict[Loc, int] = {}
-    dupes: list[PolicyIssue] = []
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, lines, dupes
-        # Before construction: it flattens merge keys into the node tree in place.
-        _index(node, (), lines, dupes)
-        return loader.construct_document(node), lines, dupes
+        return parse(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise PolicyError(file, [PolicyIssue("", f"invalid YAML: {getattr(e, 'problem', e)}",
                                              mark.line + 1 if mark else None)]) from None
-    finally:
-        loader.dispose()
 
 
 def _interpolate(data: Any, env: Mapping[str, str], path: Loc, missing: dict[Loc, str]) -> Any:
     """Substitute `${VAR}`; a missing variable becomes "" and is noted in `missing` so later
-    stages can stay quiet about the empty value it left."""
+    stages can stay quiet about the empty value it left. Copy on write: a mapping or list
+    without `${` is returned as it is, so a 10,000-tenant policy is not copied (the stages
+    after this one edit the result; only `alert_secret_issues` reads the text as written, and
+    it reads the secrets before it edits)."""
     if isinstance(data, dict):
-        return {k: _interpolate(v, env, (*path, k), missing) for k, v in data.items()}
+        out: dict[Any, Any] | None = None
+        for k, v in data.items():
+            new = _interpolate(v, env, (*path, k), missing)
+            if new is not v:
+                if out is None:
+                    out = dict(data)
+                out[k] = new
+        return data if out is None else out
     if isinstance(data, list):
-        return [_interpolate(v, env, (*path, i), missing) for i, v in enumerate(data)]
+        items: list[Any] | None = None
+        for i, v in enumerate(data):
+            new = _interpolate(v, env, (*path, i), missing)
+            if new is not v:
+                if items is None:
+                    items = list(data)
+                items[i] = new
+        return data if items is None else items
     if isinstance(data, str) and "${" in data:
         def sub(m: re.Match[str]) -> str:
             name, has_default, default = m.group(1), m.group(2), m.group(3)
@@ -181,10 +162,11 @@ def _pricing_issues(policy: Policy) -> list[PolicyIssue]:
 
 
 @contextmanager
-def _without_cycle_collection() -> Iterator[None]:
-    """Checking a 10,000-tenant policy makes ~10^6 objects (nodes, dicts, models) that all live
-    until it ends, so the cyclic collector rescans a growing heap again and again: half the
-    time of the check. They form no cycles (reference counting frees them), so it waits."""
+def paused_cycle_collection() -> Iterator[None]:
+    """Checking a 10,000-tenant policy makes ~10^5 objects (dicts, models) that all live until
+    it ends, so the cyclic collector rescans a growing heap again and again: half the time of
+    the check. They form no cycles (reference counting frees them), so it waits. Loading
+    100,000 run-time keys (`auth.py`) is the same."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -197,7 +179,7 @@ def _without_cycle_collection() -> Iterator[None]:
 def check_policy(text: str, file: str = "<policy>",
                  env: Mapping[str, str] | None = None) -> PolicyCheck:
     """Every error and warning of a policy text, and the policy itself when it has no errors."""
-    with _without_cycle_collection():
+    with paused_cycle_collection(), sharing():
         return _check(text, file, os.environ if env is None else env)
 
 

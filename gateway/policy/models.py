@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Discriminator,
     Field,
@@ -23,6 +22,7 @@ from pydantic import (
 
 from gateway.policy.alerts import Alerts
 from gateway.policy.cache import CacheRule, CacheSettings
+from gateway.policy.compact import Shared
 from gateway.policy.flow import FlowControl
 from gateway.policy.guards import Guard
 from gateway.policy.rollouts import Rollout
@@ -30,7 +30,7 @@ from gateway.policy.spill import SessionHeader, Spill
 from gateway.policy.tenants import TenantConfig
 
 
-class Strict(BaseModel):
+class Strict(Shared):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 

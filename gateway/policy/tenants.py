@@ -7,9 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from gateway.policy.cache import CacheRule
+from gateway.policy.compact import Shared
 
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -36,7 +37,7 @@ def parse_expiry(text: str) -> datetime:
                          "give an earlier one") from None
 
 
-class _Strict(BaseModel):
+class _Strict(Shared):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 

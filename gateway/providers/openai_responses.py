@@ -21,8 +21,9 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from pydantic_core import from_json
 
 from gateway.accounting.usage import Usage, from_responses
@@ -45,8 +46,12 @@ _CLIENT_CODES = frozenset({"invalid_prompt", "bio_policy", "misalignment_policy_
 
 
 def _json_str(s: str) -> bytes:
-    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
-        return b'"' + s.encode() + b'"'  # ids and model names: nothing to escape
+    """`s` as a JSON string, as the upstream spells it (non-ASCII unescaped)."""
+    # Ids (`resp_…`) are identifiers: letters, digits and `_` need no escape. One test, where
+    # the general one is four.
+    if s.isidentifier() or (s.isascii() and s.isprintable() and '"' not in s
+                            and "\\" not in s):
+        return b'"' + s.encode() + b'"'
     return json.dumps(s, ensure_ascii=False).encode()
 
 
@@ -148,68 +153,83 @@ def _key_pairs(key: bytes, old: bytes, new: bytes) -> tuple[tuple[bytes, bytes],
 
 # ---- non-streaming reply ---------------------------------------------------------------------
 
-# A reply the client asked not to store needs only its id, `model` and `usage` (`_head`),
-# found with bytes searches: a key can only be where a quote is unescaped, and a string with
-# no backslash in it is the value itself.
-_HEAD_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
-# `usage` holds numbers and objects of numbers: one level of nesting, no strings with braces.
-_USAGE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]++|\{[^{}]*+\})*+\})')
+# What a reply the client asked not to store is read for: its id, `model` and `usage`. msgspec
+# checks the whole object's syntax but builds only these (the `output` items, most of the
+# reply, are skipped in C); the counts are declared non-negative ints, and anything else
+# (null, a float, a bool, a nested shape the ledger would read otherwise) fails the decode and
+# the reply is decoded whole instead, so both readings always agree (test_openai_responses_head).
+_Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
-def _value(body: bytes, key: bytes, start: int, end: int = -1) -> tuple[int, int] | None:
-    """Where the plain string value of the first `key` in body[start:end] is (no escapes)."""
-    k = body.find(key, start, end)
-    if k < 0:
-        return None
-    i = k + len(key)
-    if body[i:i + 1] != b'"':
-        i = body.find(b'"', i, i + 8)  # `"key": "…"` (pretty-printed) or anything else
-        if i < 0 or body[k + len(key):i].strip(b" \t\r\n:"):
-            return None
-    j = body.find(b'"', i + 1)
-    if j < 0 or body.find(b"\\", i + 1, j) >= 0:
-        return None
-    return i + 1, j
+class _InputDetails(msgspec.Struct):
+    cached_tokens: _Count = 0
 
 
-def _head(body: bytes) -> tuple[tuple[int, int], tuple[int, int], Usage] | None:
-    """Where the id and `model` are and what the usage is in a Response object, without
-    decoding it whole: its `output` is most of it. None when the reply is not laid out as
-    OpenAI, Azure and vLLM lay it out (the id first, `model` before any `metadata`, whose
-    keys are the client's, `usage` the last member of that name); the caller then decodes
-    it whole."""
-    if body.startswith(b'{"id":"'):
-        j = body.find(b'"', 7, 263)
-        id_at = (7, j) if j > 7 and body.find(b"\\", 7, j) < 0 else None
-    else:
-        m = _HEAD_ID.match(body)
-        id_at = None if m is None else m.span(1)
-    if id_at is None:
+class _OutputDetails(msgspec.Struct):
+    reasoning_tokens: _Count = 0
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: _Count = 0
+    output_tokens: _Count = 0
+    input_tokens_details: _InputDetails | None = None
+    output_tokens_details: _OutputDetails | None = None
+
+
+class _Head(msgspec.Struct):
+    id: str | None = None
+    model: Any = None
+    usage: _Usage | None = None
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+
+
+def _usage(u: _Usage | None) -> Usage | None:
+    """`from_responses` of a usage object already typed by the decode (no isinstance checks)."""
+    if u is None:
         return None
-    model_at = _value(body, b'"model":', id_at[1], body.find(b'"metadata"', id_at[1]))
-    u = _USAGE.match(body, body.rfind(b'"usage"'))
-    if model_at is None or u is None:
-        return None
+    prompt, completion = u.input_tokens, u.output_tokens
+    d, e = u.input_tokens_details, u.output_tokens_details
+    cached = 0 if d is None else d.cached_tokens
+    reasoning = 0 if e is None else e.reasoning_tokens
+    if cached > prompt:  # a detail is part of its total: never more than it
+        cached = prompt
+    if reasoning > completion:
+        reasoning = completion
+    return Usage(prompt - cached, cached, 0, completion - reasoning, reasoning)
+
+
+def _not_stored(call: Call, body: bytes) -> Reply | None:
+    """`parse_reply` of a reply that is not stored, without decoding it whole: the same bytes
+    and usage (the id and `model` replaced as `ResponseIds` replaces them); None when the
+    reply's fields are not of the plain types the whole decode reads alike."""
     try:
-        obj = from_json(u.group(1))
-    except ValueError:
+        head = _HEAD.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    usage = from_responses(obj) if isinstance(obj, dict) and "input_tokens" in obj else None
-    return None if usage is None else (id_at, model_at, usage)
+    up, model = head.id, head.model
+    call.upstream_response_id = up
+    gid = call.response_id
+    if up and gid and up != gid:
+        # The gateway's ids (`resp_` + hex) need no escaping.
+        body = body.replace(_json_str(up), b'"' + gid.encode() + b'"')
+    if isinstance(model, str) and model != call.model:
+        old, new = _json_str(model), _json_str(call.model)
+        for k in (b'"model": ', b'"model":'):  # pretty-printed (OpenAI) or compact (vLLM)
+            if k + old in body:
+                body = body.replace(k + old, k + new)
+                break
+    return Reply(body, _usage(head.usage))
 
 
 def parse_reply(call: Call, target: Target, body: bytes, provider: str) -> Reply:
     """The upstream's Response object → the client's bytes; sets `call.upstream_response_id`
     and, unless the client said `store: false`, `call.final_response` (what is stored)."""
     if call.conversation is None and (call.native_body or {}).get("store") is False:
-        head = _head(body)
-        if head is not None:
-            (i, j), (mi, mj), usage = head
-            call.upstream_response_id = body[i:j].decode()
-            # The two values spliced in place (a gateway id needs no escaping).
-            gid = (call.response_id or call.upstream_response_id).encode()
-            public = _json_str(call.model)[1:-1]
-            return Reply(b"".join((body[:i], gid, body[j:mi], public, body[mj:])), usage)
+        reply = _not_stored(call, body)
+        if reply is not None:
+            return reply
     try:
         # pydantic-core's parser: half the cost of the standard library's.
         obj = from_json(body)

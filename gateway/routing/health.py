@@ -72,6 +72,11 @@ class Health:
         failed probe re-opens it: that is the same outage)."""
         self._listeners.append(listener)
 
+    def any_open(self) -> bool:
+        """Whether any breaker is open or probing (else every deployment is `available`,
+        with no probe to hand out); a deployment that never failed has no state at all."""
+        return any(st.open_until for st in self._states.values())
+
     def available(self, deployment_id: str) -> bool:
         """False while cooling down; after the cooldown one caller gets through as the probe."""
         st = self._states.get(deployment_id)

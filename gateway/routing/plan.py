@@ -54,6 +54,10 @@ class Router:
             name: tuple(Target(name, d, d.provider) for d in route.deployments)
             for name, route in policy.models.items()
         }
+        self._unique = {name for name, targets in self._targets.items()
+                        if len({t.id for t in targets}) == len(targets)}
+        self._routable = {name: tuple(t for t in targets if t.deployment.weight > 0)
+                          for name, targets in self._targets.items()}
         self._strategies: dict[str, Strategy] = {
             name: keyed(make_strategy(strategy_for(policy, route), policy.router.seed),
                         route.session_key)
@@ -78,13 +82,18 @@ class Router:
         """The model's rollout (gateway.rollouts.ModelRollout), or None."""
         return self._controller.rollouts.get(model) if self._controller is not None else None
 
-    def candidates(self, model: str, unhealthy: frozenset[str]) -> list[Target]:
+    def candidates(self, model: str, unhealthy: frozenset[str]) -> Sequence[Target]:
+        """The model's deployments that may serve now. While nothing is unhealthy or cooling
+        down this is the same tuple every time, which strategies cache their per-list work
+        by (`prefix-load`), and no deployment's `id` property chain is read."""
+        if not unhealthy and not self._health.any_open():
+            return self._routable.get(model, ())
         return [t for t in self._targets.get(model, ())
                 if t.deployment.weight > 0 and t.id not in unhealthy
                 and self._health.available(t.id)]
 
     def order(self, model: str, call: Call, signals: Signals,
-              unhealthy: frozenset[str]) -> list[Target]:
+              unhealthy: frozenset[str]) -> Sequence[Target]:
         cands = self.candidates(model, unhealthy)
         if len(cands) <= 1:
             return cands
@@ -109,6 +118,10 @@ class Router:
         arm: str | None = None
         reason: str | None = None
         rollout = self.rollout(call.model)
+        # (model, id) pairs repeat only when a model is named twice or lists a deployment
+        # twice; otherwise its order is appended as it is, without reading 16 `id` chains.
+        distinct = len(set(names)) == len(names)
+        ordered: Sequence[Target]
         for name in names:
             if rollout is not None and name == call.model:
                 arm = rollout.arm(call)
@@ -118,6 +131,9 @@ class Router:
                 reason = reason or why
             else:
                 ordered = self.order(name, call, signals, unhealthy)
+                if distinct and name in self._unique:  # nothing to de-duplicate
+                    attempts.extend(ordered)
+                    continue
             for t in ordered:
                 if (name, t.id) not in seen:
                     seen.add((name, t.id))

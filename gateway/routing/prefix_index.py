@@ -37,6 +37,8 @@ CHUNK_CHARS = 1024
 """Characters per chunk (~256 tokens): coarse enough that a 6k-token prompt is ~24 chunks."""
 CHARS_PER_TOKEN = 4.0
 """Token estimate from characters, as `cost` and admission estimate prompt tokens."""
+_CPT = int(CHARS_PER_TOKEN)  # `n // _CPT` is int(n / CHARS_PER_TOKEN), without two calls
+assert _CPT == CHARS_PER_TOKEN
 OUTBOX_MAX = 4096
 """Records kept for the shared view while it cannot publish (Redis down); oldest dropped."""
 
@@ -86,50 +88,120 @@ class Prompt(NamedTuple):
 
 
 _ROLES: dict[str, bytes] = {}  # role -> its bytes, encoded once
+_NO_REPLIES: frozenset[int] = frozenset()
+
+MessageCache = dict[int, tuple[int, ...]]
+"""Chain state + a message's text (one xxHash of it, seeded with the state) -> the message's
+chunk fingerprints (`Fingerprints`)."""
 
 
-def fingerprints(body: Mapping[str, Any], chunk_chars: int = CHUNK_CHARS) -> Prompt:
-    """Chained fingerprints of the prompt's chunks and each chunk's estimated tokens."""
+class Fingerprints:
+    """`fingerprints` with the chunk fingerprints of long messages remembered, keyed by one
+    xxHash of the whole message seeded with the chain before it: a system prompt, a document
+    or a conversation's history comes back in every request that uses it, and hashing it in
+    one call instead of one call per chunk is most of what a decision costs. A key collision
+    (2^-64) would only misestimate one prompt's cached prefix; a message never seen costs
+    that one extra call. Two generations of `generation` entries each bound the memory (a
+    6k-token document's entry is about 1 kB): lookups promote from the old one."""
+
+    __slots__ = ("_cap", "_new", "_old")
+
+    def __init__(self, generation: int = 2048) -> None:
+        self._cap = generation
+        self._new: MessageCache = {}
+        self._old: MessageCache = {}
+
+    def get(self, key: int) -> tuple[int, ...] | None:
+        hit = self._new.get(key)
+        if hit is None:
+            hit = self._old.get(key)
+            if hit is not None:
+                self.put(key, hit)
+        return hit
+
+    def put(self, key: int, fps: tuple[int, ...]) -> None:
+        if len(self._new) >= self._cap:
+            self._old, self._new = self._new, {}
+        self._new[key] = fps
+
+
+def fingerprints(body: Mapping[str, Any], chunk_chars: int = CHUNK_CHARS,
+                 cache: Fingerprints | None = None) -> Prompt:
+    """Chained fingerprints of the prompt's chunks and each chunk's estimated tokens.
+
+    With `cache`, a message longer than one chunk is looked up by one hash of all of it
+    before it is cut; the fingerprints are the same either way. The cache must only ever
+    see one `chunk_chars`."""
     fps: list[int] = []
     tokens: list[int] = []
     replies: list[int] = []
+    append = fps.append
     h = 0
-    full = max(1, int(chunk_chars / CHARS_PER_TOKEN))
+    full = chunk_chars // _CPT or 1
     messages = body.get("messages")
-    parts: Iterable[tuple[str, str]]
-    if isinstance(messages, list) and all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-        # The common case, without the generator: this runs on every routing decision.
-        parts = [(m.get("role", ""), m["content"]) for m in messages]
-    else:
-        parts = _texts(body)
+    parts: Iterable[tuple[Any, Any]]
+    # Chat messages are read here rather than through `_texts`' generator: this runs on
+    # every routing decision, and a generator step costs as much as hashing a short chunk.
+    parts = messages if isinstance(messages, list) else _texts(body)
+    chat = parts is messages
     digest = xxh3_64_intdigest
-    for role, text in parts:
-        rb = _ROLES.get(role)
-        if rb is None:
-            rb = str(role).encode()
-            if len(_ROLES) < 64:  # roles are a handful; a client inventing them is not cached
-                _ROLES[role] = rb
+    roles = _ROLES
+    add_token = tokens.append
+    for part in parts:
+        if chat:
+            if not isinstance(part, dict):
+                continue
+            role = part.get("role", "")
+            text = part.get("content")
+            if type(text) is not str:
+                text = message_text(text)
+        else:
+            role, text = part
+        try:
+            rb = roles[role]
+        except (KeyError, TypeError):  # a role not seen yet, or not a string
+            role = str(role)
+            rb = role.encode()
+            if len(roles) < 64:  # roles are a handful; a client inventing them is not cached
+                roles[role] = rb
         h = digest(rb, h)  # a role change is a boundary even for empty texts
         n = len(text)
-        if not n:
+        if n <= chunk_chars:  # one chunk (most chat turns): nothing to cut or look up
+            if n:
+                h = digest(text.encode(), h)
+                if role == "assistant":
+                    replies.append(len(fps))
+                append(h)
+                add_token(n // _CPT or 1)
             continue
         first = len(fps)
-        if text.isascii():  # one encode (a copy), then byte slices are character slices
-            data = text.encode()
-            for start in range(0, n, chunk_chars):
-                h = digest(data[start:start + chunk_chars], h)
-                fps.append(h)
-        else:
-            for start in range(0, n, chunk_chars):
-                h = digest(text[start:start + chunk_chars].encode(), h)
-                fps.append(h)
+        ascii_text = text.isascii()
+        # ASCII: one copy, whose byte slices are character slices (and the cache's key).
+        data = text.encode() if ascii_text or cache is not None else b""
+        key = 0
+        if cache is not None:
+            key = digest(data, h)
+            hit = cache.get(key)
+            if hit is not None:
+                fps.extend(hit)
+                h = hit[-1]
+        if len(fps) == first:
+            if ascii_text:
+                for start in range(0, n, chunk_chars):
+                    h = digest(data[start:start + chunk_chars], h)
+                    append(h)
+            else:
+                for start in range(0, n, chunk_chars):
+                    h = digest(text[start:start + chunk_chars].encode(), h)
+                    append(h)
+            if cache is not None:
+                cache.put(key, tuple(fps[first:]))
         count = len(fps) - first
         tokens.extend([full] * (count - 1))
-        tokens.append(max(1, int((n - (count - 1) * chunk_chars) / CHARS_PER_TOKEN)))
+        tokens.append((n - (count - 1) * chunk_chars) // _CPT or 1)
         if role == "assistant":
             replies.extend(range(first, first + count))
-    return Prompt(fps, tokens, frozenset(replies))
+    return Prompt(fps, tokens, frozenset(replies) if replies else _NO_REPLIES)
 
 
 class _Endpoint:
@@ -147,6 +219,12 @@ class PrefixIndex:
 
     Deployments are numbered as first seen; `mask(ids)` is the bit mask of a candidate set
     and `groups` answers in masks, so a decision never loops over candidates per chunk.
+
+    What a deployment holds of any prompt is a head of it: fingerprints are chained, so a
+    chunk is only ever recorded together with every chunk before it, and `record` makes the
+    earlier chunks the more recently used, so eviction (oldest first) takes a prompt's tail
+    before its head. `groups` and `record` rely on it to bisect instead of walking every
+    chunk (only a 64-bit fingerprint collision could break it, and cost one estimate).
     """
 
     def __init__(self, cache_tokens: int) -> None:
@@ -156,6 +234,8 @@ class PrefixIndex:
         self._ids: list[str] = []  # bit position -> deployment id
         self.outbox: list[Record] | None = None
         """Records made here since the shared view last took them; None: not shared."""
+        self.prompts = Fingerprints()
+        """Long messages' chunk fingerprints, for `fingerprints(..., cache=)`."""
 
     def _endpoint(self, deployment_id: str) -> _Endpoint:
         ep = self._endpoints.get(deployment_id)
@@ -187,27 +267,43 @@ class PrefixIndex:
                replies: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
         """(mask, cached-prefix tokens) for the candidates (a mask) with anything cached;
         the masks are disjoint. A chunk in `replies` that none of those still matching holds
-        counts as held by all of them (the reply was generated there)."""
+        counts as held by all of them (the reply was generated there).
+
+        A deployment holding a chunk holds every chunk before it (see the class), so along
+        a prompt the holders only ever drop out: each point where some do is found by
+        bisection, a few lookups instead of one per chunk."""
+        n = len(fps)
+        if not n:
+            return []
+        if not candidates:
+            return [(0, sum(tokens))]
+        get = self._owners.get
+        alive = get(fps[0], 0) & candidates
+        if not alive:
+            return []
         out: list[tuple[int, int]] = []
-        owners = self._owners
-        alive = candidates
-        acc = 0
-        started = False
-        for i, fp in enumerate(fps):
-            held = owners.get(fp, 0) & alive
-            if held != alive:
-                if not held:
-                    if started and i in replies:  # generated there, never routed: cached
-                        acc += tokens[i]
-                        continue
-                    break
-                if started:
-                    out.append((alive ^ held, acc))  # these matched up to here
-                alive = held
-            started = True
-            acc += tokens[i]
-        if started:
-            out.append((alive, acc))
+        lo = 1  # chunks before `lo` are held by every deployment in `alive`
+        while lo < n:
+            if get(fps[n - 1], 0) & alive == alive:
+                break
+            hi = n - 1  # not held by all of `alive`
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if get(fps[mid], 0) & alive == alive:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            held = get(fps[lo], 0) & alive
+            if not held:  # none holds the rest; replies generated there still count
+                end = lo
+                while end < n and end in replies:
+                    end += 1
+                out.append((alive, sum(tokens[:end])))
+                return out
+            out.append((alive ^ held, sum(tokens[:lo])))  # these matched up to here
+            alive = held
+            lo += 1
+        out.append((alive, sum(tokens)))
         return out
 
     def matched(self, fps: Sequence[int], tokens: Sequence[int], candidates: Iterable[str],
@@ -231,15 +327,23 @@ class PrefixIndex:
         bit = ep.bit
         added = 0
         # Tail first, so a prompt's head is its most recently used chunk and is forgotten
-        # last, as vLLM frees a request's blocks tail first.
-        for i in range(len(fps) - 1, -1, -1):
-            fp = fps[i]
-            if fp in lru:
-                lru.move_to_end(fp)
+        # last, as vLLM frees a request's blocks tail first. What the deployment already
+        # holds is a head of the prompt (see the class): found by bisection, and moved in C
+        # (`map`) rather than a Python step per chunk.
+        held, hi = 0, len(fps)
+        while held < hi:
+            mid = (held + hi) >> 1
+            if fps[mid] in lru:
+                held = mid + 1
             else:
-                n = lru[fp] = tokens[i]
-                added += n
-                owners[fp] = owners.get(fp, 0) | bit
+                hi = mid
+        for i in range(len(fps) - 1, held - 1, -1):
+            fp = fps[i]
+            n = lru[fp] = tokens[i]
+            added += n
+            owners[fp] = owners.get(fp, 0) | bit
+        if held:
+            any(map(lru.move_to_end, fps[held - 1::-1]))  # each returns None: `any` runs all
         ep.tokens += added
         if ep.tokens > ep.capacity:
             self._evict(ep)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.policy.models import LocalProvider, OpenAIProvider, Policy
-from gateway.routing.base import EndpointLoad, Signals
+from gateway.routing.base import EndpointLoad, Signals, new_load, new_signals
 from gateway.routing.periodic import cancel, every
 from gateway.routing.prefix_index import PrefixIndex
 from gateway.routing.prometheus import Sample, parse_prometheus
@@ -206,6 +206,7 @@ class SignalCollector:
         self._endpoints: dict[str, _Endpoint] = {}
         self._version = 0
         self._cached: Signals | None = None
+        self._serial = 0  # of the last snapshot published (Signals.serial)
         self._cached_version = -1
         self._cached_until = -math.inf
         self._task: asyncio.Task[None] | None = None
@@ -301,43 +302,46 @@ class SignalCollector:
                     ep = self._endpoints.get(did)
                     if ep is not None:
                         loads[did], ep_until = self._load(did, ep, now)
-                        until = min(until, ep_until)
-                return self._publish(loads, until)
+                        if ep_until < until:
+                            until = ep_until
+                return self._publish(loads, until, cached.serial, frozenset(self._dirty))
         loads = {}
         until = math.inf
         for did, ep in self._endpoints.items():
             loads[did], ep_until = self._load(did, ep, now)
-            until = min(until, ep_until)
-        return self._publish(loads, until)
+            if ep_until < until:
+                until = ep_until
+        return self._publish(loads, until, 0, frozenset())
 
     def _load(self, did: str, ep: _Endpoint, now: float) -> tuple[EndpointLoad, float]:
-        """One deployment's load now, and until when it stays true."""
+        """One deployment's load now, and until when it stays true. Rebuilt for every
+        `begin` and `end` on the request path: comparisons rather than `min()` calls, and
+        `new_load` rather than the frozen dataclass's keyword `__init__`."""
         scrape_ok = now - ep.scraped_at <= self._stale
         lat_ok = now - ep.latency_at <= self._latency_ttl
         until = math.inf
         if scrape_ok:
             until = ep.scraped_at + self._stale
-        if lat_ok:
-            until = min(until, ep.latency_at + self._latency_ttl)
-        return EndpointLoad(
-            in_flight=ep.in_flight + self._remote_now(did, ep),
-            waiting=ep.waiting if scrape_ok else None,
-            running=ep.running if scrape_ok else None,
-            kv_cache_usage=ep.kv if scrape_ok else None,
-            cache_tokens=ep.cache_tokens,
-            latency_ewma_s=ep.latency if lat_ok else None,
-            ttft_ewma_s=ep.ttft if lat_ok else None,
-            queue_time_s=self.queue_times.mean_s.get(did) if scrape_ok else None,
-        ), until
+        if lat_ok and ep.latency_at + self._latency_ttl < until:
+            until = ep.latency_at + self._latency_ttl
+        remote = self._remote_now(did, ep) if self._others else self._remote.get(did, 0)
+        if scrape_ok:
+            return new_load(ep.in_flight + remote, ep.waiting, ep.running, ep.kv,
+                            ep.cache_tokens, ep.latency if lat_ok else None,
+                            ep.ttft if lat_ok else None, self.queue_times.mean_s.get(did)), until
+        return new_load(ep.in_flight + remote, None, None, None, ep.cache_tokens,
+                        ep.latency if lat_ok else None, ep.ttft if lat_ok else None,
+                        None), until
 
     def _remote_now(self, did: str, ep: _Endpoint) -> int:
-        if not self._others:
-            return self._remote.get(did, 0)
+        """Other replicas' in flight now, extrapolated (`set_remote`); only with others."""
         moved = round(EXTRAPOLATE * self._others * (ep.in_flight - self._own_at.get(did, 0)))
         return max(0, self._remote.get(did, 0) + moved)
 
-    def _publish(self, loads: dict[str, EndpointLoad], until: float) -> Signals:
-        self._cached = Signals(loads=loads, prefixes=self.prefixes)
+    def _publish(self, loads: dict[str, EndpointLoad], until: float, since: int,
+                 changed: frozenset[str]) -> Signals:
+        self._serial += 1
+        self._cached = new_signals(loads, self.prefixes, self._serial, since, changed)
         self._cached_version = self._version
         self._cached_until = until
         self._dirty.clear()

@@ -42,28 +42,46 @@ class GatedVLLM(FakeOpenAI):
         super().__init__(name, vllm=True, words=2)
         self.arrivals = arrivals
         self.lock = lock
-        self._gate: asyncio.Semaphore | None = None
         self.gated = True
+        # Requests waiting at the gate, oldest first, by text; permits `open` left unused.
+        self.held: list[tuple[str, asyncio.Future[None]]] = []
+        self._permits = 0
 
     async def apply_pre_fault(self, fault: Fault | None) -> Any:
         body = self.requests[-1].body
+        text = body["messages"][-1]["content"]
         with self.lock:
-            self.arrivals.append(body["messages"][-1]["content"])
+            self.arrivals.append(text)
         if self.gated:
-            if self._gate is None:
-                self._gate = asyncio.Semaphore(0)
-            await self._gate.acquire()
+            if self._permits:
+                self._permits -= 1
+            else:
+                fut = asyncio.get_running_loop().create_future()
+                with self.lock:
+                    self.held.append((text, fut))
+                await fut
         return await super().apply_pre_fault(fault)
 
-    def open(self, n: int = 1) -> None:
+    def open(self, n: int = 1, prefix: str | None = None) -> None:
+        """Let the `n` oldest held requests answer (with `prefix`: the oldest whose text
+        starts with it); permits not used at once wait for the next arrivals."""
         assert self._loop is not None
 
         def release() -> None:
-            if self._gate is None:
-                self._gate = asyncio.Semaphore(0)
-            for _ in range(n):
-                self._gate.release()
+            left = n
+            with self.lock:
+                for text, fut in list(self.held):
+                    if left and (prefix is None or text.startswith(prefix)):
+                        fut.set_result(None)
+                        self.held.remove((text, fut))
+                        left -= 1
+                if prefix is None:
+                    self._permits += left
         self._loop.call_soon_threadsafe(release)
+
+    def holds(self, prefix: str) -> bool:
+        with self.lock:
+            return any(text.startswith(prefix) for text, _ in self.held)
 
 
 TENANTS = ("flood", "neighbour", "batch", "vip")
@@ -115,13 +133,16 @@ class Pool:
     def wait_arrivals(self, n: int) -> None:
         assert wait_until(lambda: len(self.arrivals) >= n, timeout=20), self.arrivals
 
-    def finish_one(self) -> str:
-        """Let one held request answer; return what the freed slot dispatched next."""
+    def finish_one(self, prefix: str | None = None) -> str:
+        """Let one held request answer (the oldest of a fake, or the oldest whose text starts
+        with `prefix`); return what the freed slot dispatched next."""
         before = len(self.arrivals)
         for f in self.fakes:  # whichever holds a waiting request answers it (the other's
-            if f.in_flight > 0:  # permit stays for the next arrival there)
-                f.open(1)
+            if f.holds(prefix or ""):  # permit stays for the next arrival there)
+                f.open(1, prefix)
                 break
+        else:
+            raise AssertionError(f"no held request starts with {prefix!r}")
         self.wait_arrivals(before + 1)
         return self.arrivals[before]
 
@@ -198,6 +219,29 @@ def test_a_flooding_tenant_cannot_push_a_neighbour_behind_its_backlog(make_pool,
                     reason="tenant_queue_full") == 10
     assert p.metric("gateway_flow_queue_wait_seconds_count", tenant="neighbour") == 3
     assert p.metric("gateway_flow_limit") == 4
+
+
+def test_with_equal_weights_a_flood_of_long_requests_cannot_crowd_out_a_light_neighbour(
+        make_pool) -> None:
+    """Fair shares count work (new tokens + max_tokens), not requests: the flood's requests
+    are long, so the neighbour, at the same weight, takes three of the four slots as the
+    flood's end — counting requests would have stopped it at two (its half) and kept the
+    last slots idle as headroom."""
+    p = make_pool(headroom=0.5)
+    flood = [p.send("flood", f"flood-{i}", max_tokens=4000) for i in range(4)]
+    p.wait_arrivals(4)
+    flood += [p.send("flood", f"flood-{i}", max_tokens=4000) for i in range(4, 10)]
+    assert wait_until(lambda: p.queued("flood") == 6, timeout=10)
+    neighbour = [p.send("neighbour", f"neighbour-{i}", max_tokens=16) for i in range(3)]
+    assert wait_until(lambda: p.queued("neighbour") == 3, timeout=10)
+    order = [p.finish_one("flood") for _ in range(3)]
+    assert sorted(order) == ["neighbour-0", "neighbour-1", "neighbour-2"], order
+    assert p.queued("flood") == 6 and p.queued("neighbour") == 0
+    for f in p.fakes:
+        f.open(100)
+    assert all(f.result().status_code == 200 for f in flood + neighbour)
+    assert wait_until(lambda: p.metric("gateway_flow_in_flight") == 0, timeout=10)
+    assert wait_until(lambda: len(records(p.tmp)) == 13, timeout=10)
 
 
 def test_a_higher_class_is_dispatched_first_and_a_lower_one_waits(make_pool) -> None:

@@ -17,7 +17,7 @@ from gateway.auth import (
 )
 from gateway.call import ANONYMOUS
 from gateway.errors import AuthError, InvalidRequest, NotFound, PermissionDenied
-from gateway.keys import SqliteKeyStore, generate_key, hash_key, mask_key
+from gateway.keys import KeyRecord, SqliteKeyStore, generate_key, hash_key, mask_key
 from gateway.policy.tenants import TenantConfig, parse_expiry
 
 KEY = "gw-test-key-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -187,3 +187,38 @@ async def test_issued_key_expires(tmp_path: Path) -> None:
     finally:
         await auth.close()
         await store.close()
+
+
+def _record(i: int, tenant: str = "acme", revoked: bool = False) -> KeyRecord:
+    now = datetime.now(UTC)
+    return KeyRecord(f"k{i}", tenant, None, None, now, None, now if revoked else None,
+                     revision=i + 1, hash=hash_key(f"gw-key-{i}"))
+
+
+def test_changes_one_by_one_index_what_one_batch_indexes() -> None:
+    # The first load rebuilds the index; later changes touch only their keys. Both must
+    # give the same index, revocations, unknown tenants and policy keys included.
+    records = [_record(i, tenant=("acme", "beta", "gone")[i % 3]) for i in range(100)]
+    changes = [*records, _record(5, revoked=True), _record(7, tenant="gone"),
+               _record(8, revoked=True)]
+    batch, single = Authenticator(acme()), Authenticator(acme())
+    batch._apply(changes)
+    for r in changes:
+        single._apply([r])
+    assert batch._entries == single._entries
+    assert batch._revoked == single._revoked
+    with pytest.raises(AuthError, match="was revoked"):
+        single.authenticate("gw-key-5")
+    assert single.authenticate("gw-key-6").tenant == "acme"
+    assert single.authenticate(KEY).key_id == "ci"
+
+
+def test_a_revocation_message_drops_the_key_at_once() -> None:
+    auth = Authenticator(acme())
+    auth._apply([_record(i) for i in range(3)])
+    auth._on_message(b"revoke:k1")
+    with pytest.raises(AuthError, match="was revoked"):
+        auth.authenticate("gw-key-1")
+    assert auth.authenticate("gw-key-2").key_id == "k2"
+    auth._on_message(b"revoke:ci")  # a policy key is not revoked by a message
+    assert auth.authenticate(KEY).key_id == "ci"

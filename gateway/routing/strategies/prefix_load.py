@@ -28,18 +28,20 @@ Each candidate is scored in prompt tokens, lower first:
 
 The rest of the order (fallbacks) is by score.
 
-Decision time (`python -m bench.routing_decision`): what depends only on the candidate list
-(ids, index bits) is cached per list, and what depends only on the signals snapshot (each
-candidate's load score, own picks added as they are made) per snapshot, so a decision does
-per-endpoint work only for the endpoints its prompt is cached on; the fingerprints are one
-xxHash pass (`prefix_index`).
+Decision time (`python -m bench.routing_decision`, docs/routing.md "Decision time"): what
+depends only on the candidate list (ids, index bits) is cached per list, found by identity of
+the router's tuple; what depends only on the signals snapshot (each candidate's load score,
+own picks added as they are made) per snapshot; a long message's fingerprints per message
+(`prefix_index.Fingerprints`); and the index is bisected rather than walked per chunk. The
+random draws are `random.Random.randrange`'s own, so a seed makes the same choices.
 """
 
 from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 from gateway.call import Call
 from gateway.providers.base import Target
@@ -79,9 +81,11 @@ class _Pool:
     targets, their ids and their bits in the prefix index. Holding `candidates` keeps those
     objects alive, so the `id()`s keying the cache cannot be reused while it is cached."""
 
-    __slots__ = ("at", "bits", "candidates", "ids", "index", "live", "mask")
+    __slots__ = ("at", "bits", "candidates", "ids", "index", "key", "live", "mask")
 
-    def __init__(self, candidates: Sequence[Target], index: PrefixIndex) -> None:
+    def __init__(self, key: tuple[int, ...], candidates: Sequence[Target],
+                 index: PrefixIndex) -> None:
+        self.key = key
         self.candidates = tuple(candidates)
         self.index = index
         self.live = routable(candidates)
@@ -97,7 +101,7 @@ class _Loads:
     made. Built from the previous snapshot's where a deployment's `EndpointLoad` is the same
     object (`SignalCollector` rebuilds only the deployments that changed)."""
 
-    __slots__ = ("base", "busy", "caps", "lds", "raw", "raw_busy")
+    __slots__ = ("base", "busy", "caps", "lds", "raw", "raw_busy", "serial")
     raw: list[float]
     raw_busy: list[int]
     caps: list[int | None]
@@ -109,13 +113,21 @@ class _Loads:
                  kv_weight: float, prev: _Loads | None) -> None:
         get = signals.loads.get
         n = len(pool.ids)
-        if prev is not None:  # same pool: same length
-            raw, raw_busy, caps = prev.raw.copy(), prev.raw_busy.copy(), prev.caps.copy()
-            old, lds = prev.lds, prev.lds.copy()
+        self.serial = signals.serial
+        if prev is not None:  # same pool: same length. Taken over, not copied: a pool's
+            # loads against an earlier snapshot are only ever read to build these.
+            raw, raw_busy, caps = prev.raw, prev.raw_busy, prev.caps
+            old = lds = prev.lds
         else:
             raw, raw_busy, caps, lds = [0.0] * n, [0] * n, [None] * n, [None] * n
             old = lds.copy()
-        for i, did in enumerate(pool.ids):
+        ids = pool.ids
+        todo: Iterable[int] = range(n)
+        if prev is not None and signals.since and signals.since == prev.serial:
+            at = pool.at  # only these may be new objects; the others are prev's
+            todo = [i for i in map(at.get, signals.changed) if i is not None]
+        for i in todo:
+            did = ids[i]
             ld = get(did, _IDLE)
             if ld is old[i]:
                 continue
@@ -148,37 +160,56 @@ class PrefixLoad:
         # shared with other replicas when `state.redis_url` is set).
         self._index = PrefixIndex(cache_tokens)
         self._pools: dict[tuple[int, ...], _Pool] = {}
+        self._by_tuple: dict[int, _Pool] = {}  # id() of a candidates tuple -> its pool
         self._snapshot: Signals | None = None
-        self._loads: dict[tuple[int, ...], _Loads] = {}  # per pool, against `_snapshot`
-        self._previous: dict[tuple[int, ...], _Loads] = {}  # against the snapshot before
+        # Per pool (hashed by identity: a key of 16 ids costs ~700 instructions to hash).
+        self._loads: dict[_Pool, _Loads] = {}  # against `_snapshot`
+        self._previous: dict[_Pool, _Loads] = {}  # against the snapshot before
         self._unseen_total = 0  # own picks made against `_snapshot`
         self._sessions: OrderedDict[str, tuple[str, int]] = OrderedDict()  # -> (id, tokens)
         self._last: dict[str, int] = {}  # deployment -> tick it was last picked
         self._tick = 0
 
-    def order(self, candidates: Sequence[Target], signals: Signals, call: Call) -> list[Target]:
-        index = signals.prefixes if signals.prefixes is not None else self._index
+    def _pool(self, candidates: Sequence[Target], index: PrefixIndex) -> _Pool:
+        # The router hands the same tuple for a model while none of its deployments is
+        # cooling down: one identity check instead of a key of 16 `id()`s. A tuple cannot
+        # change behind the cache's back, and the pool holds it, so its id is not reused.
+        if type(candidates) is tuple:
+            pool = self._by_tuple.get(id(candidates))
+            if pool is not None and pool.candidates is candidates and pool.index is index:
+                return pool
         key = tuple(map(id, candidates))
         pool = self._pools.get(key)
         if pool is None or pool.index is not index:
             if len(self._pools) >= 256:  # candidate lists change on cooldowns and reloads
-                self._pools.clear()
-            pool = self._pools[key] = _Pool(candidates, index)
+                # Forget them, but for those counting own picks against this snapshot.
+                self._pools = {p.key: p for p in self._loads}
+                self._by_tuple.clear()
+            pool = self._pools[key] = _Pool(key, candidates, index)
+        if type(candidates) is tuple:
+            pool.candidates = candidates
+            self._by_tuple[id(candidates)] = pool
+        return pool
+
+    def order(self, candidates: Sequence[Target], signals: Signals, call: Call) -> list[Target]:
+        index = signals.prefixes if signals.prefixes is not None else self._index
+        pool = self._pool(candidates, index)
         live = pool.live
         if not live:
             return []
         if signals is not self._snapshot or self._unseen_total >= MAX_UNSEEN:
             self._snapshot = signals
-            self._previous = {k: v for k, v in self._loads.items() if k in self._pools}
+            pools = self._pools
+            self._previous = {p: v for p, v in self._loads.items() if pools.get(p.key) is p}
             self._loads = {}
             self._unseen_total = 0
-        loads = self._loads.get(key)
+        loads = self._loads.get(pool)
         if loads is None:
-            loads = self._loads[key] = _Loads(pool, signals, self._queue, self._kv_knee,
-                                              self._kv, self._previous.get(key))
-        fps, tokens, replies = fingerprints(call.body)
-        prompt = sum(tokens)
-        scores = loads.base.copy()  # lower is better; the prompt's length is the same for all
+            loads = self._loads[pool] = _Loads(pool, signals, self._queue, self._kv_knee,
+                                               self._kv, self._previous.get(pool))
+        fps, tokens, replies = fingerprints(call.body, cache=index.prompts)
+        base = loads.base
+        scores = base.copy()  # lower is better; the prompt's length is the same for all
         n = len(scores)
         if n > 1:
             bits = pool.bits
@@ -194,8 +225,8 @@ class PrefixLoad:
             last = self._sessions.get(session)
             if last is not None:
                 i = pool.at.get(last[0], -1)
-                if i >= 0 and loads.base[i] - last[1] < scores[i]:
-                    scores[i] = loads.base[i] - last[1]
+                if i >= 0 and base[i] - last[1] < scores[i]:
+                    scores[i] = base[i] - last[1]
         ranked = sorted(range(n), key=scores.__getitem__)
         limit = scores[ranked[0]] + self._tie
         tied = 1
@@ -204,33 +235,46 @@ class PrefixLoad:
         pick = 0
         ids = pool.ids
         if tied > 1:  # power of two choices among the tied: the better of two random ones
-            a = self._rng.randrange(tied)
-            b = self._rng.randrange(tied - 1)
+            a = self._below(tied)
+            b = self._below(tied - 1)
             b += b >= a
             busy, recency = loads.busy, self._last
             ia, ib = ranked[a], ranked[b]
             pick = a if (busy[ia], recency.get(ids[ia], -1)) <= (
                 busy[ib], recency.get(ids[ib], -1)) else b
-        chosen = ranked[pick]
+        chosen = ranked.pop(pick)
         did = ids[chosen]
         self._tick += 1
         self._last[did] = self._tick
         self._count_pick(did)
         index.record(did, fps, tokens, loads.caps[chosen])
         if session:
-            self._sessions[session] = (did, prompt)
-            self._sessions.move_to_end(session)
-            if len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
-        del ranked[pick]
-        return [live[chosen], *[live[i] for i in ranked]]
+            sessions = self._sessions
+            sessions[session] = (did, sum(tokens))
+            sessions.move_to_end(session)
+            if len(sessions) > MAX_SESSIONS:
+                sessions.popitem(last=False)
+        if n == 1:
+            return [live[chosen]]
+        return [live[chosen], *itemgetter(*ranked)(live)] if n > 2 else [
+            live[chosen], live[ranked[0]]]
+
+    def _below(self, n: int) -> int:
+        """`random.Random.randrange(n)`, draw for draw (CPython's `_randbelow`), without its
+        argument checks and two Python frames: the same seed makes the same choices."""
+        k = n.bit_length()
+        getrandbits = self._rng.getrandbits
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        return r
 
     def _count_pick(self, did: str) -> None:
         """Count an own pick against the current snapshot, in every pool that has `did`."""
         self._unseen_total += 1
         queue = self._queue
-        for key, loads in self._loads.items():
-            i = self._pools[key].at.get(did) if key in self._pools else None
+        for pool, loads in self._loads.items():  # only pools still cached are in it
+            i = pool.at.get(did)
             if i is not None:
                 loads.base[i] += queue
                 loads.busy[i] += 1

@@ -3,10 +3,13 @@ and that nothing it does can raise into the request path."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,8 +21,10 @@ from gateway.accounting.settle import Settler
 from gateway.accounting.usage import Usage
 from gateway.accounting.writer import LedgerWriter
 from gateway.call import Principal
+from gateway.closing import Closer
 from gateway.limits.base import Estimate, Reservation
 from gateway.limits.memory import MemoryLimiter
+from gateway.observability.logs import RequestLog
 from gateway.policy.models import Policy
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Say hello to the world."}]}
@@ -161,3 +166,74 @@ async def test_start_restores_budget_spend_from_the_ledger(policy: Policy) -> No
     report = await second.report(date(2000, 1, 1), datetime.now(UTC).date())
     assert report.totals.cost_usd == Decimal(2)
     await second.close()
+
+
+class AwaitingLimiter(MemoryLimiter):
+    """A limiter whose settlement must await (as Redis's does): no `settle_now`."""
+
+    settle_now = None  # type: ignore[assignment]
+
+    async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
+        await asyncio.sleep(0)
+        MemoryLimiter.settle_now(self, reservation, tokens, cost_usd)
+
+
+class BrokenNowLimiter(MemoryLimiter):
+    def settle_now(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
+        raise RuntimeError("limit store exploded")
+
+
+def _closer(settler: Settler, policy: Policy) -> Closer:
+    deps = SimpleNamespace(settler=settler, rollouts=None, request_log=RequestLog(io.StringIO()),
+                           runtime=lambda: SimpleNamespace(policy=policy))
+    return Closer(deps)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_memory_limited_request_ends_in_a_callback_not_a_task(settler: Settler,
+                                                                      policy: Policy) -> None:
+    limiter = settler.limiter
+    assert isinstance(limiter, MemoryLimiter)
+    res = await limiter.admit(Principal("acme", "k1"), "gpt", Estimate(100, 100, Decimal("1")))
+    assert settler.finishes_now(res) and settler.finishes_now(None)
+    closer = _closer(settler, policy)
+    r = record(AttemptRecord("mini", "oa", "gpt-4o-mini", "ok", 200, Usage(1000, output=500),
+                             1.0))
+    await closer.close(res, r, None)
+    assert not closer._tasks  # no task per request
+    assert settler.settled == 0 and not res.settled  # after the response, not within it
+    await closer.drain()  # runs what is scheduled
+    assert settler.settled == 1 and res.settled
+    status = await limiter.budget_status("acme")
+    assert status[0].spent_usd == Decimal("0.0015") and status[0].reserved_usd == 0
+    assert [x.request_id for x in stored(settler)] == ["r1"]
+
+
+@pytest.mark.asyncio
+async def test_a_limiter_that_must_await_settles_in_a_task(policy: Policy) -> None:
+    s = Settler.from_policy(policy, AwaitingLimiter(policy.tenants))
+    s.ledger_writer.start()
+    limiter = s.limiter
+    assert isinstance(limiter, MemoryLimiter)
+    res = await limiter.admit(Principal("acme", "k1"), "gpt", Estimate(100, 100, Decimal("1")))
+    assert not s.finishes_now(res)
+    closer = _closer(s, policy)
+    await closer.close(res, record(AttemptRecord("mini", "oa", "gpt-4o-mini", "ok", 200,
+                                                 Usage(1, output=1), 1.0)), None)
+    assert len(closer._tasks) == 1
+    await closer.drain()
+    assert res.settled and s.settled == 1
+    s.ledger_writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_settlement_without_awaiting_still_keeps_the_record(
+        policy: Policy) -> None:
+    s = Settler.from_policy(policy, BrokenNowLimiter(policy.tenants))
+    s.ledger_writer.start()
+    res = Reservation(Principal("acme", "k1"), "gpt", Estimate(1, 1))
+    s.finish_now(res, record(AttemptRecord("mini", "oa", "gpt-4o-mini", "ok", 200,
+                                           Usage(1, output=1), 1.0)))
+    assert s.failures["limits"] == 1
+    assert [x.request_id for x in stored(s)] == ["r1"]
+    s.ledger_writer.close()

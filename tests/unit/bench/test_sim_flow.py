@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from bench.sim.cluster import Outcome, SimConfig, run
 from bench.sim.flow import SimFlow, config
 
@@ -14,10 +16,12 @@ def _small(flood_load: float) -> SimConfig:
     return dataclasses.replace(config(7, flood_load, 25.0, 5.0), backends=2)
 
 
-def test_flow_control_keeps_the_flood_out_of_the_backends_queues() -> None:
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+def test_flow_control_keeps_the_flood_out_of_the_backends_queues(weight: float) -> None:
     cfg = _small(1.5)
     plain = run(cfg, "prefix-load")
-    flow = SimFlow(16 * 2, classes={"main": (0, 3.0)}, queue_timeout_s=5.0)
+    # Equal weights too: shares count work, and the neighbour's turns are the cheaper ones.
+    flow = SimFlow(24 * 2, classes={"main": (0, weight)}, queue_timeout_s=5.0, headroom=0.75)
     held = run(cfg, "prefix-load", admission=flow)
 
     def p99(out: Outcome, tenant: str) -> float:

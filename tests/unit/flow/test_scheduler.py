@@ -213,18 +213,49 @@ def test_the_headroom_kept_for_a_waiting_class_is_not_lent_below_it() -> None:
     assert [t.tenant for t in s.release(tenant="vip")] == ["vip", "batch", "batch"]
 
 
-def test_shares_follow_the_weights_of_the_active_tenants() -> None:
+def test_shares_follow_the_weights_of_the_active_tenants_and_the_work_in_flight() -> None:
     s: FlowScheduler[str] = FlowScheduler(12, headroom=0.5)
-    s.offer("a", "a", weight=3.0)
-    s.offer("b", "b", weight=1.0)
-    assert s.share("a") == 9.0 and s.share("b") == 3.0
-    s.release(tenant="b")  # b has nothing running or queued: it is no longer counted
-    assert s.share("a") == 12.0
+    s.offer("a", "a", weight=3.0, cost=100.0)
+    s.offer("b", "b", weight=1.0, cost=300.0)
+    assert s.cost_in_flight == 400.0
+    assert s.share("a") == 300.0 and s.share("b") == 100.0
+    assert s.usage("a") == 100.0 and s.usage("b") == 300.0
+    s.release(tenant="b", cost=300.0)  # b has nothing running or queued: no longer counted
+    assert s.share("a") == 100.0 and s.usage("b") == 0.0
+
+
+def test_fairness_counts_work_so_a_light_tenant_is_not_held_back_by_a_heavy_one() -> None:
+    """Equal weights: the neighbour holds more slots than the flood, but its requests are
+    cheap, so it is within its share of the work in flight and may take the headroom; the
+    flood, past its share, may not (slot counting would have held the neighbour back)."""
+    s: FlowScheduler[str] = FlowScheduler(10, headroom=0.3)
+    for i in range(5):
+        assert s.offer(f"n{i}", "neighbour", cost=100.0).outcome == "admitted"
+    for i in range(2):
+        assert s.offer(f"f{i}", "flood", cost=700.0).outcome == "admitted"
+    # 7 of 10 running; the 3 free slots are the headroom.
+    assert s.offer("f2", "flood", cost=700.0).outcome == "queued"
+    assert s.usage("neighbour") < s.share("neighbour") < s.usage("flood")
+    for i in range(5, 8):
+        assert s.offer(f"n{i}", "neighbour", cost=100.0).outcome == "admitted"
+    assert s.in_flight == 10 and s.running("neighbour") == 8 > s.cap / 2
+    # A neighbour request ends: the flood, still past its share, does not get the slot.
+    assert s.release(tenant="neighbour", cost=100.0) == []
+    assert s.offer("n8", "neighbour", cost=100.0).outcome == "admitted"
+
+
+def test_backlogged_tenants_get_equal_work_not_equal_requests() -> None:
+    s = full(1, max_queued=1000, max_queued_per_tenant=1000)
+    for i in range(40):
+        s.offer(f"l{i}", "long", cost=4.0)
+        s.offer(f"s{i}", "short", cost=1.0)
+    c = Counter(served(s, 50))
+    assert abs(c["short"] - 4 * c["long"]) <= 5  # about four short ones per long one
 
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("offer"), st.sampled_from("abcd"), st.sampled_from([-1, 0, 2]),
-              st.sampled_from([0.5, 1.0, 3.0])),
+              st.sampled_from([0.5, 1.0, 3.0]), st.sampled_from([1.0, 7.0])),
     st.tuples(st.just("release"), st.integers(0, 200)),
     st.tuples(st.just("cancel"), st.integers(0, 200)),
     st.tuples(st.just("hold"), st.booleans()),
@@ -255,8 +286,9 @@ def test_any_sequence_keeps_counts_order_and_priority(seq: list[tuple[object, ..
 
     for op in seq:
         if op[0] == "offer":
-            _, tenant, prio, w = op
-            o = s.offer(len(tickets), str(tenant), int(prio), float(w))  # type: ignore[arg-type]
+            _, tenant, prio, w, cost = op
+            o = s.offer(len(tickets), str(tenant), int(prio), float(w),  # type: ignore[arg-type]
+                        cost=float(cost))  # type: ignore[arg-type]
             tickets.append(o.ticket)
             took(o.dispatched)
             if o.outcome == "admitted":
@@ -265,7 +297,7 @@ def test_any_sequence_keeps_counts_order_and_priority(seq: list[tuple[object, ..
                 assert v.state == GONE and v.priority <= o.ticket.priority
         elif op[0] == "release" and running:
             done = running.pop(int(op[1]) % len(running))  # type: ignore[call-overload]
-            took(s.release(tenant=done.tenant))
+            took(s.release(tenant=done.tenant, cost=done.cost))
         elif op[0] == "cancel" and tickets:
             t = tickets[int(op[1]) % len(tickets)]  # type: ignore[call-overload]
             was = t.state
@@ -279,12 +311,13 @@ def test_any_sequence_keeps_counts_order_and_priority(seq: list[tuple[object, ..
         assert s.in_flight <= max(s.cap, len(running))
         for name in "abcd":
             assert s.running(name) == sum(1 for t in running if t.tenant == name)
+            assert abs(s.usage(name) - sum(t.cost for t in running if t.tenant == name)) < 1e-6
         if s.queued and s.in_flight < s.cap:
             # Work-conserving: a slot stays idle only as headroom, kept from tenants past
             # their share.
             assert headroom > 0 and s.cap - s.in_flight <= headroom * s.cap
             top = max(t.priority for t in tickets if t.state == QUEUED)
-            assert all(s.running(t.tenant) >= s.share(t.tenant) for t in tickets
+            assert all(s.usage(t.tenant) >= s.share(t.tenant) for t in tickets
                        if t.state == QUEUED and t.priority == top)
         depth = s.depth()
         assert sum(depth.values()) == s.queued

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.policy import load
+from gateway.policy import yaml_data
 from gateway.policy.checks import closest
 from gateway.policy.load import (
     PolicyError,
@@ -257,7 +257,7 @@ def test_a_rejected_policy_carries_its_warnings_apart_from_its_errors() -> None:
 def test_the_file_is_parsed_by_libyaml_when_it_is_there() -> None:
     if not yaml.__with_libyaml__:  # pragma: no cover - PyYAML built without libyaml
         pytest.skip("PyYAML without libyaml")
-    assert load._Loader is yaml.CSafeLoader
+    assert yaml_data.Loader is yaml.CSafeLoader
 
 
 def test_an_unreadable_file_is_one_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -75,3 +76,27 @@ def test_a_model_name_with_escapes_is_read_by_the_whole_decode() -> None:
     reply = parse_reply(call(store=False), target("x"), body, "up")
     out = json.loads(reply.body)
     assert out["tools"][0]["model"] == "gpt-image-1" and out["id"] == GATEWAY_ID
+
+
+
+@pytest.mark.parametrize("usage", [
+    {"input_tokens": -5, "output_tokens": 3}, {"input_tokens": True, "output_tokens": 2},
+    {"input_tokens": None}, {"input_tokens": 4.0, "output_tokens": 1},
+    {"input_tokens": 9, "input_tokens_details": []},
+    {"input_tokens": 9, "input_tokens_details": {"cached_tokens": None}},
+    {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 12}},
+    {"output_tokens": 5, "output_tokens_details": {"reasoning_tokens": -1}}, None, "x",
+])
+@pytest.mark.parametrize("up_id", ["resp_x1", 7, None])
+def test_counts_and_ids_of_any_type_read_as_the_whole_decode(usage: Any, up_id: Any) -> None:
+    # The fast path decodes typed fields; a value of another type (null, a bool, a float, a
+    # negative count, a list for details, an id that is a number) must read as the whole
+    # decode reads it, never differently.
+    obj = {"id": up_id, "object": "response", "model": SNAPSHOT, "output": [], "usage": usage}
+    body = json.dumps(obj).encode()
+    stored, kept = call(), call(store=False)
+    whole = parse_reply(stored, target(SNAPSHOT), body, "up")
+    fast = parse_reply(kept, target(SNAPSHOT), body, "up")
+    assert fast.body == whole.body
+    assert fast.usage == whole.usage
+    assert kept.upstream_response_id == stored.upstream_response_id
