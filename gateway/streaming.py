@@ -127,13 +127,11 @@ class StreamResponse:
         # What the client's bytes come from: it knows how to end them (sequence numbers).
         self._producer = codec_tr if codec_tr is not None else o.translator
 
-        watch = self.watch
-
         def shaped(data: bytes) -> bytes:
             return codec_tr.feed(data) if codec_tr is not None and data else data
 
         async def watched(data: bytes) -> bytes:
-            return await watch.feed(data) if watch is not None and data else data
+            return await self.watch.feed(data) if self.watch is not None and data else data
 
         error: GatewayError | None = None
         last = b""
@@ -160,12 +158,7 @@ class StreamResponse:
                     if tr.done:
                         last = chunk  # held: the record is journaled before the end
                         break
-                    # Inline, not through the helpers: this runs once per chunk, and with
-                    # no stage watching and no ingress translating it is only the two tests.
-                    if watch is not None and chunk:
-                        chunk = await watch.feed(chunk)
-                    if codec_tr is not None and chunk:
-                        chunk = codec_tr.feed(chunk)
+                    chunk = shaped(await watched(chunk))
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
