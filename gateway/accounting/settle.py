@@ -178,8 +178,7 @@ class Settler:
         """Settle the limiter and queue the record for the ledger. Never raises."""
         if self.limiter is not None and reservation is not None and not reservation.settled:
             try:
-                tokens = sum(a.usage.total for a in record.attempts if a.usage is not None)
-                await self.limiter.settle(reservation, tokens, record.cost_usd)
+                await self.limiter.settle(reservation, _tokens(record), record.cost_usd)
             except Exception:
                 self._failed("limits", record)
         self._settled(record)
@@ -195,9 +194,8 @@ class Settler:
         """`finish` without awaiting, where `finishes_now(reservation)`. Never raises."""
         if self.limiter is not None and reservation is not None and not reservation.settled:
             try:
-                tokens = sum(a.usage.total for a in record.attempts if a.usage is not None)
                 self.limiter.settle_now(  # type: ignore[attr-defined]
-                    reservation, tokens, record.cost_usd)
+                    reservation, _tokens(record), record.cost_usd)
             except Exception:
                 self._failed("limits", record)
         self._settled(record)
@@ -293,3 +291,8 @@ class Settler:
             run_report, p.ledger.url, start, end, tenant=tenant, group_by=group_by, policy=p,
             schema=p.ledger.schema_name,
         )
+
+
+def _tokens(record: RequestRecord) -> int:
+    """What the limiter's token rules count for a finished request: every attempt's tokens."""
+    return sum(a.usage.total for a in record.attempts if a.usage is not None)
