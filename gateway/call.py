@@ -62,9 +62,11 @@ class Call:
     # Why a backend reached by translation cannot serve this Responses request (built-in tools,
     # background mode…); None when it can. Native backends are not concerned.
     translation_error: str | None = None
-    # Fills in `body`/`raw` with the chat translation, the first time a backend reached by
-    # translation needs it (None: nothing left to translate).
-    translate: Callable[[], None] | None = None
+    # Fills in `body`/`raw` of the call it is given with the chat translation, the first time a
+    # backend reached by translation needs it (None: nothing left to translate). Given the
+    # call rather than holding it: a call that held itself would be a reference cycle, left
+    # (with the request's whole object graph) for the garbage collector on every request.
+    translate: Callable[[Call], None] | None = None
     # Set by whatever produced the client's reply: the final Response object it got (stored for
     # `previous_response_id` and `GET /v1/responses/{id}`), and a native upstream's own id.
     final_response: dict[str, Any] | None = None

@@ -97,7 +97,10 @@ class Proxy:
             if codec is not None:
                 # The ingress resolves what it needs before admission (Responses: the
                 # conversation a `previous_response_id` continues, so the estimate counts it).
-                await codec.prepare(call, principal)
+                # Something to await only when that needs I/O (a store lookup).
+                pending = codec.prepare(call, principal)
+                if pending is not None:
+                    await pending
                 record.request_body = call.body
             if self.deps.limiter is not None and rt.policy.tenants:
                 reservation = await self.deps.limiter.admit(
@@ -201,16 +204,18 @@ class Proxy:
                 kind = rt.policy.providers[target.provider_name].kind
                 refused = refused or _cannot_serve(call, target, kind)
                 continue
-            if call.translation_error is not None and not _native(call, adapter):
+            # Whether this backend speaks the client's API itself: read once per attempt.
+            native = _native(call, adapter)
+            if call.translation_error is not None and not native:
                 refused = call.translation_error  # only a backend speaking it natively can
                 continue
-            if call.translate is not None and not _native(call, adapter):
-                call.translate()
+            if call.translate is not None and not native:
+                call.translate(call)
                 record.request_body = call.body  # what estimates of missing usage read
             if stages is not None:
                 await stages.attempt(target)  # may block or redact for this destination
             try:
-                result = await self._attempt(rt, call, target, record, span)
+                result = await self._attempt(rt, call, target, record, span, native)
             except _Retry as r:
                 rt.health.failure(target.id, r.retry_after, caller=principal.tenant,
                                   caused_by_backend=r.caused_by_backend)
@@ -236,7 +241,6 @@ class Proxy:
                 headers.update(stages.headers)
             # A native reply (Anthropic ingress → Anthropic backend) is already in the
             # client's format; anything else is OpenAI-shaped and goes through the codec.
-            native = _native(call, rt.adapters[target.provider_name])
             if isinstance(result, Opened):
                 return StreamResponse(self.closer, call, record, reservation, result, codec,
                                       headers, t0, translate=not native, span=span,
@@ -244,7 +248,7 @@ class Proxy:
                                           target, native, result.translator))
             body, usage_ok = result
             if plan.arm is not None:  # the rollout's length gate (JSON escapes inner quotes)
-                record.finish_length = b'"length"' in body
+                record.finish_length = body.find(b'"length"') >= 0  # see sse.has_any
             if stages is not None:
                 body = await stages.reply(body, target, native)  # may redact or block
             # A reply without usage is estimated from its text (rare: most providers report).
@@ -252,7 +256,7 @@ class Proxy:
             if codec is not None:
                 if not native:
                     body = codec.reply(body, call)
-                await codec.completed(call, target, record.tenant)
+                codec.completed(call, target, record.tenant)
             record.status = 200
             record.error_code = None
             record.latency_ms = (time.monotonic() - t0) * 1000
@@ -270,11 +274,10 @@ class Proxy:
         )
 
     async def _attempt(self, rt: Runtime, call: Call, target: Target, record: RequestRecord,
-                       span: RequestSpan) -> tuple[bytes, bool] | Opened:
+                       span: RequestSpan, native: bool) -> tuple[bytes, bool] | Opened:
         adapter = rt.adapters[target.provider_name]
         provider = rt.policy.providers[target.provider_name]
         timeouts = target.deployment.timeouts or provider.timeouts
-        native = _native(call, adapter)
         req = adapter.build_request(call, target, native)
         # Ended by span.finish(record), from the attempt's ledger record.
         req.headers = span.attempt(target, provider).traced_headers(req.headers)

@@ -138,7 +138,7 @@ class StreamResponse:
         held = b""
         # A model in a rollout: its length gate counts replies cut by `finish_reason: length`.
         measure = self.record.rollout_arm is not None
-        if measure and b'"length"' in o.first:
+        if measure and o.first.find(b'"length"') >= 0:  # find: see sse.has_any
             self.record.finish_length = True
         try:
             first = shaped(await watched(o.first))
@@ -149,7 +149,7 @@ class StreamResponse:
             if not tr.done:
                 async for data in o.resp.chunks():
                     chunk = tr.feed(data)
-                    if measure and b'"length"' in chunk:
+                    if measure and chunk.find(b'"length"') >= 0:
                         self.record.finish_length = True
                     if tr.error is not None:
                         error = UpstreamError(f"upstream {o.target.id} failed mid-stream: "
@@ -181,7 +181,7 @@ class StreamResponse:
         if self.error_codec is not None:
             # Before the end reaches the client (Responses: the response is stored, so a
             # follow-up turn sent the moment this one ends finds it).
-            await self.error_codec.completed(self.call, o.target, self.record.tenant)
+            self.error_codec.completed(self.call, o.target, self.record.tenant)
         self._end("ok")
         await self.closer.close(self.reservation, self.record, self.span)
         self.complete = True

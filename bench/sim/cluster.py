@@ -36,7 +36,7 @@ from gateway.providers.base import Target
 from gateway.routing.base import Strategy
 from gateway.routing.signals import EngineMetrics
 
-_ARRIVAL, _STEP, _SCRAPE = 0, 1, 2
+_ARRIVAL, _STEP, _SCRAPE, _EXTERNAL = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +130,14 @@ class Admission(Protocol):
         """Called before every event: queue timeouts are due."""
 
 
+class External(Protocol):
+    """Deployments outside the simulated cluster (an external provider, bench/sim/spill.py):
+    a request the strategy sends to a target that is not a backend goes here."""
+
+    def send(self, r: Request, deployment_id: str, now: float) -> float:
+        """Serve `r`, sent at `now`: set its `first_token` and `finish`; return `finish`."""
+
+
 @dataclass(slots=True)
 class Outcome:
     strategy: str
@@ -147,10 +155,11 @@ def _workload(cfg: SimConfig, wl: WorkloadConfig, load: float,
 
 
 def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
-        admission: Admission | None = None) -> Outcome:
+        admission: Admission | None = None, external: External | None = None) -> Outcome:
     """Simulate `cfg` routed by the policy strategy `strategy_name` (or by `strategy`, an
-    instance with non-default constants, when tuning), each turn passing `admission` first
-    when one is given."""
+    instance with non-default constants, when tuning, or one that may pick deployments
+    outside the cluster, served by `external`), each turn passing `admission` first when one
+    is given."""
     rng = random.Random(cfg.seed)
     systems, all_sessions = _workload(cfg, cfg.workload, cfg.load, rng)
     if cfg.flood is not None and cfg.flood_load > 0:
@@ -209,11 +218,18 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
                     body={"model": "llama", "messages": list(s.messages), "stream": True,
                           "max_tokens": turn.output_tokens})
         chosen = gateways.route(targets, call, (s.sid, s.next_turn))
-        be = backends[index[chosen.id]]
-        r.backend = be.index
-        be.waiting.append(r)
         if r.measured:
             measured.append(r)
+        i = index.get(chosen.id)
+        if i is None:  # not one of the backends: an external deployment
+            if external is None:
+                raise KeyError(f"{chosen.id} is not a simulated backend and no external is set")
+            outside[s.sid, r.turn] = chosen.id
+            push(external.send(r, chosen.id, t), _EXTERNAL, r)
+            return
+        be = backends[i]
+        r.backend = be.index
+        be.waiting.append(r)
         if not be.busy:
             _start(be, t)
 
@@ -223,6 +239,23 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
             push(t + d, _STEP, be)
 
     by_sid = {s.sid: s for s in all_sessions}
+    outside: dict[tuple[int, int], str] = {}  # (session, turn) sent to an external deployment
+
+    def complete(r: Request, deployment_id: str) -> None:
+        # The gateway times an attempt from when it is sent: queueing is not in it.
+        sent = r.arrival + r.queued_s
+        gateways.end((r.session, r.turn), deployment_id, latency_s=r.finish - sent,
+                     ttft_s=r.first_token - sent)
+        s = by_sid[r.session]
+        s.segments.append((segment_id(s, r.turn, True), r.output_tokens))
+        s.messages.append({"role": "assistant", "content": reply_text(s, r.turn)})
+        s.next_turn += 1
+        nxt = now + s.turns[r.turn].think_s
+        if s.next_turn < len(s.turns) and nxt < cfg.duration_s:
+            push(nxt, _ARRIVAL, s)
+        if admission is not None:
+            for s2, arrived in admission.finished(r, now):
+                send(s2, now, arrived)
     while events:
         now, _, kind, obj = heapq.heappop(events)
         if admission is not None:
@@ -238,21 +271,11 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
             assert isinstance(obj, Backend)
             _, done = obj.finish_step(now)
             for r in done:
-                # The gateway times an attempt from when it is sent: queueing is not in it.
-                sent = r.arrival + r.queued_s
-                gateways.end((r.session, r.turn), targets[r.backend].id,
-                             latency_s=r.finish - sent, ttft_s=r.first_token - sent)
-                s = by_sid[r.session]
-                s.segments.append((segment_id(s, r.turn, True), r.output_tokens))
-                s.messages.append({"role": "assistant", "content": reply_text(s, r.turn)})
-                s.next_turn += 1
-                nxt = now + s.turns[r.turn].think_s
-                if s.next_turn < len(s.turns) and nxt < cfg.duration_s:
-                    push(nxt, _ARRIVAL, s)
-                if admission is not None:
-                    for s2, arrived in admission.finished(r, now):
-                        send(s2, now, arrived)
+                complete(r, targets[r.backend].id)
             _start(obj, now)
+        elif kind == _EXTERNAL:
+            assert isinstance(obj, Request)
+            complete(obj, outside.pop((obj.session, obj.turn)))
         else:
             for be in backends:
                 gateways.observe(targets[be.index].id, EngineMetrics(

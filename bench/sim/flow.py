@@ -12,12 +12,14 @@ second tenant sending single turns on one 2k-token prompt (300-700 new prompt to
 - `flood+flow L/h`: both, through the gateway's own `FlowScheduler` (the object
   `gateway/flow/pool.py` drives): at most L (`max_in_flight_per_deployment`) requests per
   backend, `headroom` h, the neighbour at `--weight` (the flood at 1; default: equal), a
-  queue timeout, each turn's cost estimated by the gateway's own `request_cost`; the slot is
-  given back when a request's last token is out.
+  queue timeout, each turn's cost estimated by the gateway's own `KvReuse.cost`
+  (gateway/flow/reuse.py: `request_cost`, charged `--kv-weight` times for a tenant that never
+  reads back the KV it writes); the slot is given back when a request's last token is out.
 
 TTFT is measured from a turn's arrival, queueing at the gateway included; the flood's
 throughput is the turns sent to the backends while the neighbour runs. L, h and the weight
-are chosen on `TUNE_SEEDS` (`--tune`) and reported on `HELDOUT_SEEDS`; the target is the
+(and the KV weight) are chosen on `TUNE_SEEDS` (`--tune`) and reported on `HELDOUT_SEEDS`;
+the target is the
 neighbour's TTFT p99 at most 20 % above `alone`. Writes bench/results/flow-control.json.
 """
 
@@ -39,7 +41,7 @@ from bench.sim.backend import Request
 from bench.sim.cluster import SimConfig, run
 from bench.sim.families import _CHAT, _FLOOD, DURATION_S, HELDOUT_SEEDS, TUNE_SEEDS, WARMUP_S
 from bench.sim.workload import Session, user_text
-from gateway.flow.cost import request_cost
+from gateway.flow.reuse import KvReuse
 from gateway.flow.scheduler import FlowScheduler, Ticket
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "flow-control.json"
@@ -55,6 +57,9 @@ GRID = ((16, 0.5), (16, 0.55), (16, 0.6), (20, 0.6), (20, 0.65), (20, 0.7), (24,
 # "The flood experiment".
 CHOSEN = (24, 0.75)
 CHOSEN_WEIGHT = 1.0
+# `single_use_kv_weight`, chosen on TUNE_SEEDS at CHOSEN over 600 s runs (1, 2, 3: the
+# smallest with the neighbour's p99 within 10 % of alone), docs/routing.md.
+CHOSEN_KV_WEIGHT = 3.0
 HEADROOM = 0.5
 STRATEGY = "prefix-load"
 TARGET = 1.20
@@ -68,11 +73,12 @@ class SimFlow:
     def __init__(self, limit: int, classes: dict[str, tuple[int, float]] | None = None,
                  queue_timeout_s: float = QUEUE_TIMEOUT_S,
                  max_queued_per_tenant: int = MAX_QUEUED_PER_TENANT,
-                 headroom: float = HEADROOM) -> None:
+                 headroom: float = HEADROOM, kv_weight: float = 1.0) -> None:
         self.sched: FlowScheduler[Session] = FlowScheduler(
             limit, max_queued=100_000, max_queued_per_tenant=max_queued_per_tenant,
             headroom=headroom)
         self.classes = classes or {}
+        self.kv = KvReuse(kv_weight)
         self.timeout = queue_timeout_s
         self._deadlines: deque[tuple[float, Ticket[Session]]] = deque()
         self.shed: Counter[tuple[str, str]] = Counter()
@@ -95,13 +101,12 @@ class SimFlow:
         return out
 
     def cost(self, s: Session) -> float:
-        """The gateway's estimate (gateway/flow/cost.py) on the body `cluster.run` sends for
-        the session's next turn: the new user message after the last reply (where the estimate
-        stops, so the history before it is left out), and `max_tokens`."""
+        """The gateway's charge (gateway/flow/reuse.py) for the body `cluster.run` sends for
+        the session's next turn: its messages so far, the new user message and `max_tokens`."""
         turn = s.next_turn
-        body = {"messages": [*s.messages[-1:], {"role": "user", "content": user_text(s, turn)}],
+        body = {"messages": [*s.messages, {"role": "user", "content": user_text(s, turn)}],
                 "max_tokens": s.turns[turn].output_tokens}
-        cost = request_cost(body, EXPECTED_OUTPUT_TOKENS)
+        cost = self.kv.cost(s.tenant, body, EXPECTED_OUTPUT_TOKENS)
         self._cost[s.sid, turn] = cost
         return cost
 
@@ -124,7 +129,9 @@ def config(seed: int, flood_load: float, duration_s: float, warmup_s: float) -> 
                      flood_load=flood_load)
 
 
-Job = tuple[str, int, tuple[int, float, float] | None, float, float, float]
+# (max_in_flight_per_deployment, headroom, the neighbour's weight, single_use_kv_weight)
+FlowCfg = tuple[int, float, float, float]
+Job = tuple[str, int, FlowCfg | None, float, float, float]
 
 
 def _one(job: Job) -> dict[str, Any]:
@@ -132,7 +139,8 @@ def _one(job: Job) -> dict[str, Any]:
     cfg = config(seed, 0.0 if scenario.startswith("alone") else flood_load, duration_s,
                  warmup_s)
     flow = None if flow_cfg is None else SimFlow(
-        flow_cfg[0] * cfg.backends, classes={"main": (0, flow_cfg[2])}, headroom=flow_cfg[1])
+        flow_cfg[0] * cfg.backends, classes={"main": (0, flow_cfg[2])}, headroom=flow_cfg[1],
+        kv_weight=flow_cfg[3])
     out = run(cfg, STRATEGY, admission=flow)
     by: dict[str, list[float]] = {"main": [], "flood": []}
     for r in out.requests:
@@ -166,21 +174,27 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "flood_shed": shed.get("flood", 0)}
 
 
-def experiment(seeds: tuple[int, ...], grid: tuple[tuple[int, float], ...], flood_load: float,
-               duration_s: float, warmup_s: float, workers: int,
+def _name(limit: int, h: float, kv: float, weight: float) -> str:
+    return (f"{limit}/{h:g}" + (f" kv{kv:g}" if kv != 1 else "")
+            + (f" w{weight:g}" if weight != 1 else ""))
+
+
+def experiment(seeds: tuple[int, ...], grid: tuple[tuple[int, float, float], ...],
+               flood_load: float, duration_s: float, warmup_s: float, workers: int,
                weight: float = 1.0, unprotected: bool = True) -> dict[str, Any]:
+    """`grid`: (max_in_flight_per_deployment, headroom, single_use_kv_weight) triples."""
     jobs: list[Job] = []
     for seed in seeds:
         jobs.append(("alone", seed, None, flood_load, duration_s, warmup_s))
         if unprotected:  # the costliest run: every backend's queue grows without end
             jobs.append(("flood", seed, None, flood_load, duration_s, warmup_s))
-        w = f" w{weight:g}" if weight != 1 else ""
-        for limit, h in grid:
-            jobs.append((f"flood+flow {limit}/{h:g}{w}", seed, (limit, h, weight), flood_load,
-                         duration_s, warmup_s))
+        for limit, h, kv in grid:
+            jobs.append((f"flood+flow {_name(limit, h, kv, weight)}", seed,
+                         (limit, h, weight, kv), flood_load, duration_s, warmup_s))
         # What flow control costs a tenant alone (it is never past its share).
-        jobs.append((f"alone+flow {grid[0][0]}/{grid[0][1]:g}{w}", seed,
-                     (*grid[0], weight), flood_load, duration_s, warmup_s))
+        limit, h, kv = grid[0]
+        jobs.append((f"alone+flow {_name(limit, h, kv, weight)}", seed, (limit, h, weight, kv),
+                     flood_load, duration_s, warmup_s))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(_one, jobs))
     out: dict[str, Any] = {}
@@ -203,6 +217,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _point(text: str, kv: float) -> tuple[int, float, float]:
+    """`LIMIT/HEADROOM[/KV_WEIGHT]` as a grid point."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3):
+        raise SystemExit(f"--grid: {text!r} is not LIMIT/HEADROOM[/KV_WEIGHT]")
+    return int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else kv
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.sim.flow", description=__doc__.split(
         "\n\n")[0])
@@ -210,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"tuning seeds {TUNE_SEEDS} over the grid {GRID}; default: held-out "
                     f"seeds {HELDOUT_SEEDS} at the chosen (limit, headroom) {CHOSEN}")
     ap.add_argument("--grid", default=None,
-                    help="comma-separated LIMIT/HEADROOM pairs, e.g. 32/0.5,24/0.3")
+                    help="comma-separated LIMIT/HEADROOM[/KV_WEIGHT] points, e.g. "
+                    "32/0.5,24/0.75/2 (KV_WEIGHT defaults to --kv-weight)")
+    ap.add_argument("--kv-weight", type=float, default=None,
+                    help=f"`single_use_kv_weight` (default {CHOSEN_KV_WEIGHT:g}; 1 with "
+                    "--tune, where the grid of (limit, headroom) pairs was tuned)")
     ap.add_argument("--flood-load", type=float, default=FLOOD_LOAD)
     ap.add_argument("--weight", type=float, default=CHOSEN_WEIGHT,
                     help="the neighbour's `weight` (the flood's is 1)")
@@ -220,21 +246,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     seeds = TUNE_SEEDS if args.tune else HELDOUT_SEEDS
-    grid = tuple((int(a), float(b)) for a, b in (x.split("/") for x in args.grid.split(","))
-                 ) if args.grid else (GRID if args.tune else (CHOSEN,))
+    kv = args.kv_weight if args.kv_weight is not None else (
+        1.0 if args.tune else CHOSEN_KV_WEIGHT)
+    grid = tuple(_point(x, kv) for x in args.grid.split(",")) if args.grid else tuple(
+        (limit, h, kv) for limit, h in (GRID if args.tune else (CHOSEN,)))
     started = time.perf_counter()
     results = experiment(seeds, grid, args.flood_load, args.duration, args.warmup,
                          args.workers, args.weight, unprotected=not args.tune)
     print(table(results))
     ok = [n for n, s in results.items() if n.startswith("flood+flow")
           and s["main_p99_vs_alone"] <= TARGET]
-    print(f"\nseeds {seeds}; runs within {TARGET:.2f}x of alone at p99: {ok or 'none'}",
-          file=sys.stderr)
+    print(f"\nseeds {seeds}, {args.duration:g} s; runs within {TARGET:.2f}x of alone at p99: "
+          f"{ok or 'none'}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": "python -m bench.sim.flow " + " ".join(
             argv if argv is not None else sys.argv[1:]),
-        "seeds": seeds, "neighbour_load": NEIGHBOUR_LOAD, "flood_load": args.flood_load,
+        "seeds": seeds, "duration_s": args.duration, "neighbour_load": NEIGHBOUR_LOAD,
+        "flood_load": args.flood_load,
         "config": dataclasses.asdict(config(seeds[0], args.flood_load, args.duration,
                                             args.warmup)),
         "wall_s": time.perf_counter() - started, "results": results}, indent=2) + "\n")

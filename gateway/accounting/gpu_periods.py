@@ -27,11 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
-
 from gateway.accounting.gpu_billing import GpuPeriod, provisioned_before
 from gateway.accounting.ledger import LedgerUnavailable, redact
-from gateway.accounting.ledger_postgres import pg_connect
 from gateway.accounting.ledger_sqlite import path_of
 from gateway.accounting.pricing import as_utc, plain
 
@@ -197,45 +194,6 @@ class SQLitePeriods(PeriodStore):
             raise LedgerUnavailable(f"sqlite ledger {path_of(self.url)}: {e}") from e
 
 
-# Replicas starting together would race on CREATE TABLE IF NOT EXISTS (not race-free in
-# PostgreSQL): creation is serialised on an advisory lock, as the ledger's own tables are.
-_SCHEMA_LOCK = 0x67707570  # "gpup"
-_PG_SCHEMA = _SCHEMA.format(text="text", money="numeric", time="timestamptz")
-
-
-class PostgresPeriods(PeriodStore):
-    ph = "%s"
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        # Keepalives (pg_connect's) keep a vanished database from holding a heartbeat, and
-        # with it shutdown, for long.
-        conn = pg_connect(self.url, schema=self.schema, application_name="gateway-gpu-periods",
-                          create=(lambda c: c.execute(_PG_SCHEMA)) if self.create else None,
-                          lock=_SCHEMA_LOCK)
-        if self.create:
-            self._exists = True
-        return conn
-
-    def _table_exists(self) -> bool:
-        row = self._conn.execute("SELECT to_regclass('gpu_periods')").fetchone()
-        return row is not None and row[0] is not None
-
-    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            cur.executemany(_upsert("%s"), rows)
-
-    def _fetch(self, q: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(q, params).fetchall())
-
-    def _guard(self, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._conn is not None and (self._conn.broken or self._conn.closed):
-                self.close()  # the next call reconnects
-            raise LedgerUnavailable(f"postgres ledger {redact(self.url)}: {e}") from e
-
-
 def open_period_store(url: str, schema: str | None = None, *, create: bool = True
                       ) -> PeriodStore:
     """The store for a ledger URL (``sqlite:///path`` or ``postgresql://…``)."""
@@ -243,6 +201,9 @@ def open_period_store(url: str, schema: str | None = None, *, create: bool = Tru
     if scheme == "sqlite":
         return SQLitePeriods(url, schema, create=create)
     if scheme in ("postgresql", "postgres"):
+        # Imported here: a SQLite ledger never loads psycopg (11 MB resident).
+        from gateway.accounting.gpu_periods_postgres import PostgresPeriods
+
         return PostgresPeriods(url, schema, create=create)
     raise ValueError(f"ledger.url {redact(url)!r}: unsupported scheme {scheme!r}; use "
                      "sqlite:///path or postgresql://user@host:port/db")

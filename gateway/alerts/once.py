@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import Any, Protocol
 
 log = logging.getLogger("gateway.alerts")
 
@@ -44,14 +41,19 @@ class MemoryOnce:
 
 class RedisOnce:
     def __init__(self, url: str, prefix: str) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0,
-                                              socket_connect_timeout=1.0)
+        # Imported here: a gateway without Redis never loads the client (8 MB resident).
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=1.0,
+                                                   socket_connect_timeout=1.0)
+        self._errors = (RedisError, OSError)
         self._prefix = prefix
 
     async def claim(self, key: str, ttl_s: int) -> bool:
         try:
             return bool(await self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl_s))
-        except (RedisError, OSError) as e:
+        except self._errors as e:
             log.warning("Redis could not say whether alert %s fired already (%s); sending it",
                         key, type(e).__name__)
             return True

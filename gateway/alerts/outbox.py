@@ -28,13 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import psycopg
-
-from gateway.accounting.ledger_postgres import pg_connect
 from gateway.accounting.ledger_sqlite import path_of
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("gateway.alerts")
 
@@ -178,6 +178,9 @@ class Outbox:
         return conn
 
     def _open_pg(self) -> psycopg.Connection[Any]:
+        # Imported here: a SQLite ledger never loads psycopg (11 MB resident).
+        from gateway.accounting.ledger_postgres import pg_connect
+
         return pg_connect(self.url, schema=self.schema, application_name="gateway-alerts",
                           create=lambda c: c.execute(_SCHEMA.format(  # type: ignore[arg-type]
                               text="text", int="integer", real="double precision")),

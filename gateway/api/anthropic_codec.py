@@ -242,10 +242,11 @@ class AnthropicCodec:
     def stream(self, call: Call) -> OpenAIToAnthropicStream:
         return OpenAIToAnthropicStream(call)
 
-    async def prepare(self, call: Call, principal: Principal) -> None:
-        """Nothing to resolve before routing: the Messages API keeps no state."""
+    def prepare(self, call: Call, principal: Principal) -> None:
+        """Nothing to resolve before routing: the Messages API keeps no state (so nothing
+        for the proxy to await)."""
 
-    async def completed(self, call: Call, target: Target, tenant: str) -> None:
+    def completed(self, call: Call, target: Target, tenant: str) -> None:
         """Nothing to store."""
 
     def error_body(self, exc: GatewayError) -> bytes:

@@ -81,7 +81,7 @@ def _responses_chat(call: Call) -> dict[str, Any]:
     # `prepare` left the translation ready when it can be made; else this raises the 400
     # naming what cannot be.
     if call.translate is not None:
-        call.translate()
+        call.translate(call)
         return call.body
     history = call.conversation.items if call.conversation is not None else []
     return to_chat_request(call.native_body or {}, history)
@@ -121,7 +121,9 @@ class TokenCounter:
             if codec is not None:
                 # As for a generation request: Responses rebuilds the conversation that
                 # `previous_response_id` continues (the count includes it).
-                await codec.prepare(call, principal)
+                pending = codec.prepare(call, principal)
+                if pending is not None:
+                    await pending
             target = first_target(rt, model)
             n, source = await self._count(rt, call, target, fmt)
         except GatewayError as e:

@@ -6,12 +6,13 @@ reply or stream into the client's API — with two steps only this ingress has:
   the tenant's stored responses and the conversation rebuilt — as chat messages for a backend
   reached by translation, and as `call.conversation` for a backend that speaks Responses
   natively (it gets the upstream's own previous id when it served that turn, the history
-  otherwise, e.g. after a fallback);
-- `completed`, before the response's last byte: the response is handed to the store, where
-  a follow-up on this replica finds it at once; the store writes it to the ledger's database
-  (per tenant) in its next batch, right after, off the request's path. A follow-up that
-  reaches another replica before that batch commits is looked up once more after
-  `_RECHECK_S` (docs/responses.md, "Stored responses").
+  otherwise, e.g. after a fallback). It returns that lookup for the proxy to await, and
+  None for a request that continues nothing: no I/O, so nothing to await;
+- `completed`, a plain call, before the response's last byte: the response is handed to the
+  store, where a follow-up on this replica finds it at once; the store writes it to the
+  ledger's database (per tenant) in its next batch, right after, off the request's path. A
+  follow-up that reaches another replica before that batch commits is looked up once more
+  after `_RECHECK_S` (docs/responses.md, "Stored responses").
 Stored content is never logged.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -70,35 +71,34 @@ class ResponsesIngress:
 
     # ---- the conversation -------------------------------------------------------------------
 
-    async def prepare(self, call: Call, principal: Principal) -> None:
-        """Rebuild the conversation and fill in the chat translation (`call.body`, `raw`)."""
+    def prepare(self, call: Call, principal: Principal) -> Coroutine[Any, Any, None] | None:
+        """Fill in the chat translation's seams (`call.translate`, the estimate). A request that
+        continues a stored conversation (`previous_response_id`) returns the store lookup that
+        rebuilds it, for the proxy to await; any other returns None: nothing to look up, so
+        the request pays no coroutine for it (issue 10: native costs no more than chat)."""
         body = call.native_body or {}
-        history: list[dict[str, Any]] = []
         prev = body.get("previous_response_id")
         if isinstance(prev, str) and prev:
-            chain = await self._chain(principal.tenant, prev)
-            if chain is None:
-                raise InvalidRequest(f"Previous response with id '{prev}' not found.",
-                                     param="previous_response_id",
-                                     code="previous_response_not_found")
-            for r in chain:
-                history += r.input_items
-                history += r.output
-            last = chain[-1]
-            upstream = {last.provider: last.upstream_id} if last.provider and last.upstream_id \
-                else {}
-            call.conversation = Conversation(history, prev, upstream)
-        call.translation_error = untranslatable(body)
-        # Until a backend reached by translation needs the chat request, admission reads
-        # bytes / 4 (an overestimate: JSON's syntax counts) and the output cap: a native
-        # backend never needs the translation.
-        call.prompt_estimate = (len(call.native_raw or b"") + (_chars(history) if history
-                                                               else 0)) // 4
-        cap = body.get("max_output_tokens")
-        call.body = {"max_completion_tokens": cap} if isinstance(cap, int) else {}
-        if call.translation_error is None:
-            # A partial, not a closure: built on every request, called on few.
-            call.translate = partial(_translate, call, body, history)
+            return self._continue(call, body, principal.tenant, prev)
+        _translatable(call, body, [])
+        return None
+
+    async def _continue(self, call: Call, body: dict[str, Any], tenant: str,
+                        prev: str) -> None:
+        chain = await self._chain(tenant, prev)
+        if chain is None:
+            raise InvalidRequest(f"Previous response with id '{prev}' not found.",
+                                 param="previous_response_id",
+                                 code="previous_response_not_found")
+        history: list[dict[str, Any]] = []
+        for r in chain:
+            history += r.input_items
+            history += r.output
+        last = chain[-1]
+        upstream = {last.provider: last.upstream_id} if last.provider and last.upstream_id \
+            else {}
+        call.conversation = Conversation(history, prev, upstream)
+        _translatable(call, body, history)
 
     async def _chain(self, tenant: str, prev: str) -> list[StoredResponse] | None:
         turns = self._policy().responses.max_turns
@@ -118,10 +118,10 @@ class ResponsesIngress:
         return self._policy().responses.store and (call.native_body or {}).get("store") \
             is not False
 
-    async def completed(self, call: Call, target: Target, tenant: str) -> None:
+    def completed(self, call: Call, target: Target, tenant: str) -> None:
         """Store the response the client is about to receive in full (without waiting for
-        the database: `ResponseStore.put_later`). A store that is down costs the follow-up
-        turn, never this answer: logged, not raised."""
+        the database: `ResponseStore.put_later`, so nothing to await). A store that is down
+        costs the follow-up turn, never this answer: logged, not raised."""
         final = call.final_response
         if final is None or call.response_id is None or not self.stores(call):
             return
@@ -143,7 +143,23 @@ class ResponsesIngress:
                         "find it", call.response_id, e)
 
 
-def _translate(call: Call, body: dict[str, Any], history: list[dict[str, Any]]) -> None:
+def _translatable(call: Call, body: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """What a backend reached by translation needs, left for it to build (`call.translate`)."""
+    call.translation_error = untranslatable(body)
+    # Until a backend reached by translation needs the chat request, admission reads
+    # bytes / 4 (an overestimate: JSON's syntax counts) and the output cap: a native
+    # backend never needs the translation.
+    call.prompt_estimate = (len(call.native_raw or b"") + (_chars(history) if history
+                                                           else 0)) // 4
+    cap = body.get("max_output_tokens")
+    call.body = {"max_completion_tokens": cap} if isinstance(cap, int) else {}
+    if call.translation_error is None:
+        # A partial, not a closure: built on every request, called on few. It is given the
+        # call when called (`Call.translate`), so it does not hold it: no reference cycle.
+        call.translate = partial(_translate, body, history)
+
+
+def _translate(body: dict[str, Any], history: list[dict[str, Any]], call: Call) -> None:
     """`call.body`/`raw` as the chat request, the first time a translated backend needs it."""
     call.body = to_chat_request(body, history)
     call.raw = to_json(call.body)

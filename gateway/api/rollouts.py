@@ -11,7 +11,6 @@ import json
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -27,6 +26,14 @@ log = logging.getLogger("gateway.api")
 ACTIONS = ("pause", "resume", "promote", "abort")
 
 
+def _redis_error() -> type[BaseException]:
+    """Redis's error class, imported only once something has failed: a gateway without Redis
+    never loads the client (8 MB resident)."""
+    from redis.exceptions import RedisError
+
+    return RedisError
+
+
 def routes(proxy: Proxy, rollouts: RolloutController) -> list[Route]:
     async def guarded(request: Request, fn: Any) -> RawResponse:
         try:
@@ -40,7 +47,7 @@ def routes(proxy: Proxy, rollouts: RolloutController) -> list[Route]:
             except ValueError as e:
                 raise GatewayError(f"{e}.", status=409, type="invalid_request_error",
                                    code="rollout_state") from None
-            except (OSError, RuntimeError, RedisError) as e:
+            except (OSError, RuntimeError, _redis_error()) as e:
                 log.warning("rollout state cannot be read or written: %s", e)
                 raise ServiceUnavailable("The rollout state store cannot be reached; retry "
                                          "shortly.", headers={"retry-after": "2"}) from None

@@ -17,10 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Protocol
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import Any, Protocol
 
 from gateway.errors import ServiceUnavailable
 
@@ -57,15 +54,20 @@ class RedisRevocations:
     epoch: str | None = None
 
     def __init__(self, url: str, prefix: str) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0,
-                                              socket_connect_timeout=1.0)
+        # Imported here: a gateway without Redis never loads the client (8 MB resident).
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=1.0,
+                                                   socket_connect_timeout=1.0)
+        self._errors = (RedisError, OSError)
         self._prefix = prefix + "console:signed_out:"
 
     async def revoke(self, sid: str, until: float) -> None:
         try:
             await self._redis.set(self._prefix + sid, b"1", exat=max(int(until) + 1,
                                                                      int(time.time()) + 1))
-        except (RedisError, OSError) as e:
+        except self._errors as e:
             log.warning("console sign-out could not be recorded in Redis (%s)",
                         type(e).__name__)
             raise ServiceUnavailable("Sign-out could not be recorded (the shared state store "
@@ -75,7 +77,7 @@ class RedisRevocations:
     async def is_revoked(self, sid: str) -> bool:
         try:
             return bool(await self._redis.exists(self._prefix + sid))
-        except (RedisError, OSError) as e:
+        except self._errors as e:
             log.warning("console session check could not reach Redis (%s)", type(e).__name__)
             raise ServiceUnavailable("The console cannot check sessions right now (the shared "
                                      "state store is unreachable). Retry shortly.",

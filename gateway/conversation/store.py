@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import pydantic_core
 
 from gateway.accounting.ledger import redact
-from gateway.conversation.backends import Backend, PostgresBackend, SQLiteBackend
+from gateway.conversation.backends import Backend, SQLiteBackend
 from gateway.conversation.input_items import page
 from gateway.conversation.pending import PendingResponses
 from gateway.conversation.records import StoredResponse, StoreUnavailable
@@ -59,6 +59,9 @@ def open_backend(url: str, schema: str | None = None) -> Backend:
     if scheme == "sqlite":
         return SQLiteBackend(url)
     if scheme in ("postgresql", "postgres"):
+        # Imported here: a SQLite ledger never loads psycopg (11 MB resident).
+        from gateway.conversation.backend_postgres import PostgresBackend
+
         return PostgresBackend(url, schema)
     raise ValueError(f"ledger.url {redact(url)!r}: unsupported scheme {scheme!r}; use "
                      "sqlite:///path or postgresql://user@host:port/db")

@@ -10,6 +10,10 @@ turn, and counting it would make a light chat tenant look as heavy as a tenant s
 new prompts. It is an estimate (characters ÷ 4, `CHARS_PER_TOKEN`), known to be wrong for a
 unique document placed in a system message; the simulator (bench/sim/flow.py) uses this same
 function on the bodies it builds.
+
+`reread_tokens` is the other half of the same walk: the history a request re-sends (every
+message up to its last assistant reply, system and developer messages left out) — KV earlier
+requests wrote and this one reads back. `gateway/flow/reuse.py` compares the two per tenant.
 """
 
 from __future__ import annotations
@@ -44,3 +48,24 @@ def request_cost(body: Mapping[str, Any], expected_output_tokens: int) -> float:
     out = body.get("max_completion_tokens") or body.get("max_tokens")
     output = out if isinstance(out, int) and out > 0 else expected_output_tokens
     return float(max(1, prompt + output))
+
+
+def reread_tokens(body: Mapping[str, Any]) -> int:
+    """Estimated tokens of the conversation a request re-sends: its non-system messages up to
+    and including the last assistant reply (0 for a first turn or a body without messages)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    chars = 0
+    seen_reply = False
+    for m in reversed(messages):
+        if not isinstance(m, Mapping):
+            continue
+        role = m.get("role")
+        if role == "assistant":
+            seen_reply = True
+        if not seen_reply or role in _CACHED_ROLES:
+            continue
+        content = m.get("content")
+        chars += len(content) if isinstance(content, str) else json_chars(content)
+    return chars // CHARS_PER_TOKEN

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.flow.metrics import FlowMetrics
+from gateway.flow.reuse import KvReuse
 from gateway.flow.scheduler import FlowScheduler, ShedReason, Ticket
 from gateway.policy.flow import FlowControl as FlowPolicy
 from gateway.routing.base import Signals
@@ -84,6 +85,7 @@ class Pool:
         self.metrics = metrics
         self.clock = clock
         self.sched: FlowScheduler[Waiter | None] = FlowScheduler(1)
+        self.reuse = KvReuse()  # per pool: the churn it charges is of this pool's caches
         self.cfg = FlowPolicy()
         self.deployments: tuple[str, ...] = ()
         self.active = False
@@ -105,10 +107,16 @@ class Pool:
         c = self.cfg
         limit = self._limit() if cfg is not None else 1 << 30
         self.sched.headroom = c.headroom
+        self.reuse.weight = c.single_use_kv_weight
         self._wake(self.sched.set_limits(limit, c.max_queued, c.max_queued_per_tenant,
                                          c.min_queued_priority))
 
     # -- the request path ----------------------------------------------------------------------
+
+    def cost(self, tenant: str, body: Mapping[str, Any]) -> float:
+        """What a request of `tenant` costs in this pool's fair shares (gateway/flow/cost.py,
+        charged for cache churn by gateway/flow/reuse.py)."""
+        return self.reuse.cost(tenant, body, self.cfg.expected_output_tokens)
 
     async def acquire(self, tenant: str, priority: int, weight: float,
                       receive: Callable[[], Awaitable[Any]] | None, cost: float = 1.0) -> None:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.flow.cost import request_cost
 from gateway.flow.metrics import FlowMetrics
 from gateway.flow.pool import ClientGone, Pool
 from gateway.routing.defaults import self_hosted
@@ -93,7 +92,7 @@ class _FlowRun(StageRun):
         ctx = self.ctx
         pool = self.pool
         started = pool.clock()
-        cost = request_cost(ctx.call.body, pool.cfg.expected_output_tokens)
+        cost = pool.cost(ctx.principal.tenant, ctx.call.body)
         try:
             await pool.acquire(ctx.principal.tenant, self.priority, self.weight,
                                ctx.call.receive, cost)

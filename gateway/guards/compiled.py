@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from gateway.guards.base import Finding, TextDetector
 from gateway.guards.patterns import deny_list, regexes
 from gateway.guards.pii import PiiDetector
-from gateway.guards.secrets import SecretsDetector
 from gateway.policy import guards as cfg
 
 # Provider kinds that run inside our own cloud: everything else is external for
@@ -50,6 +49,9 @@ class CompiledGuard:
 
 def text_detector(d: cfg.Detector) -> TextDetector | None:
     if isinstance(d, cfg.SecretsDetector):
+        # Imported here: without a secrets guard detect-secrets is never loaded (5 MB).
+        from gateway.guards.secrets import SecretsDetector
+
         return SecretsDetector(d.plugins, d.keywords)
     if isinstance(d, cfg.PiiDetector):
         return PiiDetector(d.types, d.phone_regions, d.national_ids)

@@ -385,9 +385,10 @@ def _redact_request(call: Call, g: CompiledGuard) -> None:
             set_native_body(call, native)
     translate = call.translate
     if translate is not None:
-        def translated_then_redacted() -> None:
-            translate()  # builds call.body from the client's original Responses input
-            set_body(call, rewrite(call.body, fn))
+        # Takes the call (as `Call.translate` does) rather than closing over it: no cycle.
+        def translated_then_redacted(c: Call) -> None:
+            translate(c)  # builds c.body from the client's original Responses input
+            set_body(c, rewrite(c.body, fn))
         call.translate = translated_then_redacted
 
 

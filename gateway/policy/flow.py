@@ -20,8 +20,10 @@ class FlowControl(BaseModel):
     limit is this times its deployments not in cooldown or failing health checks); past it,
     requests queue. Set it at the concurrency where a backend still meets its latency target,
     below its batch size (vLLM `max_num_seqs`): in the simulator half the batch with
-    `headroom: 0.75` kept a neighbour's TTFT p99 within 20 % under a flood, at equal weights
-    (docs/routing.md, "Flow control"). Example: `max_in_flight_per_deployment: 24`."""
+    `headroom: 0.75` and `single_use_kv_weight: 3` kept a neighbour's TTFT p99 within 20 %
+    under a flood, at equal weights (docs/routing.md, "The flood experiment", with its
+    limits).
+    Example: `max_in_flight_per_deployment: 24`."""
     max_waiting: int | None = Field(None, ge=0, le=100_000)
     """A deployment whose scraped `vllm:num_requests_waiting` is at least this counts as
     saturated; when every deployment of the pool is, the pool holds its in-flight count where
@@ -59,6 +61,17 @@ class FlowControl(BaseModel):
     generate when its cost is estimated. A request's cost, what fair shares and fair queuing
     count, is the new tokens of its last turn plus its output tokens (docs/routing.md, "Flow
     control"). Example: `expected_output_tokens: 512`."""
+    single_use_kv_weight: float = Field(1.0, ge=1, le=100)
+    """How many times its estimated work a request is charged when its tenant never reads back
+    the KV cache it writes: each tenant's recent requests compare the history they re-send
+    (earlier turns) with the new tokens they add, and a request costs `1 + (this - 1) × (1 -
+    that ratio, at most 1)` times its work. A chat re-sends its conversation every turn and
+    pays the plain cost; a flood of single turns, whose new tokens only push other tenants'
+    cached conversations out of the backends' prefix caches, pays this many times it, as if
+    its weight were divided by it. 1: every token costs the same. In the simulator 3 took a
+    chat neighbour's TTFT p99 under a flood at equal weights from 1.24x its own to 1.02x
+    (docs/routing.md, "The flood experiment", which also says where it is not enough).
+    Example: `single_use_kv_weight: 3`."""
     recheck_s: float = Field(0.25, gt=0, le=60)
     """While requests wait on a pool held by its scraped saturation, how often the gateway
     re-reads the signals to see whether the hold is over. Example: `recheck_s: 0.5`."""

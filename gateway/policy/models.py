@@ -360,7 +360,8 @@ class Accounting(Strict):
     """Completion tokens reserved at admission when the request gives no `max_tokens`."""
     estimate_missing_usage: bool = True
     """Count tokens with the gateway's tokenizer when a provider reports none (source
-    `estimated`)."""
+    `estimated`). When on, the tokenizer (about 140 MB resident) loads at start-up; when off,
+    only a token-counting request loads it."""
 
 
 class Responses(Strict):

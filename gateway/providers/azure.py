@@ -48,7 +48,7 @@ class AnyModelRename:
         self._new = json.dumps(public, ensure_ascii=False).encode()
 
     def __call__(self, data: bytes) -> bytes:
-        if b'"model"' not in data:
+        if data.find(b'"model"') < 0:  # not `in`: see sse.has_any
             return data
         return _MODEL.sub(lambda m: b'"model":' + m.group(1) + self._new, data)
 

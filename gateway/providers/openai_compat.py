@@ -27,7 +27,7 @@ from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.http_errors import parse_retry_after
 from gateway.providers.request_json import with_members
 from gateway.providers.scrub import scrub
-from gateway.providers.sse import HeldFrames, SSEEvents
+from gateway.providers.sse import HeldFrames, SSEEvents, has_any
 from gateway.providers.sse import payload as sse_payload
 from gateway.upstream import UpstreamRequest
 
@@ -67,7 +67,7 @@ class ModelRename:
 
     def __call__(self, data: bytes) -> bytes:
         for old, new in self._pairs:
-            if old in data:
+            if data.find(old) >= 0:  # not `in`: see sse.has_any
                 return data.replace(old, new)
         return data
 
@@ -110,16 +110,32 @@ class OpenAIStream:
         if not whole:
             return b""
         # Fast path: content is flowing and nothing in this batch of events needs a look.
-        if not self._held.holding and self._filters is None and b'"usage"' not in whole \
-                and b'"error"' not in whole and b"[DONE]" not in whole \
-                and b'"choices":[]' not in whole and b'"choices": []' not in whole:
-            self.chunks += whole.count(b"data:")
-            return self._rename(whole)
+        if not self._held.holding and self._filters is None and not has_any(whole, _LOOK):
+            plain = self._plain(whole)
+            if plain is not None:
+                self.chunks += whole.count(b"data:")
+                return self._rename(plain)
         out: list[bytes] = []
         for event in whole.split(b"\n\n"):
             if event:
                 self._event(event, out)
         return b"".join(out)
+
+    def _plain(self, whole: bytes) -> bytes | None:
+        """Content events as they may go out without a parse, or None when one needs it.
+
+        OpenAI, once include_usage is on (the gateway asks for it), puts `"usage":null` on
+        every chunk: dropped here as bytes, unless the client asked for include_usage itself,
+        where the slow path would parse and re-encode each chunk to drop it. Any real usage
+        (the final chunk, vLLM's continuous stats) or another spelling is parsed."""
+        if whole.find(b'"usage"') < 0:
+            return whole
+        if whole.count(b'"usage"') != whole.count(b'"usage":null'):
+            return None
+        if self._keep_final:
+            return whole
+        out = whole.replace(b',"usage":null', b"")
+        return out if out.find(b'"usage"') < 0 else None
 
     def _event(self, event: bytes, out: list[bytes]) -> None:
         payload = sse_payload(event)
@@ -128,10 +144,9 @@ class OpenAIStream:
             self._held.emit(out, event + b"\n\n", True)
             return
         holding = self._held.holding
-        if self._filters is None and b'"usage"' not in payload and b'"error"' not in payload \
-                and b'"choices":[]' not in payload and b'"choices": []' not in payload \
-                and (not holding or (b'"content":"' in payload
-                                     and b'"content":""' not in payload)):
+        if self._filters is None and not has_any(payload, _LOOK_EVENT) \
+                and (not holding or (payload.find(b'"content":"') >= 0
+                                     and payload.find(b'"content":""') < 0)):
             # Content as it came. While holding, a non-empty `"content":"…` proves it without a
             # parse: quotes inside JSON strings are escaped, so only a key can match.
             self.chunks += 1
@@ -323,6 +338,10 @@ class OpenAICompatAdapter:
 
 
 _DECODER = json.JSONDecoder()
+# What makes one stream event, or a batch of them, need a closer look than passing it on
+# (a batch's `"usage"` is looked at by `OpenAIStream._plain`).
+_LOOK_EVENT = (b'"usage"', b'"error"', b'"choices":[]', b'"choices": []')
+_LOOK = (b'"error"', b'"choices":[]', b'"choices": []', b"[DONE]")
 
 
 def _reply_usage(body: bytes) -> Usage | None:

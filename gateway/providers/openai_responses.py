@@ -31,11 +31,13 @@ from gateway.call import Call
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import Classified, Reply, Target
 from gateway.providers.request_json import with_members
-from gateway.providers.sse import HeldFrames, SSEEvents, compact_json
+from gateway.providers.sse import HeldFrames, SSEEvents, compact_json, has_any
 
 ClassifyBody = Callable[[int, bytes], Classified]
 
 _SEQ = re.compile(rb'"sequence_number":\s*(\d+)')
+# What makes a batch of whole events need a closer look than passing it on.
+_LOOK = (b'"response"', b'"error"', b"[DONE]")
 _LIFECYCLE = frozenset({b"response.created", b"response.queued", b"response.in_progress"})
 _TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 # `ResponseError.code`s and `error` event codes that say the request itself is wrong: the same
@@ -129,7 +131,7 @@ class ResponseIds:
     def __call__(self, data: bytes) -> bytes:
         for spellings in self._pairs:
             for old, new in spellings:
-                if old in data:
+                if data.find(old) >= 0:  # not `in`: see sse.has_any
                     data = data.replace(old, new)
                     break
         return data
@@ -217,7 +219,7 @@ def _not_stored(call: Call, body: bytes) -> Reply | None:
     if isinstance(model, str) and model != call.model:
         old, new = _json_str(model), _json_str(call.model)
         for k in (b'"model": ', b'"model":'):  # pretty-printed (OpenAI) or compact (vLLM)
-            if k + old in body:
+            if body.find(k + old) >= 0:
                 body = body.replace(k + old, k + new)
                 break
     return Reply(body, _usage(head.usage))
@@ -327,10 +329,9 @@ class ResponsesPassThrough:
         # Fast path: output is flowing and nothing in this batch of whole events needs a look
         # (deltas and item events carry neither the response's id nor `model`).
         if not self._held.holding and not self.done and self.error is None \
-                and b'"response"' not in whole and b'"error"' not in whole \
-                and b"[DONE]" not in whole:
+                and not has_any(whole, _LOOK):
             self.chunks += whole.count(b'.delta"')
-            if b'"sequence_number"' in whole:
+            if whole.find(b'"sequence_number"') >= 0:
                 self._seq_bytes = whole
             return whole
         out: list[bytes] = []

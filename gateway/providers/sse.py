@@ -12,6 +12,19 @@ from gateway.accounting.usage import Usage
 DONE = b"data: [DONE]\n\n"
 
 
+def has_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
+    """Whether any of `needles` occurs in `data`, for the per-chunk checks of a stream.
+
+    Not `needle in data`: on CPython 3.11 that first tries the needle as an integer (`5 in b`)
+    and raises and clears a TypeError, with its formatted message, every time: ~1,800
+    instructions, six times per chunk, where `find` takes a few hundred."""
+    find = data.find
+    for needle in needles:
+        if find(needle) >= 0:
+            return True
+    return False
+
+
 def compact_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -28,7 +41,8 @@ class SSEEvents:
         """The whole events that `data` completes, as one block ending in a blank line (b""
         while none is complete); the rest waits for the next call. Line ends are LF."""
         buf = self._buf + data if self._buf else data
-        if b"\r\n" in buf:  # Gemini separates events with CRLF CRLF; SSE allows either
+        # Gemini separates events with CRLF CRLF; SSE allows either. (`find`: see has_any.)
+        if buf.find(b"\r\n") >= 0:
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:

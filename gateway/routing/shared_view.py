@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 
 INTERVAL_S = 0.25
 """Seconds between two exchanges. In the simulator (docs/routing.md, "Shared view across
-replicas") four replicas sharing every 0.25-1 s route RAG as one replica does."""
+replicas") four replicas sharing every 0.25-1 s route RAG as one replica does, and chat
+conversations at its TTFT p50 and within 14-18 % of its p99 (with `prefix-load`'s learnt
+queue weight; every 50 ms bought little even before it)."""
 STALE_S = 2.0
 """A replica not heard from for this long is left out of the view; Redis unreachable this
 long, a replica routes on its own view."""

@@ -43,7 +43,8 @@ _CACHE_TOKENS = 131_072
 # How much of "the other replicas did what this one did" is assumed between two exchanges of
 # the shared view (SignalCollector.set_remote). Chosen on the simulator's tuning seed 1, four
 # replicas sharing every 0.25 s, `chat-short` TTFT p50/p99: 0 → 42/337 ms, 0.34 → 37/229,
-# 0.67 → 39/224, 1 → 42/233 (`rag` 25 ms / 45-63 ms throughout).
+# 0.67 → 39/224, 1 → 42/233 (`rag` 25 ms / 45-63 ms throughout), with prefix-load's queue
+# weight fixed at 512; re-checked with it at 128: 0.34 → 25/102, 0.67 → 25/99, 1 → 26/109.
 EXTRAPOLATE = 0.67
 
 RUNNING = "vllm:num_requests_running"

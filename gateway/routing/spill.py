@@ -8,8 +8,14 @@ stays under `ttft_ms`; external beyond, when the price allows. A plan step, no I
   request is the gateway's smoothed latency there (`spill.request_s` until it has one), and
   the slots are the backend's `running`. vLLM's measured queue time over its last scrape
   interval is a floor while a queue is reported, and a KV cache past `KV_FULL` adds one
-  request's turn (admission waits on blocks). Without a fresh scrape, the gateway's own
-  smoothed TTFT there stands in. Prefill itself is not predicted: the rule is about queueing.
+  request's turn (admission waits on blocks). This gateway's live in-flight count beyond what
+  the deployment runs at once is a queue too — what it runs while it queues, else the most it
+  has been seen running once it was seen queueing: the scrape is seconds old, and the
+  collector's snapshot changes with every request, so picks counted against one snapshot miss
+  a stream of single requests (the simulator's spill experiment herded onto deployments last
+  scraped quiet without it).
+  Without a fresh scrape, the gateway's own smoothed TTFT there stands in. Prefill itself is
+  not predicted: the rule is about queueing.
 - **Price of each side** for this request: on an external deployment, its per-token price
   (effective today) × the estimated prompt and completion; on the GPU, its share of the
   GPU-hour at current utilisation, `gpu_cost_per_hour × seconds per request / running`.
@@ -56,16 +62,29 @@ def _seconds_per_request(load: EndpointLoad, request_s: float) -> float:
     return load.latency_ewma_s if load.latency_ewma_s else request_s
 
 
-def predicted_ttft_s(load: EndpointLoad, picked: int, request_s: float) -> float:
-    """Seconds a new request would wait for its first token on this deployment (module doc)."""
+def predicted_ttft_s(load: EndpointLoad, picked: int, request_s: float,
+                     batch: int | None = None) -> float:
+    """Seconds a new request would wait for its first token on this deployment (module doc);
+    `batch`: the most it has been seen running since it was first seen queueing (None: never
+    seen queueing)."""
     if load.waiting is None:  # no fresh scrape: what this gateway measured there lately
         return load.ttft_ewma_s or 0.0
     per = _seconds_per_request(load, request_s)
     slots = max(1, load.running or 0)
+    # A free slot would have taken the queue's head: each one ahead waits for a turn.
+    ahead = load.waiting + picked if load.waiting > 0 else 0
+    # This gateway's live count beyond what the deployment runs at once is queued too: what
+    # it ran while it queued (the batch, or as many as its KV cache holds), else the most it
+    # has been seen running.
+    full = load.running if load.waiting > 0 else batch
+    if full:
+        ahead = max(ahead, load.in_flight - full)
+        slots = max(slots, full)
     wait = 0.0
+    if ahead > 0:
+        wait = ahead * per / slots
     if load.waiting > 0:
-        # A free slot would have taken the queue's head: each one ahead waits for a turn.
-        wait = max((load.waiting + picked) * per / slots, load.queue_time_s or 0.0)
+        wait = max(wait, load.queue_time_s or 0.0)
     if load.kv_cache_usage is not None and load.kv_cache_usage >= KV_FULL:
         wait += per / slots
     return wait
@@ -116,6 +135,9 @@ class Spill:
         self._snapshot: Signals | None = None
         self._picked: dict[str, int] = {}  # own self-hosted picks made against `_snapshot`
         self._picked_total = 0
+        # The most seen running, per deployment, once it was seen queueing: before that the
+        # most it ran says nothing of its batch.
+        self._batch: dict[str, int] = {}
 
     def _pick(self, signals: Signals, did: str) -> int:
         """Count a pick of `did` against `signals`; returns the picks before it."""
@@ -151,18 +173,24 @@ class Spill:
         rule = self.rule
         # The first self-hosted deployment in strategy order predicted under the threshold
         # serves; past the strategy's own pick that trades its cached prefix for the SLO.
+        batches = self._batch
         for i, t in enumerate(ordered):
-            picked = self._picked.get(t.id, 0) if signals is self._snapshot else 0
-            if predicted_ttft_s(signals.load(t.id), picked, rule.request_s) * 1000.0 \
-                    <= rule.ttft_ms:
-                self._pick(signals, t.id)
+            tid = t.id
+            picked = self._picked.get(tid, 0) if signals is self._snapshot else 0
+            load = signals.load(tid)
+            batch = batches.get(tid)
+            running = load.running
+            if running and (load.waiting or batch is not None) and running > (batch or 0):
+                batch = batches[tid] = running
+            if predicted_ttft_s(load, picked, rule.request_s, batch) * 1000.0 <= rule.ttft_ms:
+                self._pick(signals, tid)
                 if i:
                     ordered = [t, *ordered[:i], *ordered[i + 1:]]
                 return ordered + ext, None
         best = ordered[0]
         load = signals.load(best.id)
         ahead = self._pick(signals, best.id)
-        ttft_ms = predicted_ttft_s(load, ahead, rule.request_s) * 1000.0
+        ttft_ms = predicted_ttft_s(load, ahead, rule.request_s, batches.get(best.id)) * 1000.0
         over = f"predicted TTFT {ttft_ms:.0f} ms on {best.id} > {rule.ttft_ms:.0f} ms"
         if not ext:
             gone = f" ({', '.join(excluded)}: not this tenant's)" if excluded else ""

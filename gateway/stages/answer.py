@@ -117,7 +117,7 @@ async def reply_with(stages: RequestStages, answer: Answer, closer: Closer,
     data = replayed(answer, call, codec)
     if codec is not None:
         stages.mark()  # the ingress may store the reply (I/O): journal the admission first
-        await codec.completed(call, _target(ctx, answer), record.tenant)
+        codec.completed(call, _target(ctx, answer), record.tenant)
     elapsed = time.monotonic() - t0
     record.attempts.append(AttemptRecord(
         answer.deployment, "cache", answer.upstream_model, answer.outcome, 200,

@@ -134,7 +134,7 @@ class ResponsesCapture(SSECapture):
     def _event(self, data: bytes) -> None:
         # Only the terminal event is parsed (a quote inside a JSON string is escaped, so a
         # delta's text cannot match).
-        if b'"response.completed"' not in data:
+        if data.find(b'"response.completed"') < 0:  # not `in`: see sse.has_any
             return
         try:
             ev = msgspec.json.decode(data)

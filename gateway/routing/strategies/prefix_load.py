@@ -4,12 +4,14 @@ prefill its cached prefix saves and the work already queued there.
 Each candidate is scored in prompt tokens, lower first:
 
     score = uncached prompt tokens                       (prefill still to do there)
-          + QUEUE_TOKENS × outstanding                   (requests ahead of it)
+          + queue weight × outstanding                   (requests ahead of it)
           + KV_TOKENS × KV use above KV_KNEE, scaled     (admission waits on a full cache)
 
 - The cached prefix is estimated from this gateway's own routing history
   (`gateway.routing.prefix_index`): the prompt's leading chunks already sent there, within an
   LRU bounded by the tokens the backend's cache holds (`cache_tokens`).
+- The queue weight is what one request ahead delays this one by: `QUEUE_SHARE` of the
+  uncached prefill of this strategy's recent picks (an EWMA), at most `QUEUE_TOKENS`.
 - Outstanding is in-flight + the backend's scraped queue (`strategies.pool.outstanding`),
   **plus the picks this strategy made against the same signals snapshot**. An attempt counts
   in flight only once it starts; requests planned before that (a burst planned together, or
@@ -50,11 +52,33 @@ from gateway.routing.prefix_index import PrefixIndex, fingerprints
 from gateway.routing.strategies.pool import routable
 
 QUEUE_TOKENS = 512
-"""Prompt tokens one request ahead is worth. A hit must save more prefill than this per
-extra request queued on its backend to win. Chosen on the simulator's tuning seeds only
-(docs/routing.md, "Workload families"): 1024 and 2048 left `single-turn` unchanged and cost
+"""Prompt tokens one request ahead is worth at most, and before anything is learnt (see
+`QUEUE_SHARE`). A hit must save more prefill than this per extra request queued on its
+backend to win. Chosen on the simulator's tuning seeds only (docs/routing.md, "Workload
+families"): as a fixed weight, 1024 and 2048 left `single-turn` unchanged and cost
 `chat-short` 4-12 ms of p50 and `rag` 10-16x its p99, as conversations and documents left the
 backend holding them."""
+QUEUE_SHARE = 0.75
+"""One request ahead is worth this share of the prefill the requests routed lately needed
+(an EWMA of each prompt minus the longest prefix any candidate held), within [`QUEUE_MIN`,
+`QUEUE_TOKENS`]; `TIE_TOKENS` is scaled with it. What
+a queued request delays the next one by is mostly its own prefill, and that depends on the
+workload: ~150 tokens for a chat turn whose history is cached, ~500 for a single turn with
+new text. A fixed 512 moved conversations whose new history was shorter than one request's
+worth, and with several gateway replicas, which see each other's in-flight counts up to
+`shared_view.INTERVAL_S` old, an error of one request moved them: four replicas sharing
+every 0.25 s gave `chat-short` 39/224 ms (TTFT p50/p99, tuning seed 1) against 27/144 ms for
+one. A fixed 128 fixed that (25/99 against 25/95 ms) but raised `flood`'s p99 from 163 to
+183 ms; learnt with this share, tuning seeds 1 and 2 pooled: `chat-short` 24/103 ms with one
+replica and 25/102 with four, `flood` 48/159 ms; `single-turn`'s p99 47 → 48 ms is the cost
+(1.0: 47.7 ms, but four replicas 25/107 against 25/98). 0 keeps `queue_tokens` fixed."""
+QUEUE_MIN = 64
+"""The least a request ahead is worth however cheap recent prefills were."""
+QUEUE_ALPHA = 0.05
+"""Weight of the newest pick in the prefill average (~20 picks)."""
+QUEUE_STEP = 0.125
+"""The weight in use moves to the learnt one at a snapshot change, once they differ by
+more than this share: each move re-scores every candidate, so not on every pick."""
 TIE_TOKENS = 128
 """Scores this close to the best are tied and broken at random (power of two choices). 600
 (about one request) raised `chat-short` TTFT from 27/140 to 33/171 ms (p50/p99) on the tuning
@@ -149,11 +173,16 @@ class PrefixLoad:
 
     def __init__(self, seed: int | None = None, *, queue_tokens: float = QUEUE_TOKENS,
                  tie_tokens: float = TIE_TOKENS, kv_knee: float = KV_KNEE,
-                 kv_tokens: float = KV_TOKENS, cache_tokens: int = CACHE_TOKENS) -> None:
+                 kv_tokens: float = KV_TOKENS, cache_tokens: int = CACHE_TOKENS,
+                 queue_share: float = QUEUE_SHARE) -> None:
         self._rng = random.Random(seed)
         # Floats, so every score is one and sorting them takes CPython's float fast path.
         self._queue = float(queue_tokens)
-        self._tie = tie_tokens
+        self._queue_max = float(queue_tokens)
+        self._queue_share = queue_share
+        self._prefill: float | None = None  # EWMA of the uncached prompt tokens of own picks
+        self._tie_max = tie_tokens
+        self._tie = float(tie_tokens)  # scaled with the queue weight: the same share of a request
         self._kv_knee = kv_knee
         self._kv = kv_tokens
         # Used when the signals carry no index (`Signals.prefixes`: the process-wide one,
@@ -200,7 +229,11 @@ class PrefixLoad:
         if signals is not self._snapshot or self._unseen_total >= MAX_UNSEEN:
             self._snapshot = signals
             pools = self._pools
-            self._previous = {p: v for p, v in self._loads.items() if pools.get(p.key) is p}
+            if self._requeue():  # every score changes: nothing to take over
+                self._previous = {}
+            else:
+                self._previous = {p: v for p, v in self._loads.items()
+                                  if pools.get(p.key) is p}
             self._loads = {}
             self._unseen_total = 0
         loads = self._loads.get(pool)
@@ -211,9 +244,11 @@ class PrefixLoad:
         base = loads.base
         scores = base.copy()  # lower is better; the prompt's length is the same for all
         n = len(scores)
+        best = 0  # the longest cached prefix of any candidate
         if n > 1:
             bits = pool.bits
             for mask, cached in index.groups(fps, tokens, pool.mask, replies):
+                best = cached  # the groups come shortest first
                 while mask:
                     low = mask & -mask
                     mask ^= low
@@ -227,6 +262,7 @@ class PrefixLoad:
                 i = pool.at.get(last[0], -1)
                 if i >= 0 and base[i] - last[1] < scores[i]:
                     scores[i] = base[i] - last[1]
+                    best = max(best, last[1])
         ranked = sorted(range(n), key=scores.__getitem__)
         limit = scores[ranked[0]] + self._tie
         tied = 1
@@ -244,13 +280,22 @@ class PrefixLoad:
                 busy[ib], recency.get(ids[ib], -1)) else b
         chosen = ranked.pop(pick)
         did = ids[chosen]
+        total = sum(tokens)
+        if self._queue_share and n > 1:
+            # What this prompt must prefill at best, wherever it went: the uncached part
+            # where it went would feed back (a conversation moved by a stale count raises
+            # the weight of load, which moves more of them).
+            uncached = total - best
+            prefill = self._prefill
+            self._prefill = uncached if prefill is None else (
+                prefill + QUEUE_ALPHA * (uncached - prefill))
         self._tick += 1
         self._last[did] = self._tick
         self._count_pick(did)
         index.record(did, fps, tokens, loads.caps[chosen])
         if session:
             sessions = self._sessions
-            sessions[session] = (did, sum(tokens))
+            sessions[session] = (did, total)
             sessions.move_to_end(session)
             if len(sessions) > MAX_SESSIONS:
                 sessions.popitem(last=False)
@@ -258,6 +303,19 @@ class PrefixLoad:
             return [live[chosen]]
         return [live[chosen], *itemgetter(*ranked)(live)] if n > 2 else [
             live[chosen], live[ranked[0]]]
+
+    def _requeue(self) -> bool:
+        """Move the weight of a request ahead to the learnt one (`QUEUE_SHARE`) if it is more
+        than `QUEUE_STEP` away; True if it moved."""
+        if self._prefill is None:
+            return False
+        target = self._queue_share * self._prefill
+        target = QUEUE_MIN if target < QUEUE_MIN else min(target, self._queue_max)
+        if abs(target - self._queue) <= QUEUE_STEP * self._queue:
+            return False
+        self._queue = float(target)
+        self._tie = self._tie_max * target / self._queue_max
+        return True
 
     def _below(self, n: int) -> int:
         """`random.Random.randrange(n)`, draw for draw (CPython's `_randbelow`), without its

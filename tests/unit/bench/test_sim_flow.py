@@ -10,6 +10,8 @@ import pytest
 
 from bench.sim.cluster import Outcome, SimConfig, run
 from bench.sim.flow import SimFlow, config
+from bench.sim.workload import Session, Turn, reply_text, user_text
+from gateway.flow.cost import request_cost
 
 
 def _small(flood_load: float) -> SimConfig:
@@ -35,3 +37,21 @@ def test_flow_control_keeps_the_flood_out_of_the_backends_queues(weight: float) 
     # Without flow control the flood's queue in the backends delays the neighbour several
     # times over; with it the neighbour's tail is a fraction of that.
     assert p99(held, "main") * 3 < p99(plain, "main")
+
+
+def test_the_simulator_charges_a_turn_what_the_gateway_would() -> None:
+    flow = SimFlow(48, kv_weight=3.0)
+    flood = Session(0, 0.0, 0, None, [Turn(500, 200, 1.0)], tenant="flood")
+    flood.messages.append({"role": "system", "content": "s" * 8000})
+    plain = request_cost({"messages": [{"role": "user", "content": user_text(flood, 0)}],
+                          "max_tokens": 200}, 256)
+    assert plain == pytest.approx(700, abs=2)
+    assert flow.cost(flood) == pytest.approx(3 * plain)  # re-reads nothing: 3x
+    chat = Session(1, 0.0, 0, None, [Turn(100, 200, 1.0), Turn(100, 200, 1.0)])
+    chat.messages += [{"role": "system", "content": "s" * 8000},
+                      {"role": "user", "content": user_text(chat, 0)},
+                      {"role": "assistant", "content": reply_text(chat, 0)}]
+    chat.next_turn = 1
+    assert flow.cost(chat) == pytest.approx(  # re-sends 300 tokens for 300 new: plain
+        request_cost({"messages": [{"role": "user", "content": user_text(chat, 1)}],
+                      "max_tokens": 200}, 256))

@@ -138,3 +138,9 @@ def test_a_reload_without_flow_control_lets_the_queue_through() -> None:
             p.release("b")
         assert p.sched.in_flight == 0
     asyncio.run(run())
+
+
+def test_the_pool_charges_single_use_kv_at_the_policy_s_weight() -> None:
+    body = {"messages": [{"role": "user", "content": "u" * 400}], "max_tokens": 100}
+    assert pool().cost("flood", body) == 200.0  # default 1: the plain estimate
+    assert pool(single_use_kv_weight=3).cost("flood", body) == 600.0

@@ -219,3 +219,34 @@ def test_chunk_with_empty_choices_that_is_not_usage_never_reaches_the_client(
     assert [p["choices"][0]["delta"]["content"] for p in with_choices] == ["a", "b"]
     # The only chunk without a choice is the usage chunk, and only when the client asked.
     assert [p.get("usage") for p in payloads if not p["choices"]] == ([U] if include else [])
+
+
+def compact(o: dict) -> bytes:
+    """As OpenAI writes it: no spaces (`"usage":null` on every chunk once include_usage is on)."""
+    return b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_openai_null_usage_on_every_chunk_is_dropped_as_bytes_unless_asked(
+        include: bool) -> None:
+    s = adapter().stream(call(stream=True, include_usage=include), SAME, False)
+    # The first content is parsed (frames before it are held); from then on, bytes.
+    assert ("usage" in json.loads(s.feed(compact(chunk("a", None, model="chat")))[6:])) is include
+    for text in ("b", "c d", 'say "usage":null'):  # the last: a key's spelling inside content
+        raw = compact(chunk(text, None, model="chat"))
+        out = s.feed(raw)
+        assert out == (raw if include else raw.replace(b',"usage":null', b""))
+        assert json.loads(out[6:])["choices"][0]["delta"]["content"] == text
+    s.feed(compact(chunk(None, U, model="chat")) + b"data: [DONE]\n\n")
+    assert s.done and s.chunks == 4 and s.usage is not None and s.usage.total == 14
+
+
+def test_null_usage_in_another_place_or_spelling_is_still_dropped_by_the_parse() -> None:
+    s = adapter().stream(call(stream=True), SAME, False)
+    s.feed(compact(chunk("a", model="chat")))  # content flowing: the fast path from here on
+    for raw in (b'data: {"usage":null,"id":"c","model":"chat","choices":[{"index":0,'
+                b'"delta":{"content":"b"},"finish_reason":null}]}\n\n',
+                sse(chunk("c", None, model="chat"))):
+        payload = json.loads(s.feed(raw)[6:])
+        assert "usage" not in payload and payload["choices"][0]["delta"]["content"] in "bc"
+    assert s.chunks == 3

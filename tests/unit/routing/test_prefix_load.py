@@ -12,7 +12,7 @@ from gateway.routing.base import NO_SIGNALS, EndpointLoad, Signals
 from gateway.routing.prefix_index import PrefixIndex, fingerprints
 from gateway.routing.registry import make_strategy
 from gateway.routing.signals import engine_metrics
-from gateway.routing.strategies.prefix_load import QUEUE_TOKENS, PrefixLoad
+from gateway.routing.strategies.prefix_load import QUEUE_SHARE, QUEUE_TOKENS, PrefixLoad
 from tests.unit.routing.targets import chat, completion, ids, signals, target
 
 CANDS = [target(f"gpu-{i}") for i in range(8)]
@@ -52,6 +52,36 @@ def test_load_wins_over_a_cached_prefix_worth_less_than_the_queue_ahead() -> Non
         loads = fresh(**{home: EndpointLoad(in_flight=queued // 2, waiting=queued - queued // 2)})
         # More requests ahead than the cached prefix is worth: elsewhere; fewer: stay.
         assert (s.order(CANDS, loads, chat(_doc(1), "q2"))[0].id == home) is stays
+
+
+def _after(strategy: PrefixLoad, questions: int, new_docs: bool) -> str:
+    """Route `questions` calls (about one cached document, or each a new document), then
+    return where the document asked about next is cached."""
+    home = strategy.order(CANDS, fresh(), chat(_doc(1), "q"))[0].id
+    for i in range(questions):
+        strategy.order(CANDS, fresh(), chat(_doc(100 + i) if new_docs else _doc(1), f"q{i}"))
+    return home
+
+
+def test_a_request_ahead_weighs_what_recent_prompts_had_to_prefill() -> None:
+    """Questions about a cached document prefill a few tokens each: one request ahead then
+    delays the next one by little, and the document stays where it is cached against a queue
+    that a weight of QUEUE_TOKENS a request would move it away from."""
+    prefix_tokens = sum(fingerprints(chat(_doc(1), "q").body)[1])
+    ahead = prefix_tokens // QUEUE_TOKENS + 2
+    for share, stays in ((QUEUE_SHARE, True), (0.0, False)):
+        s = PrefixLoad(seed=1, queue_share=share)
+        home = _after(s, 60, new_docs=False)
+        loads = fresh(**{home: EndpointLoad(in_flight=ahead)})
+        assert (s.order(CANDS, loads, chat(_doc(1), "next"))[0].id == home) is stays
+
+
+def test_long_prefills_keep_a_request_ahead_at_queue_tokens_at_most() -> None:
+    prefix_tokens = sum(fingerprints(chat(_doc(1), "q").body)[1])
+    s = PrefixLoad(seed=1)
+    home = _after(s, 60, new_docs=True)  # ~3k tokens each to prefill: capped at QUEUE_TOKENS
+    loads = fresh(**{home: EndpointLoad(in_flight=prefix_tokens // QUEUE_TOKENS + 2)})
+    assert s.order(CANDS, loads, chat(_doc(1), "next"))[0].id != home
 
 
 def test_full_kv_cache_is_avoided_when_nothing_is_cached() -> None:

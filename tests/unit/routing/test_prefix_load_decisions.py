@@ -22,10 +22,14 @@ from gateway.policy.models import Deployment
 from gateway.providers.base import Target
 from gateway.routing.base import EndpointLoad, Signals
 from gateway.routing.signals import EngineMetrics, SignalCollector
-from gateway.routing.strategies.prefix_load import PrefixLoad
+from gateway.routing.strategies.prefix_load import QUEUE_SHARE, PrefixLoad
 
-# sha256 of every decision's order (ids joined), recorded with the code before issue 14.
-DIGEST = "5f880f44b96d770115041760f29350f5b8d7c9d00ab6d5c984ebc8db498df6e4"
+# sha256 of every decision's order (ids joined), recorded with the code before issue 14,
+# with the weight of a request ahead fixed at QUEUE_TOKENS (512) as it then was.
+DIGEST_FIXED = "5f880f44b96d770115041760f29350f5b8d7c9d00ab6d5c984ebc8db498df6e4"
+# The same with the weight learnt from recent prefills (QUEUE_SHARE, issue 14 part B): meant
+# to change decisions; docs/routing.md's simulator tables were re-run with it.
+DIGEST = "35cc37c7bb53c8646bc86844b8d6edd7996397fb236ce11fe79c1cd0bd27c0e9"
 
 _WORDS = ("router", "latency", "invoice", "refund", "kernel", "tensor", "policy", "token",
           "größe", "naïve")
@@ -82,7 +86,7 @@ def _targets(n: int) -> list[Target]:
                                    weight=0.0 if i == 13 else 1.0), "p") for i in range(n)]
 
 
-def decisions() -> list[str]:
+def decisions(queue_share: float = QUEUE_SHARE) -> list[str]:
     rng = random.Random(14)
     targets = _targets(16)
     subsets = [targets, targets[:12], [t for t in targets if t.id != "gpu-3"], targets[4:]]
@@ -94,7 +98,7 @@ def decisions() -> list[str]:
     fixed = Signals(loads={t.id: EndpointLoad(in_flight=rng.randint(0, 8),
                                               kv_cache_usage=rng.choice((None, 0.95, 0.3)))
                            for t in targets[::2]})
-    strategy = PrefixLoad(seed=7, cache_tokens=30000)
+    strategy = PrefixLoad(seed=7, cache_tokens=30000, queue_share=queue_share)
     in_flight: list[str] = []
     out = []
     for i, call in enumerate(_workload(rng, 900)):
@@ -119,3 +123,8 @@ def test_decisions_are_the_recorded_ones() -> None:
     orders = decisions()
     assert len(set(o.split(",")[0] for o in orders)) > 8  # the workload spreads
     assert hashlib.sha256("\n".join(orders).encode()).hexdigest() == DIGEST
+
+
+def test_a_fixed_queue_weight_makes_the_decisions_made_before_it_was_learnt() -> None:
+    orders = decisions(queue_share=0.0)
+    assert hashlib.sha256("\n".join(orders).encode()).hexdigest() == DIGEST_FIXED

@@ -165,3 +165,32 @@ models:
     got = [(w.path, w.message.split(" ")[0]) for w in check.warnings]
     assert got == [("models.alone.spill", "the"), ("models.alone.spill", "max_price_ratio"),
                    ("models.all-external.spill", "no")]
+
+
+def test_the_gateway_s_own_requests_past_the_batch_are_a_queue_the_scrape_has_not_seen() -> None:
+    # Scraped quiet (no queue), but this gateway has sent 20 more than the 48 the deployment
+    # was seen running: they wait, 20 x 2 s / 48 slots.
+    quiet = EndpointLoad(in_flight=68, waiting=0, running=30, latency_ewma_s=2.0)
+    assert predicted_ttft_s(quiet, 0, 2.0) == 0.0  # never seen running more: unknown
+    assert predicted_ttft_s(quiet, 0, 2.0, batch=48) == pytest.approx(20 * 2.0 / 48)
+    # While it queues, what it runs now is the batch (its KV cache may hold fewer than 48).
+    queued = EndpointLoad(in_flight=40, waiting=2, running=30, latency_ewma_s=3.0)
+    assert predicted_ttft_s(queued, 0, 2.0, batch=48) == pytest.approx(10 * 3.0 / 30)
+    within = EndpointLoad(in_flight=40, waiting=0, running=30, latency_ewma_s=3.0)
+    assert predicted_ttft_s(within, 0, 2.0, batch=48) == 0.0
+
+
+def test_a_stream_of_single_requests_spills_once_the_live_count_passes_the_batch() -> None:
+    spill = _spill(ttft_ms=500)
+    c = chat()
+    # One scrape saw gpu-a run 48 with a short queue (3 x 2 s / 48: under); the next is quiet.
+    assert spill.order([GPU_A, MINI], [], signals(**{"gpu-a": EndpointLoad(
+        waiting=3, running=48, latency_ewma_s=2.0)}), c)[1] is None
+    reasons = []
+    for in_flight in (40, 48, 62, 70):  # a new snapshot per request, as the collector makes
+        snap = signals(**{"gpu-a": EndpointLoad(in_flight=in_flight, waiting=0, running=20,
+                                                latency_ewma_s=2.0)})
+        reasons.append(spill.order([GPU_A, MINI], [], snap, c)[1])
+    assert reasons[:2] == [None, None]  # within the batch
+    assert reasons[2] is not None and reasons[2].startswith("spill:")  # 14 x 2 s / 48
+    assert reasons[3] is not None and reasons[3].startswith("spill:")
