@@ -20,9 +20,9 @@ class FlowControl(BaseModel):
     limit is this times its deployments not in cooldown or failing health checks); past it,
     requests queue. Set it at the concurrency where a backend still meets its latency target,
     below its batch size (vLLM `max_num_seqs`): in the simulator half the batch with
-    `headroom: 0.75` and `single_use_kv_weight: 3` kept a neighbour's TTFT p99 within 20 %
-    under a flood, at equal weights (docs/routing.md, "The flood experiment", with its
-    limits).
+    `headroom: 0.75` and `single_use_kv_weight: 3` held a neighbour's TTFT p99 under a flood,
+    at equal weights, to 1.38x its own alone (2.15x with `single_use_kv_weight: 1`;
+    docs/routing.md, "The flood experiment", with its limits).
     Example: `max_in_flight_per_deployment: 24`."""
     max_waiting: int | None = Field(None, ge=0, le=100_000)
     """A deployment whose scraped `vllm:num_requests_waiting` is at least this counts as
@@ -69,8 +69,9 @@ class FlowControl(BaseModel):
     pays the plain cost; a flood of single turns, whose new tokens only push other tenants'
     cached conversations out of the backends' prefix caches, pays this many times it, as if
     its weight were divided by it. 1: every token costs the same. In the simulator 3 took a
-    chat neighbour's TTFT p99 under a flood at equal weights from 1.24x its own to 1.02x
-    (docs/routing.md, "The flood experiment", which also says where it is not enough).
+    chat neighbour's TTFT p99 under a flood at equal weights from 2.15x its own to 1.38x
+    (1.24x to 1.02x with the earlier fixed-weight `prefix-load`; docs/routing.md, "The flood
+    experiment", which also says what is left).
     Example: `single_use_kv_weight: 3`."""
     recheck_s: float = Field(0.25, gt=0, le=60)
     """While requests wait on a pool held by its scraped saturation, how often the gateway

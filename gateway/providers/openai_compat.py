@@ -130,12 +130,10 @@ class OpenAIStream:
         (the final chunk, vLLM's continuous stats) or another spelling is parsed."""
         if whole.find(b'"usage"') < 0:
             return whole
-        if whole.count(b'"usage"') != whole.count(b'"usage":null'):
-            return None
-        if self._keep_final:
-            return whole
         out = whole.replace(b',"usage":null', b"")
-        return out if out.find(b'"usage"') < 0 else None
+        if out.find(b'"usage"') >= 0:
+            return None
+        return whole if self._keep_final else out
 
     def _event(self, event: bytes, out: list[bytes]) -> None:
         payload = sse_payload(event)
