@@ -10,7 +10,15 @@ the fingerprints of the long messages it has seen (the 8 system prompts, the 32 
 
 `--instructions` counts instructions per decision under callgrind instead of timing them (a
 shared machine cannot move that figure): the process warms up, its counters are zeroed, it
-makes `-n` decisions per row and the counters are dumped.
+makes `-n` decisions per row and the counters are dumped. `-n` is also the number of chat
+sessions and RAG questions: with 5000 a chat session's history has left every backend's
+cache (as modelled) before it comes back, so each decision records its turns anew and evicts
+as much; with 300 it has not.
+
+The collector runs as `gateway serve` sets it (`SERVER_GC`) and the collections that ran
+inside timed decisions are printed. Before the table, `noise` is how often a busy loop on
+this core lost 5 µs or more (interrupts, other processes, the hypervisor): a p99 of
+decisions that each take ~10 µs cannot be read below the machine's own tail.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.call import Call
@@ -34,6 +43,10 @@ from gateway.providers.base import Target
 from gateway.routing.base import EndpointLoad, Signals
 from gateway.routing.registry import make_strategy
 from gateway.routing.signals import EngineMetrics, SignalCollector
+
+SERVER_GC = (10_000, 20, 50)
+"""`gc.set_threshold` of `gateway serve` (gateway/server.py, `run_policy`), after a collection
+and `gc.freeze()` of what start-up made: the bench's setup is frozen the same way."""
 
 _WORDS = ("router", "latency", "invoice", "refund", "kernel", "tensor", "policy", "token")
 
@@ -80,9 +93,9 @@ class _Row:
                                     "p") for i in range(endpoints))
         self.collector: SignalCollector | None = None
         if live:
-            c = self.collector = SignalCollector()
+            sc = self.collector = SignalCollector()
             for t in self.targets:
-                c.observe(t.id, EngineMetrics(waiting=rng.randint(0, 3), running=4,
+                sc.observe(t.id, EngineMetrics(waiting=rng.randint(0, 3), running=4,
                                               kv_cache_usage=rng.random()))
         self.fixed = Signals(loads={t.id: EndpointLoad(
             in_flight=rng.randint(0, 8), waiting=rng.randint(0, 3),
@@ -108,22 +121,60 @@ class _Row:
                 self.collector.end(self.in_flight.pop(0), ok=True)
 
 
+@contextmanager
+def server_gc() -> Iterator[list[int]]:
+    """The collector as the gateway runs it; yields a list whose one item counts the
+    collections started inside the block."""
+    count = [0]
+
+    def started(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            count[0] += 1
+
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*SERVER_GC)
+    gc.callbacks.append(started)
+    try:
+        yield count
+    finally:
+        gc.callbacks.remove(started)
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
+def noise(seconds: float = 0.5, gap_ns: int = 5000) -> float:
+    """Gaps of `gap_ns` or more per second in a loop that only reads the clock."""
+    clock = time.perf_counter_ns
+    end = clock() + int(seconds * 1e9)
+    gaps = 0
+    prev = clock()
+    while prev < end:
+        now = clock()
+        if now - prev >= gap_ns:
+            gaps += 1
+        prev = now
+    return gaps / seconds
+
+
 def bench(strategy: str, kind: str, endpoints: int, n: int,
-          live: bool = False) -> tuple[float, float]:
+          live: bool = False, cpu: bool = False) -> tuple[float, float, int]:
+    """p50 and p99 in µs, and the collections that ran while timing. `cpu`: the thread's CPU
+    time rather than the wall clock's, so time other processes held the core is left out
+    (each reading is a system call, ~0.5 µs more per decision)."""
     row = _Row(strategy, kind, endpoints, n, live)
     s, targets = row.strategy, row.targets
+    clock = time.thread_time_ns if cpu else time.perf_counter_ns
     times = []
-    gc.disable()
-    try:
+    with server_gc() as collections:
         for c in row.calls:
-            t0 = time.perf_counter_ns()
+            t0 = clock()
             order = s.order(targets, row.signals(), c)
-            times.append(time.perf_counter_ns() - t0)
+            times.append(clock() - t0)
             row.after(order)
-    finally:
-        gc.enable()
     times.sort()
-    return times[len(times) // 2] / 1000, times[int(len(times) * 0.99)] / 1000
+    return times[len(times) // 2] / 1000, times[int(len(times) * 0.99)] / 1000, collections[0]
 
 
 def _child(strategies: list[str], endpoints: int, n: int, live: bool) -> None:
@@ -131,6 +182,9 @@ def _child(strategies: list[str], endpoints: int, n: int, live: bool) -> None:
     then decide each row in turn, with a pause for a dump between rows."""
     rows = [_Row(name, kind, endpoints, n, live) for name in strategies
             for kind in ("chat", "rag")]
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*SERVER_GC)
     for row in rows:
         print("ready", flush=True)
         sys.stdin.readline()
@@ -186,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="instructions per decision under callgrind, not time")
     ap.add_argument("--live", action="store_true",
                     help="a new signals snapshot for every decision (a busy gateway)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="time by the thread's CPU clock, not the wall clock")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     names = args.strategies.split(",")
@@ -200,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("chat", "rag"):
                 print(f"{name:<16} {kind:<6} {next(counts):>15,.0f}")
         return 0
-    print(f"{'strategy':<16} {'prompt':<6} {'p50 µs':>8} {'p99 µs':>8}  ({args.endpoints} "
-          "endpoints)")
+    print(f"noise: {noise():.0f} gaps of 5 µs or more per second")
+    print(f"{'strategy':<16} {'prompt':<6} {'p50 µs':>8} {'p99 µs':>8} {'GCs':>4}  "
+          f"({args.endpoints} endpoints, {'thread CPU' if args.cpu else 'wall'} clock)")
     for name in args.strategies.split(","):
         for kind in ("chat", "rag"):
-            p50, p99 = bench(name, kind, args.endpoints, args.n, args.live)
-            print(f"{name:<16} {kind:<6} {p50:>8.1f} {p99:>8.1f}")
+            p50, p99, collections = bench(name, kind, args.endpoints, args.n, args.live,
+                                          args.cpu)
+            print(f"{name:<16} {kind:<6} {p50:>8.1f} {p99:>8.1f} {collections:>4}")
     return 0
 
 

@@ -76,6 +76,10 @@ class Call:
     # The client connection's ASGI `receive`: a request held in a flow-control queue waits on
     # it to notice the client leave (gateway/flow). None outside an HTTP request.
     receive: Callable[[], Awaitable[Any]] | None = None
+    # The deployment ids of `model` to route to first, set by flow control for a tenant
+    # confined to a few backends, or kept off those (gateway/flow/confine.py); the others stay
+    # fallbacks. None: the strategy chooses among all of them.
+    deployments: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop the soak after this many seconds (default 180)")
     p.add_argument("--soak-from", type=int, default=None,
                    help="also report RSS growth from this many requests on (default 100000)")
+    p.add_argument("--soak-targets", default=None,
+                   help="comma-separated targets to soak (default gateway,gateway-auth); a "
+                        "--patched copy is named TARGET+NAME")
     p.add_argument("--soak-only", action="store_true",
                    help="no scenarios: start the targets and soak them (memory over requests)")
     p.add_argument("--profile", metavar="TARGET", default=None,
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-delay-ms", type=float, default=None,
                    help="milliseconds before each SSE event (default 5)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="write the results JSON to PATH (bench/results/ is left alone)")
     a = p.parse_args(argv)
 
     plan = Plan()
@@ -241,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, soak_max_s=a.soak_max_s)
     if a.soak_from is not None:
         plan = replace(plan, soak_from=a.soak_from)
+    if a.soak_targets is not None:
+        plan = replace(plan, soak_targets=tuple(
+            n.strip() for n in a.soak_targets.split(",") if n.strip()))
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
@@ -303,12 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         "results": results, "derived": derived, "targets": targets,
     }
     print(report.render(doc))
-    if not a.no_save:
+    if a.out:
+        Path(a.out).write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+        log(f"results: {a.out}")
+    elif not a.no_save:
         path = runner.save(doc, RESULTS)
         log(f"results: {path.relative_to(ROOT)}")
         if plan.repeat >= 2 and plan.scenarios:  # the figures to compare across reruns
             print("\n### Every round: median, range and others' CPU\n")
-            print(spread.table(spread.rounds([path])))
+            print(spread.table(spread.rounds([path]), pairs=spread.paired([path])))
     return 0
 
 

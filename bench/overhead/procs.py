@@ -70,6 +70,23 @@ def rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
+def rss_split_mb(pid: int) -> dict[str, float]:
+    """VmRSS's three parts over the process tree: anonymous memory (the heap, arenas), file
+    pages mapped (libraries; the journal's segments) and shared memory (files on tmpfs)."""
+    kb = {"anon_mb": 0, "file_mb": 0, "shmem_mb": 0}
+    fields = {"RssAnon:": "anon_mb", "RssFile:": "file_mb", "RssShmem:": "shmem_mb"}
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    key = fields.get(line.split(maxsplit=1)[0]) if line.strip() else None
+                    if key:
+                        kb[key] += int(line.split()[1])
+        except OSError:
+            continue
+    return {k: round(v / 1024, 1) for k, v in kb.items()}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its descendants, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -131,6 +148,9 @@ class Proc:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def rss_split_mb(self) -> dict[str, float]:
+        return rss_split_mb(self.pid)
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)

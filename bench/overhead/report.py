@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _changes(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The soak's samples where RSS moved, and the last one."""
+    out = [p for i, p in enumerate(samples) if i == 0 or p["rss_mb"] != samples[i - 1]["rss_mb"]]
+    return out if out[-1] is samples[-1] else [*out, samples[-1]]
+
+
 def _f(v: Any, nd: int = 0, suffix: str = "") -> str:
     if v is None:
         return "—"
@@ -96,9 +102,11 @@ def render(doc: dict[str, Any]) -> str:
         s = r.get("soak")
         if not s:
             continue
-        pts = ", ".join(f"{p['requests'] // 1000}k: {p['rss_mb']:.1f}" for p in s["samples"])
+        pts = ", ".join(f"{p['requests'] // 1000}k: {p['rss_mb']:.1f}"
+                        for p in _changes(s["samples"]))
         out.append(f"\nRSS of **{r['label']}** over {s['requests']:,} requests "
-                   f"(c={plan['c_throughput']}, {s['errors']} errors): {pts} MB — "
+                   f"(c={plan['c_throughput']}, {s['errors']} errors), wherever it changed: "
+                   f"{pts} MB — "
                    f"{s['growth_after_first_slice_mb']:+.1f} MB after the first slice"
                    + (f", {s['growth_from_mb']:+.1f} MB from {s['from_requests']:,} requests "
                       f"({s['rss_from_mb']:.1f} MB) to the end." if "growth_from_mb" in s

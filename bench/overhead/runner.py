@@ -268,16 +268,18 @@ def soak(ep: Endpoint, env: Env, plan: Plan) -> dict[str, Any]:
     the first slice and from the first sample at or past `soak_from` requests."""
     assert ep.proc is not None
     log(f"soak: {plan.soak_requests} requests, RSS after each {plan.soak_slice_s:g} s slice")
-    samples = [{"requests": 0, "rss_mb": round(ep.proc.rss_mb(), 1)}]
+    samples = [{"requests": 0, "rss_mb": round(ep.proc.rss_mb(), 1), **ep.proc.rss_split_mb()}]
     total, errors = 0, 0
     deadline = time.monotonic() + plan.soak_max_s
     while total < plan.soak_requests and time.monotonic() < deadline:
         r = _wrk(ep, env, plan.c_throughput, plan.soak_slice_s)
         total += r["requests"]
         errors += r["error_count"]
-        samples.append({"requests": total, "rss_mb": round(ep.proc.rss_mb(), 1)})
+        samples.append({"requests": total, "rss_mb": round(ep.proc.rss_mb(), 1),
+                        **ep.proc.rss_split_mb()})
         if len(samples) % 20 == 0:
-            log(f"soak: {total:,} requests, RSS {samples[-1]['rss_mb']} MB")
+            log(f"soak: {total:,} requests, RSS {samples[-1]['rss_mb']} MB "
+                f"(anonymous {samples[-1]['anon_mb']} MB)")
     first = samples[1]["rss_mb"] if len(samples) > 1 else samples[0]["rss_mb"]
     out: dict[str, Any] = {
         "requests": total, "errors": errors, "samples": samples,

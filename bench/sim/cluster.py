@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -129,6 +129,10 @@ class Admission(Protocol):
     def tick(self, now: float) -> None:
         """Called before every event: queue timeouts are due."""
 
+    def candidates(self, s: Session, targets: Sequence[Target]) -> Sequence[Target]:
+        """The backends the session's next turn may be routed to (all of `targets`, or the
+        few a single-use tenant is confined to)."""
+
 
 class External(Protocol):
     """Deployments outside the simulated cluster (an external provider, bench/sim/spill.py):
@@ -217,7 +221,9 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
                     request_id=f"{s.sid}-{s.next_turn}",
                     body={"model": "llama", "messages": list(s.messages), "stream": True,
                           "max_tokens": turn.output_tokens})
-        chosen = gateways.route(targets, call, (s.sid, s.next_turn))
+        # Flow control may confine a single-use tenant to some backends (gateway/flow/confine.py).
+        cands = targets if admission is None else admission.candidates(s, targets)
+        chosen = gateways.route(cands, call, (s.sid, s.next_turn))
         if r.measured:
             measured.append(r)
         i = index.get(chosen.id)

@@ -14,7 +14,10 @@ second tenant sending single turns on one 2k-token prompt (300-700 new prompt to
   backend, `headroom` h, the neighbour at `--weight` (the flood at 1; default: equal), a
   queue timeout, each turn's cost estimated by the gateway's own `KvReuse.cost`
   (gateway/flow/reuse.py: `request_cost`, charged `--kv-weight` times for a tenant that never
-  reads back the KV it writes); the slot is given back when a request's last token is out.
+  reads back the KV it writes) and, with `--single-use-backends`, the gateway's own
+  `Confinement` (gateway/flow/confine.py: the flood, which re-reads nothing, is routed to its
+  share of the backends and the neighbour to the others); the slot is given back when a
+  request's last token is out.
 
 TTFT is measured from a turn's arrival, queueing at the gateway included; the flood's
 throughput is the turns sent to the backends while the neighbour runs. L, h and the weight
@@ -31,7 +34,7 @@ import json
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,8 +44,10 @@ from bench.sim.backend import Request
 from bench.sim.cluster import SimConfig, run
 from bench.sim.families import _CHAT, _FLOOD, DURATION_S, HELDOUT_SEEDS, TUNE_SEEDS, WARMUP_S
 from bench.sim.workload import Session, user_text
+from gateway.flow.confine import Confinement
 from gateway.flow.reuse import KvReuse
 from gateway.flow.scheduler import FlowScheduler, Ticket
+from gateway.providers.base import Target
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "flow-control.json"
 NEIGHBOUR_LOAD = 0.4
@@ -57,9 +62,12 @@ GRID = ((16, 0.5), (16, 0.55), (16, 0.6), (20, 0.6), (20, 0.65), (20, 0.7), (24,
 # "The flood experiment".
 CHOSEN = (24, 0.75)
 CHOSEN_WEIGHT = 1.0
-# `single_use_kv_weight`, chosen on TUNE_SEEDS at CHOSEN over 600 s runs (1, 2, 3: the
-# smallest with the neighbour's p99 within 10 % of alone), docs/routing.md.
-CHOSEN_KV_WEIGHT = 3.0
+# `single_use_backends` and `single_use_kv_weight`, chosen on TUNE_SEEDS at CHOSEN over 600 s
+# runs: the only point tried with the neighbour's p99 within 10 % of alone (0.125 of 8
+# backends: one); 0.25 with either KV weight 1 or 3, or a KV weight of 3 without confinement
+# (chosen before from 1, 2, 3), were not (docs/routing.md, "The flood experiment").
+CHOSEN_KV_WEIGHT = 1.0
+CHOSEN_SINGLE_USE_BACKENDS: float | None = 0.125
 HEADROOM = 0.5
 STRATEGY = "prefix-load"
 TARGET = 1.20
@@ -73,12 +81,16 @@ class SimFlow:
     def __init__(self, limit: int, classes: dict[str, tuple[int, float]] | None = None,
                  queue_timeout_s: float = QUEUE_TIMEOUT_S,
                  max_queued_per_tenant: int = MAX_QUEUED_PER_TENANT,
-                 headroom: float = HEADROOM, kv_weight: float = 1.0) -> None:
+                 headroom: float = HEADROOM, kv_weight: float = 1.0,
+                 single_use_backends: float | None = None) -> None:
         self.sched: FlowScheduler[Session] = FlowScheduler(
             limit, max_queued=100_000, max_queued_per_tenant=max_queued_per_tenant,
             headroom=headroom)
         self.classes = classes or {}
         self.kv = KvReuse(kv_weight)
+        self.kv.track = single_use_backends is not None
+        self.confinement = Confinement(single_use_backends)
+        self._subsets: dict[frozenset[str], list[Target]] = {}
         self.timeout = queue_timeout_s
         self._deadlines: deque[tuple[float, Ticket[Session]]] = deque()
         self.shed: Counter[tuple[str, str]] = Counter()
@@ -110,6 +122,18 @@ class SimFlow:
         self._cost[s.sid, turn] = cost
         return cost
 
+    def candidates(self, s: Session, targets: Sequence[Target]) -> Sequence[Target]:
+        """The gateway's confinement (gateway/flow/confine.py) of the session's tenant, over
+        every backend (none is ever down here)."""
+        ids = [t.id for t in targets]
+        only = self.confinement.deployments(s.tenant, self.kv, ids, self.sched.tenants())
+        if only is None:
+            return targets
+        subset = self._subsets.get(only)
+        if subset is None:  # one object per subset: prefix-load caches its work by it
+            subset = self._subsets[only] = [t for t in targets if t.id in only]
+        return subset
+
     def finished(self, r: Request, now: float) -> Iterable[tuple[Session, float]]:
         cost = self._cost.pop((r.session, r.turn))
         return [(t.item, t.enqueued) for t in self.sched.release(now, r.tenant, cost)]
@@ -129,8 +153,9 @@ def config(seed: int, flood_load: float, duration_s: float, warmup_s: float) -> 
                      flood_load=flood_load)
 
 
-# (max_in_flight_per_deployment, headroom, the neighbour's weight, single_use_kv_weight)
-FlowCfg = tuple[int, float, float, float]
+# (max_in_flight_per_deployment, headroom, the neighbour's weight, single_use_kv_weight,
+# single_use_backends)
+FlowCfg = tuple[int, float, float, float, float | None]
 Job = tuple[str, int, FlowCfg | None, float, float, float]
 
 
@@ -140,7 +165,7 @@ def _one(job: Job) -> dict[str, Any]:
                  warmup_s)
     flow = None if flow_cfg is None else SimFlow(
         flow_cfg[0] * cfg.backends, classes={"main": (0, flow_cfg[2])}, headroom=flow_cfg[1],
-        kv_weight=flow_cfg[3])
+        kv_weight=flow_cfg[3], single_use_backends=flow_cfg[4])
     out = run(cfg, STRATEGY, admission=flow)
     by: dict[str, list[float]] = {"main": [], "flood": []}
     for r in out.requests:
@@ -174,27 +199,32 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "flood_shed": shed.get("flood", 0)}
 
 
-def _name(limit: int, h: float, kv: float, weight: float) -> str:
+Point = tuple[int, float, float, float | None]
+"""(max_in_flight_per_deployment, headroom, single_use_kv_weight, single_use_backends)"""
+
+
+def _name(limit: int, h: float, kv: float, su: float | None, weight: float) -> str:
     return (f"{limit}/{h:g}" + (f" kv{kv:g}" if kv != 1 else "")
+            + (f" su{su:g}" if su is not None else "")
             + (f" w{weight:g}" if weight != 1 else ""))
 
 
-def experiment(seeds: tuple[int, ...], grid: tuple[tuple[int, float, float], ...],
+def experiment(seeds: tuple[int, ...], grid: tuple[Point, ...],
                flood_load: float, duration_s: float, warmup_s: float, workers: int,
                weight: float = 1.0, unprotected: bool = True) -> dict[str, Any]:
-    """`grid`: (max_in_flight_per_deployment, headroom, single_use_kv_weight) triples."""
+    """`grid`: the flow-control settings to run (`Point`s)."""
     jobs: list[Job] = []
     for seed in seeds:
         jobs.append(("alone", seed, None, flood_load, duration_s, warmup_s))
         if unprotected:  # the costliest run: every backend's queue grows without end
             jobs.append(("flood", seed, None, flood_load, duration_s, warmup_s))
-        for limit, h, kv in grid:
-            jobs.append((f"flood+flow {_name(limit, h, kv, weight)}", seed,
-                         (limit, h, weight, kv), flood_load, duration_s, warmup_s))
+        for limit, h, kv, su in grid:
+            jobs.append((f"flood+flow {_name(limit, h, kv, su, weight)}", seed,
+                         (limit, h, weight, kv, su), flood_load, duration_s, warmup_s))
         # What flow control costs a tenant alone (it is never past its share).
-        limit, h, kv = grid[0]
-        jobs.append((f"alone+flow {_name(limit, h, kv, weight)}", seed, (limit, h, weight, kv),
-                     flood_load, duration_s, warmup_s))
+        limit, h, kv, su = grid[0]
+        jobs.append((f"alone+flow {_name(limit, h, kv, su, weight)}", seed,
+                     (limit, h, weight, kv, su), flood_load, duration_s, warmup_s))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(_one, jobs))
     out: dict[str, Any] = {}
@@ -217,12 +247,16 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _point(text: str, kv: float) -> tuple[int, float, float]:
-    """`LIMIT/HEADROOM[/KV_WEIGHT]` as a grid point."""
+def _point(text: str, kv: float, su: float | None) -> Point:
+    """`LIMIT/HEADROOM[/KV_WEIGHT[/SINGLE_USE_BACKENDS]]` as a grid point (`-` for a
+    SINGLE_USE_BACKENDS: unset)."""
     parts = text.split("/")
-    if len(parts) not in (2, 3):
-        raise SystemExit(f"--grid: {text!r} is not LIMIT/HEADROOM[/KV_WEIGHT]")
-    return int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else kv
+    if len(parts) not in (2, 3, 4):
+        raise SystemExit(f"--grid: {text!r} is not LIMIT/HEADROOM[/KV_WEIGHT"
+                         "[/SINGLE_USE_BACKENDS]]")
+    if len(parts) == 4:
+        su = None if parts[3] == "-" else float(parts[3])
+    return (int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) >= 3 else kv, su)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,11 +266,15 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"tuning seeds {TUNE_SEEDS} over the grid {GRID}; default: held-out "
                     f"seeds {HELDOUT_SEEDS} at the chosen (limit, headroom) {CHOSEN}")
     ap.add_argument("--grid", default=None,
-                    help="comma-separated LIMIT/HEADROOM[/KV_WEIGHT] points, e.g. "
-                    "32/0.5,24/0.75/2 (KV_WEIGHT defaults to --kv-weight)")
+                    help="comma-separated LIMIT/HEADROOM[/KV_WEIGHT[/SINGLE_USE_BACKENDS]] "
+                    "points, e.g. 32/0.5,24/0.75/2,24/0.75/1/0.25 (KV_WEIGHT defaults to "
+                    "--kv-weight, SINGLE_USE_BACKENDS to --single-use-backends; '-': unset)")
     ap.add_argument("--kv-weight", type=float, default=None,
                     help=f"`single_use_kv_weight` (default {CHOSEN_KV_WEIGHT:g}; 1 with "
                     "--tune, where the grid of (limit, headroom) pairs was tuned)")
+    ap.add_argument("--single-use-backends", type=float, default=None,
+                    help="`single_use_backends` (default "
+                    f"{CHOSEN_SINGLE_USE_BACKENDS}; unset with --tune)")
     ap.add_argument("--flood-load", type=float, default=FLOOD_LOAD)
     ap.add_argument("--weight", type=float, default=CHOSEN_WEIGHT,
                     help="the neighbour's `weight` (the flood's is 1)")
@@ -248,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = TUNE_SEEDS if args.tune else HELDOUT_SEEDS
     kv = args.kv_weight if args.kv_weight is not None else (
         1.0 if args.tune else CHOSEN_KV_WEIGHT)
-    grid = tuple(_point(x, kv) for x in args.grid.split(",")) if args.grid else tuple(
-        (limit, h, kv) for limit, h in (GRID if args.tune else (CHOSEN,)))
+    su = args.single_use_backends if args.single_use_backends is not None else (
+        None if args.tune else CHOSEN_SINGLE_USE_BACKENDS)
+    grid = tuple(_point(x, kv, su) for x in args.grid.split(",")) if args.grid else tuple(
+        (limit, h, kv, su) for limit, h in (GRID if args.tune else (CHOSEN,)))
     started = time.perf_counter()
     results = experiment(seeds, grid, args.flood_load, args.duration, args.warmup,
                          args.workers, args.weight, unprotected=not args.tune)

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.flow.confine import Confinement
 from gateway.flow.metrics import FlowMetrics
 from gateway.flow.reuse import KvReuse
 from gateway.flow.scheduler import FlowScheduler, ShedReason, Ticket
@@ -86,6 +87,7 @@ class Pool:
         self.clock = clock
         self.sched: FlowScheduler[Waiter | None] = FlowScheduler(1)
         self.reuse = KvReuse()  # per pool: the churn it charges is of this pool's caches
+        self.confinement = Confinement()
         self.cfg = FlowPolicy()
         self.deployments: tuple[str, ...] = ()
         self.active = False
@@ -108,6 +110,8 @@ class Pool:
         limit = self._limit() if cfg is not None else 1 << 30
         self.sched.headroom = c.headroom
         self.reuse.weight = c.single_use_kv_weight
+        self.reuse.track = c.single_use_backends is not None
+        self.confinement.share = c.single_use_backends
         self._wake(self.sched.set_limits(limit, c.max_queued, c.max_queued_per_tenant,
                                          c.min_queued_priority))
 
@@ -117,6 +121,14 @@ class Pool:
         """What a request of `tenant` costs in this pool's fair shares (gateway/flow/cost.py,
         charged for cache churn by gateway/flow/reuse.py)."""
         return self.reuse.cost(tenant, body, self.cfg.expected_output_tokens)
+
+    def confine(self, tenant: str) -> frozenset[str] | None:
+        """The deployments a request of `tenant` holding a slot should be routed to, or None:
+        any (gateway/flow/confine.py)."""
+        if self.confinement.share is None:
+            return None
+        up = [d for d in self.deployments if self._cooling(d) <= 0]
+        return self.confinement.deployments(tenant, self.reuse, up, self.sched.tenants())
 
     async def acquire(self, tenant: str, priority: int, weight: float,
                       receive: Callable[[], Awaitable[Any]] | None, cost: float = 1.0) -> None:

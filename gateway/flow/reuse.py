@@ -15,7 +15,8 @@ were divided by `weight`. A tenant is judged as a whole: one that mixes a chat w
 charged by the mix.
 
 The sums are per pool (its caches), bounded to the `max_tenants` seen last; a tenant seen for
-the first time is judged on that one request. Nothing is kept while the weight is 1.
+the first time is judged on that one request. Nothing is kept while the weight is 1 and
+nothing else asks (`track`: `flow_control.single_use_backends`, gateway/flow/confine.py).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ class KvReuse:
 
     def __init__(self, weight: float = 1.0, max_tenants: int = MAX_TENANTS) -> None:
         self.weight = weight
+        self.track = False
+        """Keep the sums even at weight 1: confinement reads `reuse`."""
         self.max_tenants = max_tenants
         self._sums: dict[str, tuple[float, float]] = {}  # tenant -> (re-read, written)
 
     def cost(self, tenant: str, body: Mapping[str, Any], expected_output_tokens: int) -> float:
         """The cost flow control charges `tenant` for the request `body`."""
         cost = request_cost(body, expected_output_tokens)
-        if self.weight <= 1.0:
+        if self.weight <= 1.0 and not self.track:
             return cost
         return self.charge(tenant, cost, reread_tokens(body))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -233,6 +234,10 @@ class FlowScheduler(Generic[T]):
         w = self._weights.get(tenant)
         return self.cost_in_flight * w / total if w is not None and total > 0 else (
             self.cost_in_flight)
+
+    def tenants(self) -> KeysView[str]:
+        """The tenants with requests running or queued (a live view)."""
+        return self._weights.keys()
 
     def running(self, tenant: str) -> int:
         return self._running.get(tenant, 0)

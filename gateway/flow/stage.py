@@ -102,6 +102,9 @@ class _FlowRun(StageRun):
         record = ctx.record
         previous = record.on_close
         tenant = ctx.principal.tenant
+        only = pool.confine(tenant)
+        if only is not None:
+            ctx.call.deployments = only
 
         def release() -> None:
             if previous is not None:  # another holder came first: both run

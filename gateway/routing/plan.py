@@ -95,9 +95,23 @@ class Router:
     def order(self, model: str, call: Call, signals: Signals,
               unhealthy: frozenset[str]) -> Sequence[Target]:
         cands = self.candidates(model, unhealthy)
+        if call.deployments is not None and model == call.model:
+            return self._confined(model, cands, call.deployments, call, signals)
         if len(cands) <= 1:
             return cands
         return self._strategies[model].order(cands, signals, call)
+
+    def _confined(self, model: str, cands: Sequence[Target], only: frozenset[str], call: Call,
+                  signals: Signals) -> Sequence[Target]:
+        """A call flow control confines to `only` (gateway/flow/confine.py): those deployments
+        in strategy order, then the others in policy order, as fallbacks only."""
+        inside = [t for t in cands if t.id in only]
+        if not inside:  # all of them went down since flow control chose: no confinement
+            return cands if len(cands) <= 1 else self._strategies[model].order(
+                cands, signals, call)
+        first = inside if len(inside) == 1 else self._strategies[model].order(
+            inside, signals, call)
+        return [*first, *(t for t in cands if t.id not in only)]
 
     def plan(self, call: Call, models: Sequence[str] | None = None, *,
              allowed: frozenset[str] | None = None, require: bool = True) -> RoutePlan:

@@ -132,6 +132,15 @@ def fingerprints(body: Mapping[str, Any], chunk_chars: int = CHUNK_CHARS,
     With `cache`, a message longer than one chunk is looked up by one hash of all of it
     before it is cut; the fingerprints are the same either way. The cache must only ever
     see one `chunk_chars`."""
+    return Prompt(*fingerprint_parts(body, chunk_chars, cache))
+
+
+def fingerprint_parts(body: Mapping[str, Any], chunk_chars: int = CHUNK_CHARS,
+                      cache: Fingerprints | None = None
+                      ) -> tuple[list[int], list[int], frozenset[int]]:
+    """`fingerprints` as a plain tuple, for the routing decision: building and freeing a
+    `NamedTuple` (a Python-level `__new__`, a subclass's dealloc) costs ~3k instructions,
+    as much as hashing two chat turns."""
     fps: list[int] = []
     tokens: list[int] = []
     replies: list[int] = []
@@ -147,12 +156,17 @@ def fingerprints(body: Mapping[str, Any], chunk_chars: int = CHUNK_CHARS,
     digest = xxh3_64_intdigest
     roles = _ROLES
     add_token = tokens.append
+    part: Any  # a message dict, or a (role, text) pair
     for part in parts:
         if chat:
-            if not isinstance(part, dict):
-                continue
-            role = part.get("role", "")
-            text = part.get("content")
+            try:  # subscripts: two `.get` calls and an `isinstance` cost ~1 µs a decision
+                role = part["role"]
+                text = part["content"]
+            except (KeyError, TypeError, IndexError):  # a key missing, or not a message
+                if not isinstance(part, dict):
+                    continue
+                role = part.get("role", "")
+                text = part.get("content")
             if type(text) is not str:
                 text = message_text(text)
         else:
@@ -201,7 +215,7 @@ def fingerprints(body: Mapping[str, Any], chunk_chars: int = CHUNK_CHARS,
         tokens.append((n - (count - 1) * chunk_chars) // _CPT or 1)
         if role == "assistant":
             replies.extend(range(first, first + count))
-    return Prompt(fps, tokens, frozenset(replies) if replies else _NO_REPLIES)
+    return fps, tokens, frozenset(replies) if replies else _NO_REPLIES
 
 
 class _Endpoint:
@@ -353,15 +367,21 @@ class PrefixIndex:
                 del self.outbox[: OUTBOX_MAX // 2]
 
     def _evict(self, ep: _Endpoint) -> None:
+        # Locals and bound methods: a new prompt evicts about as many chunks as it adds.
         lru, owners, keep = ep.lru, self._owners, ~ep.bit
-        while ep.tokens > ep.capacity and len(lru) > 1:
-            fp, n = lru.popitem(last=False)
-            ep.tokens -= n
-            held = owners.get(fp, 0) & keep
+        popitem, get, pop = lru.popitem, owners.get, owners.pop
+        tokens, capacity = ep.tokens, ep.capacity
+        left = len(lru) - 1  # the newest chunk stays, however large
+        while tokens > capacity and left > 0:
+            left -= 1
+            fp, n = popitem(False)  # the oldest
+            tokens -= n
+            held = get(fp, 0) & keep
             if held:
                 owners[fp] = held
             else:
-                owners.pop(fp, None)
+                pop(fp, None)
+        ep.tokens = tokens
 
     def cached_tokens(self, deployment_id: str) -> int:
         ep = self._endpoints.get(deployment_id)

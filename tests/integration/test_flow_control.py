@@ -7,7 +7,9 @@ queued requests reach the backends, none on time.
   between two of the neighbour's, whatever the flood's queue length);
 - a higher priority class is served first; a queue timeout is a 503 with Retry-After;
 - a client that leaves while queued frees its place; no slot leaks; every request has exactly
-  one ledger record, a shed one with its reason.
+  one ledger record, a shed one with its reason;
+- with `single_use_backends`, a tenant sending single turns is routed to its share of the
+  deployments while a chat tenant runs, the rest of the pool only as fallbacks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import openai
 import pytest
 import yaml
 
+from gateway.flow.confine import rendezvous
 from tests.fakes.base import Fault, wait_until
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import Gateway
@@ -394,3 +397,62 @@ def test_a_reload_keeps_the_queue_and_applies_the_new_limit(make_pool) -> None:
         f.open(100)
     assert all(f.result().status_code == 200 for f in held + queued)
     assert wait_until(lambda: p.metric("gateway_flow_in_flight") == 0, timeout=10)
+
+
+def _chat(p: Pool, text: str) -> Future[httpx.Response]:
+    """A neighbour's later turn: it re-sends a conversation (re-reads its KV)."""
+    return p.send("neighbour", text, max_tokens=16, messages=[
+        {"role": "user", "content": "a" * 400}, {"role": "assistant", "content": "b" * 1600},
+        {"role": "user", "content": text}])
+
+
+def _landed(p: Pool, prefix: str) -> dict[str, int]:
+    """How many requests whose last message starts with `prefix` each fake received."""
+    return {f.name: sum(r.body["messages"][-1]["content"].startswith(prefix)
+                        for r in f.requests) for f in p.fakes}
+
+
+@pytest.mark.parametrize("confined", [False, True])
+def test_a_single_use_tenant_is_confined_to_its_backends_while_a_chat_runs(
+        make_pool, confined: bool) -> None:
+    """`single_use_backends: 0.5` of two: with a chat tenant's turn running, every request of
+    the flood (single turns, which re-read nothing) goes to the one deployment its name hashes
+    to, however loaded, and the chat's next turns go to the other one; without it the
+    strategy spreads the flood over both."""
+    p = make_pool(headroom=0, max_in_flight_per_deployment=3,
+                  **({"single_use_backends": 0.5} if confined else {}))
+    chat = [_chat(p, "chat-0")]
+    p.wait_arrivals(1)
+    flood = [p.send("flood", f"flood-{i}") for i in range(3)]
+    p.wait_arrivals(4)
+    landed = _landed(p, "flood")
+    if confined:
+        home = next(iter(rendezvous("flood", ["a/m", "b/m"], 1))).split("/")[0]
+        assert landed[home] == 3, landed
+        # While the flood runs, the chat's turns are kept on the other backend.
+        chat += [_chat(p, f"chat-{i}") for i in (1, 2)]
+        p.wait_arrivals(6)
+        assert _landed(p, "chat-1")[home] == 0 and _landed(p, "chat-2")[home] == 0
+    else:
+        assert min(landed.values()) >= 1, landed
+    for f in p.fakes:
+        f.open(100)
+    assert all(f.result().status_code == 200 for f in chat + flood)
+    assert wait_until(lambda: p.metric("gateway_flow_in_flight") == 0, timeout=10)
+
+
+def test_a_confined_request_falls_back_to_the_rest_of_the_pool(make_pool) -> None:
+    p = make_pool(single_use_backends=0.5)
+    chat = _chat(p, "chat-0")
+    p.wait_arrivals(1)
+    home = next(iter(rendezvous("flood", ["a/m", "b/m"], 1))).split("/")[0]
+    for f in p.fakes:  # the chat's turn stays held; what comes next is answered at once
+        f.gated = False
+    other = next(f for f in p.fakes if f.name != home)
+    next(f for f in p.fakes if f.name == home).fail_next(1, status=503)  # retried elsewhere
+    r = p.send("flood", "flood-0").result()
+    assert r.status_code == 200
+    assert _landed(p, "flood") == {home: 1, other.name: 1}
+    for f in p.fakes:
+        f.open(100)
+    assert chat.result().status_code == 200

@@ -11,6 +11,7 @@ import pytest
 from bench.sim.cluster import Outcome, SimConfig, run
 from bench.sim.flow import SimFlow, config
 from bench.sim.workload import Session, Turn, reply_text, user_text
+from gateway.flow.confine import rendezvous
 from gateway.flow.cost import request_cost
 
 
@@ -55,3 +56,20 @@ def test_the_simulator_charges_a_turn_what_the_gateway_would() -> None:
     assert flow.cost(chat) == pytest.approx(  # re-sends 300 tokens for 300 new: plain
         request_cost({"messages": [{"role": "user", "content": user_text(chat, 1)}],
                       "max_tokens": 200}, 256))
+
+
+def test_the_simulator_confines_the_flood_as_the_gateway_would() -> None:
+    # Measured from 25 s: the neighbour, a new tenant, is judged single-use until its later
+    # turns have re-read enough of its history (about 20 s here).
+    cfg = dataclasses.replace(config(7, 1.5, 55.0, 25.0), backends=4)
+    flow = SimFlow(24 * 4, queue_timeout_s=5.0, headroom=0.75, single_use_backends=0.25)
+    out = run(cfg, "prefix-load", admission=flow)
+    home = rendezvous("flood", [f"gpu-{i}" for i in range(4)], 1)
+    # Sent while the neighbour still sends turns (the flood's backlog then gets every backend).
+    sent = [r for r in out.requests if r.arrival + r.queued_s < 50.0]
+    on = {tenant: sum(f"gpu-{r.backend}" in home for r in sent if r.tenant == tenant)
+          for tenant in ("main", "flood")}
+    total = {tenant: sum(r.tenant == tenant for r in sent) for tenant in on}
+    # Every flood turn goes to its one backend and the neighbour's to the other three.
+    assert on["flood"] >= 0.95 * total["flood"] > 0
+    assert on["main"] <= 0.05 * total["main"]

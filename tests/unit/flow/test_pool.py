@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.flow.confine import rendezvous
 from gateway.flow.pool import ClientGone, FlowShed, Pool
 from gateway.policy.flow import FlowControl
 from gateway.routing.base import EndpointLoad, Signals
@@ -144,3 +145,34 @@ def test_the_pool_charges_single_use_kv_at_the_policy_s_weight() -> None:
     body = {"messages": [{"role": "user", "content": "u" * 400}], "max_tokens": 100}
     assert pool().cost("flood", body) == 200.0  # default 1: the plain estimate
     assert pool(single_use_kv_weight=3).cost("flood", body) == 600.0
+
+
+def test_the_pool_confines_a_single_use_tenant_to_its_deployments_up() -> None:
+    async def run() -> None:
+        chat = {"messages": [{"role": "user", "content": "a" * 400},
+                             {"role": "assistant", "content": "b" * 1600},
+                             {"role": "user", "content": "c" * 400}], "max_tokens": 100}
+        single = {"messages": [{"role": "user", "content": "u" * 400}], "max_tokens": 100}
+        cooling: dict[str, float] = {}
+        p = Pool("llama")
+        p.configure(FlowControl(max_in_flight_per_deployment=2, single_use_backends=0.3),
+                    ["a", "b", "c"], lambda: Signals(loads={}), lambda d: cooling.get(d, 0.0))
+        await p.acquire("main", 0, 1.0, None, p.cost("main", chat))
+        await p.acquire("flood", 0, 1.0, None, p.cost("flood", single))
+        home = rendezvous("flood", ["a", "b", "c"], 1)
+        assert p.confine("flood") == home
+        assert p.confine("main") == frozenset({"a", "b", "c"}) - home  # kept off the flood's
+        cooling[next(iter(home))] = 5.0  # its deployment cools down: one of the others
+        up = sorted({"a", "b", "c"} - home)
+        assert p.confine("flood") == rendezvous("flood", up, 1)
+        cooling[up[0]] = 5.0  # one left up: nothing to choose
+        assert p.confine("flood") is None
+        p.release("main", 200.0)
+        assert p.confine("flood") is None  # nobody left whose cache it would churn
+        p.release("flood", 200.0)
+        assert p.confine("main") is None
+        off = pool()
+        off.cost("flood", single)
+        await off.acquire("main", 0, 1.0, None)
+        assert off.confine("flood") is None
+    asyncio.run(run())

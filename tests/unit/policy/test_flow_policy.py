@@ -42,3 +42,13 @@ def test_an_unknown_model_under_flow_control_is_reported_with_a_suggestion() -> 
     errors = _errors(flow_control={"models": ["lama"]})
     assert errors == [("flow_control.models[0]", errors[0][1])]
     assert "lama" in errors[0][1] and "llama" in errors[0][1]
+
+
+def test_single_use_backends_is_a_share_of_the_pool_and_off_by_default() -> None:
+    check = check_policy(yaml.safe_dump({**BASE, "flow_control": {}}), "p.yaml", {})
+    assert check.policy is not None and check.policy.flow_control is not None
+    assert check.policy.flow_control.single_use_backends is None
+    for bad in (0, 1, 2):
+        assert [p for p, _ in _errors(flow_control={"single_use_backends": bad})] == [
+            "flow_control.single_use_backends"], bad
+    assert _errors(flow_control={"single_use_backends": 0.25}) == []
