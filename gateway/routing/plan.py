@@ -95,23 +95,20 @@ class Router:
     def order(self, model: str, call: Call, signals: Signals,
               unhealthy: frozenset[str]) -> Sequence[Target]:
         cands = self.candidates(model, unhealthy)
-        if call.deployments is not None and model == call.model:
-            return self._confined(model, cands, call.deployments, call, signals)
-        if len(cands) <= 1:
-            return cands
-        return self._strategies[model].order(cands, signals, call)
+        only = call.deployments if model == call.model else None
+        if only is not None:
+            # Confined by flow control (gateway/flow/confine.py): ordered among those
+            # deployments, the others follow in policy order as fallbacks only. When all of
+            # them went down since flow control chose, the call is not confined.
+            inside = [t for t in cands if t.id in only]
+            if inside:
+                return [*self._ordered(model, inside, call, signals),
+                        *(t for t in cands if t.id not in only)]
+        return self._ordered(model, cands, call, signals)
 
-    def _confined(self, model: str, cands: Sequence[Target], only: frozenset[str], call: Call,
-                  signals: Signals) -> Sequence[Target]:
-        """A call flow control confines to `only` (gateway/flow/confine.py): those deployments
-        in strategy order, then the others in policy order, as fallbacks only."""
-        inside = [t for t in cands if t.id in only]
-        if not inside:  # all of them went down since flow control chose: no confinement
-            return cands if len(cands) <= 1 else self._strategies[model].order(
-                cands, signals, call)
-        first = inside if len(inside) == 1 else self._strategies[model].order(
-            inside, signals, call)
-        return [*first, *(t for t in cands if t.id not in only)]
+    def _ordered(self, model: str, cands: Sequence[Target], call: Call,
+                 signals: Signals) -> Sequence[Target]:
+        return cands if len(cands) <= 1 else self._strategies[model].order(cands, signals, call)
 
     def plan(self, call: Call, models: Sequence[str] | None = None, *,
              allowed: frozenset[str] | None = None, require: bool = True) -> RoutePlan:
