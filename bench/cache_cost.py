@@ -216,14 +216,15 @@ def _timed(port: int, path: str, body: bytes, n: int, headers: dict[str, str]) -
     return out
 
 
-def _gateway(tmp: Path, mock_port: int, cache: bool) -> tuple[int, subprocess.Popen[bytes]]:
+def _gateway(tmp: Path, mock_port: int, cache: bool,
+             guard: bool = False) -> tuple[int, subprocess.Popen[bytes]]:
     port = _free_port()
-    d = tmp / ("cached" if cache else "plain")
+    d = tmp / ("guarded" if guard else "cached" if cache else "plain")
     d.mkdir()
     (d / "policy.yaml").write_text(yaml.safe_dump({
         "ledger": {"url": f"sqlite:///{d}/ledger.db", "spill_path": str(d / "spill.jsonl")},
-        "observability": {"log_requests": False},
         **({"cache": {"ttl_s": 3600}} if cache else {}),
+        **({"guards": GUARD} if guard else {}),
         "providers": {"up": {"kind": "openai-compatible",
                              "base_url": f"http://127.0.0.1:{mock_port}/v1"}},
         "models": {"bench-model": {"deployments": [{"provider": "up", "model": "bench-model",
@@ -236,7 +237,7 @@ def _gateway(tmp: Path, mock_port: int, cache: bool) -> tuple[int, subprocess.Po
         stderr=subprocess.DEVNULL)
 
 
-def _end_to_end(n: int) -> dict[str, list[float]]:
+def _end_to_end(n: int, rounds: int) -> dict[str, list[list[float]]]:
     mock_port = _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     nginx = tmp / "nginx"
@@ -254,39 +255,50 @@ def _end_to_end(n: int) -> dict[str, list[float]]:
         procs.append(plain)
         cached_port, cached = _gateway(tmp, mock_port, cache=True)
         procs.append(cached)
+        guarded_port, guarded = _gateway(tmp, mock_port, cache=True, guard=True)
+        procs.append(guarded)
         _wait(bare_port, "/")
         _wait(plain_port, "/health")
         _wait(cached_port, "/health")
+        _wait(guarded_port, "/health")
         body = json.dumps({"model": "bench-model", "temperature": 0, "max_tokens": 16,
                            "messages": [{"role": "user", "content": PROMPT}]}).encode()
         path = "/v1/chat/completions"
         for port, h in ((mock_port, {}), (bare_port, {}), (plain_port, {}),
-                        (cached_port, {"Cache-Control": "no-cache"})):
+                        (cached_port, {"Cache-Control": "no-cache"}),
+                        (guarded_port, {"Cache-Control": "no-cache"})):
             _timed(port, path, body, 200, h)  # warm up every path
-        return {
-            "direct": _timed(mock_port, path, body, n, {}),
-            "bare pass-through": _timed(bare_port, path, body, n, {}),
-            "gateway, no cache": _timed(plain_port, path, body, n, {}),
-            "gateway miss (no-cache)": _timed(cached_port, path, body, n,
-                                              {"Cache-Control": "no-cache"}),
-            "gateway hit": _timed(cached_port, path, body, n, {}),
+        cases = {
+            "direct": (mock_port, {}),
+            "bare pass-through": (bare_port, {}),
+            "gateway, no cache": (plain_port, {}),
+            "gateway miss (no-cache)": (cached_port, {"Cache-Control": "no-cache"}),
+            "gateway hit": (cached_port, {}),
+            "guard + miss (no-cache)": (guarded_port, {"Cache-Control": "no-cache"}),
         }
+        # Rounds interleave the cases, so a drift of the host's speed falls on all of them.
+        out: dict[str, list[list[float]]] = {c: [] for c in cases}
+        for _ in range(rounds):
+            for case, (port, h) in cases.items():
+                out[case].append(_timed(port, path, body, max(1, n // rounds), h))
+        return out
     finally:
         for p in procs:  # only the processes started here
             p.terminate()
             p.wait(10)
 
 
-def _fmt(xs: list[float], scale: float) -> str:
+def _fmt(xs: list[float], scale: float, digits: int = 1) -> str:
     xs = sorted(xs)
-    return (f"p50 {statistics.median(xs) * scale:8.1f}   "
-            f"p99 {xs[int(len(xs) * 0.99)] * scale:8.1f}")
+    return (f"p50 {statistics.median(xs) * scale:8.{digits}f}   "
+            f"p99 {xs[int(len(xs) * 0.99)] * scale:8.{digits}f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20_000, help="in-process, per case")
     p.add_argument("--http-requests", type=int, default=2_000, help="end to end, per case")
+    p.add_argument("--rounds", type=int, default=5, help="end to end: interleaved rounds")
     p.add_argument("--instructions", action="store_true",
                    help="instructions per request under callgrind (in process) and stop")
     p.add_argument("--src", help="with --instructions: a directory holding another `gateway`")
@@ -307,9 +319,20 @@ def main() -> None:
         print(f"  {case:24} on path {_fmt(on_path, 1e6)}   total {_fmt(total, 1e6)}")
     if a.in_process_only:
         return
-    print("end to end at c=1, ms per request:")
-    for label, xs in _end_to_end(a.http_requests).items():
-        print(f"  {label:24} {_fmt(xs, 1e3)}")
+    print(f"end to end at c=1, ms per request ({a.rounds} interleaved rounds; then, paired "
+          "by round, the round's p50 over the bare pass-through's and minus the gateway's "
+          "without a cache, median and range):")
+    results = _end_to_end(a.http_requests, a.rounds)
+    bare = [statistics.median(r) for r in results["bare pass-through"]]
+    plain = [statistics.median(r) for r in results["gateway, no cache"]]
+    for label, rounds in results.items():
+        p50s = [statistics.median(r) for r in rounds]
+        ratios = sorted(p / b for p, b in zip(p50s, bare, strict=True))
+        added = sorted((p - q) * 1e6 for p, q in zip(p50s, plain, strict=True))
+        print(f"  {label:24} {_fmt([x for r in rounds for x in r], 1e3, 3)}   "
+              f"× bare {statistics.median(ratios):.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})   "
+              f"vs no cache {statistics.median(added):+6.1f} µs "
+              f"({added[0]:+.1f} to {added[-1]:+.1f})")
 
 
 if __name__ == "__main__":

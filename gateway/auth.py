@@ -1,10 +1,12 @@
 """Key → Principal, with no I/O on the request path.
 
 The Authenticator holds every usable key as `hash → Principal` in memory: policy keys, plus
-keys issued into the database. A background task asks the store for changes every
-`refresh_s` (≤ 1 s, one single-row read when nothing changed), so a key revoked or issued on
-any replica is seen everywhere within a second. With Redis configured, a revocation is also
-published on `<prefix>keys:changed` and every replica drops the key as the message arrives.
+keys issued into the database (a store key's Principal is made the first time the key is
+used, from its record: 100,000 keys at start-up cost one dict of records, not 100,000
+Principals). A background task asks the store for changes every `refresh_s` (≤ 1 s, one
+single-row read when nothing changed), so a key revoked or issued on any replica is seen
+everywhere within a second. With Redis configured, a revocation is also published on
+`<prefix>keys:changed` and every replica drops the key as the message arrives.
 
 Lookup is by the key's SHA-256, so time spent does not depend on where a wrong key differs
 from a right one; the stored hash is then compared with `hmac.compare_digest` as well.
@@ -64,8 +66,8 @@ def check_admin_key(presented: str | None, configured: str | None) -> None:
 
 
 class _Entry(NamedTuple):
-    """A tuple: made 100,000 times at start-up with 100,000 run-time keys, and a frozen
-    dataclass costs five times as much to make."""
+    """A tuple: one per policy key at every (re)load, one per store key on its first use;
+    a frozen dataclass costs five times as much to make."""
 
     hash: str
     principal: Principal
@@ -86,6 +88,11 @@ class Authenticator:
         self._refresh_s = refresh_s
         self._clock = clock
         self._records: dict[str, KeyRecord] = {}  # store keys by id, revoked ones included
+        # The index, by hash: every usable key's `_Entry`, or for a store key not used since
+        # the index was built its record, which the first use replaces (in place: the dict
+        # does not grow) with the `_Entry` made from it. Revoked keys apart, for the message.
+        self._entries: dict[str, _Entry | KeyRecord] = {}
+        self._revoked: dict[str, KeyRecord] = {}
         self._revision = 0
         self._loaded = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,14 +139,22 @@ class Authenticator:
         return _Entry(r.hash, self._principal(r.tenant, r.id, r.name), expires)
 
     def _rebuild(self) -> None:
-        entries = dict(self._policy_entries)
-        revoked: dict[str, KeyRecord] = {}
-        for r in self._records.values():
-            if r.revoked_at is not None:
-                revoked[r.hash] = r
-            elif r.tenant in self._tenants and r.hash not in entries:
-                entries[r.hash] = self._store_entry(r)
+        tenants = self._tenants
+        revoked = {r.hash: r for r in self._records.values() if r.revoked_at is not None}
+        entries: dict[str, _Entry | KeyRecord] = {
+            r.hash: r for r in self._records.values()
+            if r.revoked_at is None and r.tenant in tenants}
+        entries.update(self._policy_entries)  # a policy key wins over a store key's hash
         self._entries, self._revoked = entries, revoked
+
+    def _first_use(self, digest: str, found: _Entry | KeyRecord | None) -> _Entry | None:
+        """The entry for what `_entries` holds for `digest` when it is not an `_Entry`:
+        nothing (None), or a store key's record, whose entry is made now and kept in its
+        place. `authenticate` calls it on a miss or a store key's first use only."""
+        if found is None or isinstance(found, _Entry):
+            return found
+        entry = self._entries[digest] = self._store_entry(found)
+        return entry
 
     def _apply(self, records: Iterable[KeyRecord]) -> None:
         """Store changes: the whole index anew for a large batch (the first load), else only
@@ -147,8 +162,9 @@ class Authenticator:
         batch = list(records)
         if len(batch) > 64:
             with paused_cycle_collection():
+                by_id = self._records
                 for r in batch:
-                    self._records[r.id] = r
+                    by_id[r.id] = r
                 self._rebuild()
             return
         for r in batch:
@@ -159,7 +175,7 @@ class Authenticator:
                 self._entries.pop(r.hash, None)
                 self._revoked[r.hash] = r
             elif r.tenant in self._tenants:
-                self._entries[r.hash] = self._store_entry(r)
+                self._entries[r.hash] = r  # its entry is made on first use
                 self._revoked.pop(r.hash, None)
             else:
                 self._entries.pop(r.hash, None)
@@ -174,6 +190,8 @@ class Authenticator:
             raise AuthError(_MISSING)
         digest = hash_key(api_key)
         entry = self._entries.get(digest)
+        if type(entry) is not _Entry:  # None, or a store key's first use
+            entry = self._first_use(digest, entry)
         # Compare even on a miss, so a hit and a miss do the same work.
         if entry is None or not hmac.compare_digest(entry.hash, digest):
             hmac.compare_digest(digest, _DUMMY)
@@ -195,6 +213,8 @@ class Authenticator:
         the hash, never the key, and calls this on every request: a revoked key's session ends
         as soon as the key does. No I/O."""
         entry = None if self._open else self._entries.get(digest)
+        if type(entry) is not _Entry:
+            entry = self._first_use(digest, entry)
         if entry is None or not hmac.compare_digest(entry.hash, digest) or (
                 entry.expires_at is not None and self._clock() >= entry.expires_at):
             raise AuthError("The key this session signed in with is no longer valid (revoked "

@@ -212,7 +212,7 @@ class Proxy:
             if call.translate is not None and not native:
                 call.translate(call)
                 record.request_body = call.body  # what estimates of missing usage read
-            if stages is not None:
+            if stages is not None and stages.attempting:
                 await stages.attempt(target)  # may block or redact for this destination
             try:
                 result = await self._attempt(rt, call, target, record, span, native)

@@ -120,6 +120,15 @@ class StreamResponse:
             self.closer.running.discard(task)
             self._closed_anyway()
 
+    async def _client_bytes(self, data: bytes, codec_tr: Any) -> bytes:
+        """What the client gets of upstream bytes: through the stages' watcher, then the
+        ingress's codec (a native shape), either of them absent."""
+        if self.watch is not None and data:
+            data = await self.watch.feed(data)
+        if codec_tr is not None and data:
+            data = codec_tr.feed(data)
+        return data
+
     async def _pump(self, send: Send) -> None:
         o = self.o
         tr = o.translator
@@ -127,12 +136,9 @@ class StreamResponse:
         # What the client's bytes come from: it knows how to end them (sequence numbers).
         self._producer = codec_tr if codec_tr is not None else o.translator
 
-        def shaped(data: bytes) -> bytes:
-            return codec_tr.feed(data) if codec_tr is not None and data else data
-
-        async def watched(data: bytes) -> bytes:
-            return await self.watch.feed(data) if self.watch is not None and data else data
-
+        # Whether chunks go through `_client_bytes` at all: not on a plain OpenAI stream,
+        # where that would be a coroutine per chunk doing nothing.
+        reshaped = self.watch is not None or codec_tr is not None
         error: GatewayError | None = None
         last = b""
         held = b""
@@ -141,7 +147,7 @@ class StreamResponse:
         if measure and o.first.find(b'"length"') >= 0:  # find: see sse.has_any
             self.record.finish_length = True
         try:
-            first = shaped(await watched(o.first))
+            first = await self._client_bytes(o.first, codec_tr)
             if tr.done:
                 held = first  # the whole stream came in one read: it goes after the record
             elif first:
@@ -158,7 +164,8 @@ class StreamResponse:
                     if tr.done:
                         last = chunk  # held: the record is journaled before the end
                         break
-                    chunk = shaped(await watched(chunk))
+                    if reshaped:
+                        chunk = await self._client_bytes(chunk, codec_tr)
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
@@ -173,7 +180,8 @@ class StreamResponse:
             self.deps.metrics.upstream_error(o.target.id, "midstream")
             await self._fail(send, error, "failed_midstream")
             return
-        tail = held + shaped(await watched(last)) + shaped(await watched(tr.finish()))
+        tail = held + await self._client_bytes(last, codec_tr) + await self._client_bytes(
+            tr.finish(), codec_tr)
         if self.watch is not None:
             await self.watch.finish()
         if codec_tr is not None:

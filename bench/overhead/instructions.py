@@ -92,6 +92,9 @@ async def _load(ep: Endpoint, body: bytes, n: int, concurrency: int, stream: boo
                 data = await r.read()
                 if r.status != 200 or (stream and b"[DONE]" not in data):
                     raise RuntimeError(f"{url}: HTTP {r.status} {data[:300]!r}")
+                if ep.cache is not None and r.headers.get("x-gateway-cache") != ep.cache:
+                    raise RuntimeError(f"{url}: x-gateway-cache "
+                                       f"{r.headers.get('x-gateway-cache')!r}, not {ep.cache!r}")
                 done += 1
         await asyncio.gather(*(one() for _ in range(n)))
     return done

@@ -222,6 +222,20 @@ def post_once(port: int, path: str, body: bytes, headers: Mapping[str, str],
         conn.close()
 
 
+def reply_header(port: int, path: str, body: bytes, headers: Mapping[str, str],
+                 name: str) -> str | None:
+    """One request's reply header `name` (None when absent)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
+    try:
+        conn.request("POST", path, body=body,
+                     headers={"Content-Type": "application/json", **headers})
+        r = conn.getresponse()
+        r.read()
+        return r.getheader(name)
+    finally:
+        conn.close()
+
+
 def wait_answering(proc: Proc, port: int, path: str, body: bytes,
                    headers: Mapping[str, str], timeout: float) -> bytes:
     """Poll with a real request until it gets 200, the process dies, or the deadline passes."""

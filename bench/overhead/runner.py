@@ -14,7 +14,14 @@ from typing import Any
 
 from bench.overhead import mock_nginx, stream_client, wrk
 from bench.overhead.apis import CHAT, RESPONSES, padded
-from bench.overhead.procs import LOAD_CPU, Background, Proc, free_port, wait_answering
+from bench.overhead.procs import (
+    LOAD_CPU,
+    Background,
+    Proc,
+    free_port,
+    reply_header,
+    wait_answering,
+)
 from bench.overhead.targets import Endpoint, Env, Target, Upstreams
 
 # Scenario letters; an `r` in front runs the same scenario through the Responses API.
@@ -76,6 +83,11 @@ def _ready(t: Target, ep: Endpoint, stream: bool) -> None:
         else ep.api.json_body(ep.json_model, ep.store).encode()
     reply = wait_answering(ep.proc, ep.port, path, body, ep.headers, t.ready_timeout)
     (ep.api.check_stream if stream else ep.api.check_reply)(reply)
+    if ep.cache is not None:
+        got = reply_header(ep.port, path, body, ep.headers, "x-gateway-cache")
+        if got != ep.cache:
+            raise RuntimeError(f"{t.name}: x-gateway-cache {got!r}, not {ep.cache!r}: the load "
+                               "would measure another path than the target names")
 
 
 def _wrk(ep: Endpoint, env: Env, c: int, seconds: float) -> dict[str, Any]:

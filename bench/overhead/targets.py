@@ -52,6 +52,7 @@ class Endpoint:
     port: int = 0
     api: Api = CHAT
     store: bool | None = None  # Responses' `store`; None: not sent (the API stores)
+    cache: str | None = None  # the `x-gateway-cache` each reply must carry (STAGE_CACHE)
 
     def responses(self, json_model: str, stream_model: str, store: bool | None) -> Endpoint:
         """The same process reached through the Responses API."""
@@ -177,13 +178,19 @@ def gateway_policy(env: Env, port: int, *, tenants: bool, redis: bool, tmp: Path
 STAGE_SECTIONS: dict[str, dict] = {
     "guard": {"guards": {"order-ids": {"detector": {
         "kind": "regex", "patterns": [r"ORD-\d{6}-[A-Z]{2}\b"]}}}},
-    # The exact response cache (docs/stages.md): every request after the first is a hit.
-    "cache": {"cache": {"ttl_s": 3600}},
+    # The exact response cache (docs/stages.md): every request after the first is a hit. The
+    # benchmark's body sets no `temperature` or `seed`, and by default only such deterministic
+    # requests are cached: without `deterministic_only: false` every request was a bypass.
+    "cache": {"cache": {"ttl_s": 3600, "deterministic_only": False}},
 }
 STAGE_SECTIONS["guard+cache"] = {**STAGE_SECTIONS["guard"], **STAGE_SECTIONS["cache"]}
 # Request headers a stage target's load sends: `no-cache` makes every request the cache's miss
 # path (asked upstream, then stored) without changing the body.
 STAGE_HEADERS: dict[str, dict[str, str]] = {"guard+cache": {"Cache-Control": "no-cache"}}
+# The `x-gateway-cache` every reply of a stage target's load must carry: a target that stopped
+# hitting (or missing) would otherwise measure another path under its name.
+# (`no-cache` replies say `bypass`: asked afresh, and stored — the miss path's work.)
+STAGE_CACHE: dict[str, str] = {"cache": "hit", "guard+cache": "bypass"}
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,7 @@ class Gateway(Target):
         headers = {"Authorization": f"Bearer {BENCH_KEY}"} if self.tenants else {}
         headers.update(STAGE_HEADERS.get(self.stages, {}))
         return Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers,
-                        proc=proc, port=port)
+                        proc=proc, port=port, cache=STAGE_CACHE.get(self.stages))
 
     def variants(self, json_ep: Endpoint, stream_ep: Endpoint) -> list[Variant]:
         return [

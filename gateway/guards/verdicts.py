@@ -20,6 +20,8 @@ from typing import Any
 
 from gateway.accounting.records import RequestRecord
 
+# Bound once: a clock is made for every check of every request.
+_perf_counter, _time = time.perf_counter, time.time
 # A check that ran several times on one request (a stream's segments) reports the gravest.
 _GRAVITY = {"pass": 0, "fail_open": 1, "flag": 2, "redact": 2, "block": 3, "fail_closed": 3}
 
@@ -32,15 +34,18 @@ class VerdictClock:
     def __init__(self, record: RequestRecord, name: str, stage: str,
                  deployment: str | None = None) -> None:
         self._record = record
-        self._t0 = time.perf_counter()
-        at = (time.time() - record.ts.timestamp()) * 1000
-        self._entry: dict[str, Any] = {"name": name, "stage": stage, "verdict": "pass",
-                                       "ms": 0.0, "labels": [], "at_ms": int(at * 1000) / 1000}
+        self._t0 = _perf_counter()
+        at = (_time() - record.ts.timestamp()) * 1000
+        entry: dict[str, Any] = {"name": name, "stage": stage, "verdict": "pass", "ms": 0.0,
+                                 "labels": [], "at_ms": int(at * 1000) / 1000}
         if deployment is not None:
-            self._entry["deployment"] = deployment
-        if record.guards is None:
-            record.guards = []
-        record.guards.append(self._entry)
+            entry["deployment"] = deployment
+        self._entry = entry
+        guards = record.guards
+        if guards is None:
+            record.guards = [entry]
+        else:
+            guards.append(entry)
 
     @property
     def entry(self) -> dict[str, Any]:
@@ -52,7 +57,7 @@ class VerdictClock:
         e["verdict"] = verdict
         if labels:
             e["labels"] = sorted({*e["labels"], *labels})
-        e["ms"] = int((time.perf_counter() - self._t0) * 1_000_000) / 1000
+        e["ms"] = int((_perf_counter() - self._t0) * 1_000_000) / 1000
 
     def worse(self, verdict: str, labels: Iterable[str] = ()) -> None:
         """A further finding on the same check (a stream's next segment): the entry keeps

@@ -9,11 +9,10 @@ cached per label set, built once.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.accounting.records import RequestRecord
+from gateway.observability.children import Children
 from gateway.observability.histograms import HistogramFamily
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -34,16 +33,12 @@ class DeploymentMetrics:
             "gateway_deployment_time_to_first_token_seconds",
             "Time to first token of the attempt that served a stream, by deployment",
             ["model", "deployment"], _LATENCY, registry)
-        self._counts: dict[tuple[str, str, str], Any] = {}
+        self._attempts = Children(self.attempts)
 
     def observe(self, record: RequestRecord, model: str) -> None:
         """`model` is the record's model, or `_unknown` when the policy has no such model."""
         for a in record.attempts:
-            key = (model, a.deployment, a.outcome)
-            c = self._counts.get(key)
-            if c is None:
-                c = self._counts[key] = self.attempts.labels(*key)
-            c.inc()
+            self._attempts.inc(model, a.deployment, a.outcome)
             if a.outcome != "ok":
                 continue
             self.latency.labels(model, a.deployment).observe(a.duration_ms / 1000)

@@ -6,6 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.observability.children import Children
 from gateway.observability.labels import reason_code
 from gateway.observability.request_metrics import RequestMetrics
 
@@ -59,21 +60,25 @@ class Metrics:
                                     "Token counting requests by public model and who counted",
                                     ["model", "source"], registry=r)
         self._req_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-        # labels() takes a lock and builds a key each call; the children are cached instead.
-        self._token_children: dict[tuple[str, str, str], Counter] = {}
-        self._cost_children: dict[tuple[str, str], Counter] = {}
         # From settled records: GenAI conventions, per-deployment series, demand signals,
         # the tenant label cap (request_metrics.py).
         self.settled = RequestMetrics(r)
+        # Kept by the tenant as given: the cap runs once per child (children.py).
+        tenants = self.settled.tenants
+        self._tokens = Children(self.tokens, tenants, at=0)
+        self._cost = Children(self.cost, tenants, at=0)
+        self._token_counts = Children(self.token_counts)
         # Safety checks (gateway/guards), counted from each settled record's verdicts.
         self.guard_verdicts = Counter("gateway_guard_verdicts_total",
                                       "Guard verdicts by guard, verdict and tenant",
                                       ["guard", "verdict", "tenant"], registry=r)
+        self._guard_verdicts = Children(self.guard_verdicts, tenants, at=2)
         # Cost-aware spill decisions (gateway/routing/spill.py), from settled records.
         self.route_spills = Counter("gateway_route_spills_total",
                                     "Requests a model's spill rule sent external (spill) or kept "
                                     "self-hosted over its TTFT threshold (held)",
                                     ["model", "decision"], registry=r)
+        self._route_spills = Children(self.route_spills)
 
     def request_done(self, model: str, status: int, seconds: float, ttft: float | None) -> None:
         key = (model, status)
@@ -89,37 +94,28 @@ class Metrics:
             self.ttft.labels(model).observe(ttft)
 
     def add_tokens(self, tenant: str, model: str, bucket: str, n: int) -> None:
-        tenant = self.settled.tenants(tenant)  # capped first: the cache stays bounded too
-        key = (tenant, model, bucket)
-        child = self._token_children.get(key)
-        if child is None:
-            child = self._token_children[key] = self.tokens.labels(tenant, model, bucket)
-        child.inc(n)
+        # The tenant is capped (observability/labels.py), so the series stay bounded.
+        self._tokens.inc(tenant, model, bucket, amount=n)
 
     def add_cost(self, tenant: str, model: str, usd: float) -> None:
-        tenant = self.settled.tenants(tenant)
-        key = (tenant, model)
-        child = self._cost_children.get(key)
-        if child is None:
-            child = self._cost_children[key] = self.cost.labels(tenant, model)
-        child.inc(usd)
+        self._cost.inc(tenant, model, amount=usd)
 
     def token_count(self, model: str, source: str) -> None:
-        self.token_counts.labels(model, source).inc()
+        self._token_counts.inc(model, source)
 
     def guards_settled(self, record: Any) -> None:
         """A settlement listener: one count per guard verdict in the record (docs/guards.md)."""
         if not record.guards:
             return
-        tenant = self.settled.tenants(record.tenant)
+        tenant = record.tenant
         for v in record.guards:
-            self.guard_verdicts.labels(v["name"], v["verdict"], tenant).inc()
+            self._guard_verdicts.inc(v["name"], v["verdict"], tenant)
 
     def spills_settled(self, record: Any) -> None:
         """A settlement listener: one count per request a `spill:` rule decided."""
         reason = record.route_reason
         if reason:
-            self.route_spills.labels(record.model, reason.split(":", 1)[0]).inc()
+            self._route_spills.inc(record.model, reason.split(":", 1)[0])
 
     def upstream_error(self, deployment: str, reason: str) -> None:
         # A stable code (`http_503`, `timeout`, `connect`), never the message's free text.

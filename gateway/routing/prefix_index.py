@@ -371,9 +371,11 @@ class PrefixIndex:
         lru, owners, keep = ep.lru, self._owners, ~ep.bit
         popitem, get, pop = lru.popitem, owners.get, owners.pop
         tokens, capacity = ep.tokens, ep.capacity
-        left = len(lru) - 1  # the newest chunk stays, however large
-        while tokens > capacity and left > 0:
-            left -= 1
+        # At most all but the newest chunk go, however large it is (a range step is cheaper
+        # than counting down a local and testing it).
+        for _ in range(len(lru) - 1):
+            if tokens <= capacity:
+                break
             fp, n = popitem(False)  # the oldest
             tokens -= n
             held = get(fp, 0) & keep

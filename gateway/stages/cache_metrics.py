@@ -25,6 +25,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gateway.observability.children import Children
+
 
 class CacheMetrics:
     # The store the last policy's stage used, and where it is: this is the cache's one
@@ -33,7 +35,6 @@ class CacheMetrics:
     kept_store: tuple[tuple[Any, ...], Any] | None = None
 
     def __init__(self, registry: CollectorRegistry, tenants: Callable[[str], str]) -> None:
-        self._tenants = tenants
         self.lookups = Counter("gateway_cache_lookups_total",
                                "Response cache lookups by model, tenant, result and reason",
                                ["model", "tenant", "result", "reason"], registry=registry)
@@ -50,10 +51,10 @@ class CacheMetrics:
         self.saved = Counter("gateway_cache_saved_usd_total",
                              "What response cache hits saved, in USD", ["model", "tenant"],
                              registry=registry)
-        # labels() takes a lock and builds a tuple each call; children are kept instead, one
-        # map per series family.
-        self._children: dict[Counter, dict[tuple[str, ...], Any]] = {
-            m: {} for m in (self.lookups, self.stores, self.evictions, self.saved)}
+        # Kept by the tenant as given: the cap runs once per child (children.py).
+        self._lookups = Children(self.lookups, tenants, at=1)
+        self._stores = Children(self.stores, tenants, at=1)
+        self._evictions, self._saved = Children(self.evictions), Children(self.saved, tenants, 1)
         self._size: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.entries.set_function(lambda: self._size()[0])
         self.bytes.set_function(lambda: self._size()[1])
@@ -62,29 +63,20 @@ class CacheMetrics:
         """The store the gauges read (the newest policy's: a reload builds a new stage)."""
         self._size = size
 
-    def _child(self, metric: Counter, *labels: str) -> Any:
-        children = self._children[metric]
-        child = children.get(labels)
-        if child is None:
-            if len(children) > 50_000:  # bounded even if model names churn
-                return metric.labels(*labels)
-            child = children[labels] = metric.labels(*labels)
-        return child
-
     def lookup(self, model: str, tenant: str, result: str, reason: str) -> None:
-        self._child(self.lookups, model, self._tenants(tenant), result, reason).inc()
+        self._lookups.inc(model, tenant, result, reason)
 
     def store(self, model: str, tenant: str, result: str) -> None:
-        self._child(self.stores, model, self._tenants(tenant), result).inc()
+        self._stores.inc(model, tenant, result)
 
     def evicted(self, reason: str) -> None:
-        self._child(self.evictions, reason).inc()
+        self._evictions.inc(reason)
 
     def settled(self, record: Any) -> None:
         """A settlement listener: a hit's saving, as its record was priced."""
         saved = record.saved_usd
         if saved:
-            self._child(self.saved, record.model, self._tenants(record.tenant)).inc(float(saved))
+            self._saved.inc(record.model, record.tenant, amount=float(saved))
 
 
 class NullCacheMetrics(CacheMetrics):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.call import Call, Principal
+from gateway.stages import answer as answers
 from gateway.stages.base import (
     Answer,
     Blocked,
@@ -43,10 +44,13 @@ def begin(rt: Runtime, call: Call, principal: Principal,
           record: RequestRecord) -> RequestStages | None:
     """The stages that apply to this request, or None when none does (and none left a
     response header: a stage that stands aside may still say so, `x-gateway-cache: bypass`)."""
-    ctx = StageContext(call=call, principal=principal, record=record,
-                       route=rt.policy.models[call.model], policy=rt.policy,
-                       headers=call.headers)
-    runs = [(s.name, r) for s in rt.stages if (r := s.begin(ctx)) is not None]
+    policy = rt.policy
+    ctx = StageContext(call, principal, record, policy.models[call.model], policy, call.headers)
+    runs = []
+    for s in rt.stages:
+        run = s.begin(ctx)
+        if run is not None:
+            runs.append((s.name, run))
     return RequestStages(ctx, runs) if runs or ctx.response_headers else None
 
 
@@ -55,6 +59,12 @@ class RequestStages:
         self.ctx = ctx
         self.runs = runs
         self._mark: Callable[[], None] | None = None
+        # Whether any run checks attempts: the proxy skips `attempt` when none does.
+        self.attempting = False
+        for _name, run in runs:
+            if run.checks_attempts:
+                self.attempting = True
+                break
 
     @property
     def headers(self) -> dict[str, str]:
@@ -86,8 +96,8 @@ class RequestStages:
             except Blocked as e:
                 raise self._blocked(e) from None
             if answer is not None:
-                from gateway.stages.answer import reply_with  # only on a hit
-                return await reply_with(self, answer, closer, reservation, codec, t0, span)
+                return await answers.reply_with(self, answer, closer, reservation, codec, t0,
+                                                span)
         self.mark()
         return None
 
@@ -99,6 +109,8 @@ class RequestStages:
 
     async def attempt(self, target: Target) -> None:
         for _name, run in self.runs:
+            if not run.checks_attempts:
+                continue
             try:
                 await run.attempt(target)
             except Blocked as e:
@@ -115,6 +127,8 @@ class RequestStages:
     async def reply(self, body: bytes, target: Target, native: bool) -> bytes:
         info = self.info(target, native)
         for _name, run in self.runs:
+            if not run.checks_replies:
+                continue
             try:
                 body = await run.reply(body, info)
             except Blocked as e:
@@ -124,7 +138,8 @@ class RequestStages:
     def stream(self, target: Target, native: bool,
                translator: StreamTranslator) -> StreamWatch | None:
         info = self.info(target, native, translator)
-        watches = [w for _n, r in self.runs if (w := r.stream(info)) is not None]
+        watches = [w for _n, r in self.runs
+                   if r.checks_replies and (w := r.stream(info)) is not None]
         if not watches:
             return None
         if len(watches) == 1:

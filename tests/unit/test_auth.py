@@ -11,6 +11,7 @@ import pytest
 
 from gateway.auth import (
     Authenticator,
+    _Entry,
     admin_key_matches,
     api_key_from_headers,
     check_admin_key,
@@ -222,3 +223,61 @@ def test_a_revocation_message_drops_the_key_at_once() -> None:
     assert auth.authenticate("gw-key-2").key_id == "k2"
     auth._on_message(b"revoke:ci")  # a policy key is not revoked by a message
     assert auth.authenticate(KEY).key_id == "ci"
+
+
+def test_a_store_keys_entry_is_made_on_first_use_as_the_policy_makes_one() -> None:
+    # At a load, store keys wait as records; the first use makes the entry, the same entry
+    # the index would hold had it been made at once, and keeps it.
+    expires = datetime.now(UTC) + timedelta(days=1)
+    records = [_record(i) for i in range(100)]
+    records[3] = records[3]._replace(name="laptop", expires_at=expires)
+    auth = Authenticator(acme())
+    auth._apply(records)
+    assert all(auth._entries[r.hash] is r for r in records)
+    p = auth.authenticate("gw-key-3")
+    assert (p.tenant, p.key_id, p.key_name) == ("acme", "k3", "laptop")
+    assert p.allowed_models == frozenset({"gpt-4o", "llama-3-8b"})
+    entry = auth._entries[records[3].hash]
+    assert entry == _Entry(records[3].hash, p, expires.timestamp())
+    assert entry == auth._store_entry(records[3])
+    assert auth.authenticate("gw-key-3") is p  # made once
+    assert auth.authenticate_hash(hash_key("gw-key-4")).key_id == "k4"
+    with pytest.raises(AuthError, match="Incorrect API key"):
+        auth.authenticate("gw-key-100")
+    # Revoking a key used before and one never used, by the store's change or by a message.
+    auth._apply([_record(3, revoked=True)])
+    auth._on_message(b"revoke:k5")
+    auth._on_message(b"revoke:k4")
+    for i in (3, 4, 5):
+        with pytest.raises(AuthError, match="was revoked"):
+            auth.authenticate(f"gw-key-{i}")
+        with pytest.raises(AuthError, match="no longer valid"):
+            auth.authenticate_hash(hash_key(f"gw-key-{i}"))
+    # A reload makes the entries anew, with the new policy's models.
+    assert auth.authenticate("gw-key-6").allowed_models == frozenset({"gpt-4o", "llama-3-8b"})
+    auth.update_tenants(tenants(acme={"models": ["gpt-4o"]}))
+    assert auth._entries[records[6].hash] is records[6]
+    assert auth.authenticate("gw-key-6").allowed_models == frozenset({"gpt-4o"})
+    with pytest.raises(AuthError, match="was revoked"):
+        auth.authenticate("gw-key-3")
+
+
+@pytest.mark.asyncio
+async def test_store_records_read_back_equal_the_issued_ones(tmp_path: Path) -> None:
+    store = SqliteKeyStore(str(tmp_path / "keys.db"))
+    try:
+        issued = [await store.create("acme", "laptop",
+                                     expires=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)),
+                  await store.create("acme"), await store.create("beta")]
+        _, loaded = await store.changes_since(0)
+        assert loaded == [i.record for i in issued]
+        assert await store.list() == [i.record for i in issued]
+        assert loaded[0].tenant is loaded[1].tenant  # one string per tenant name
+        revoked = await store.revoke(issued[1].record.id)
+        assert revoked.revoked_at is not None and revoked.revision == 4
+        assert revoked == issued[1].record._replace(revoked_at=revoked.revoked_at, revision=4)
+        assert (await store.changes_since(3)) == (4, [revoked])
+        with pytest.raises(AttributeError):
+            revoked.tenant = "beta"  # type: ignore[misc]
+    finally:
+        await store.close()

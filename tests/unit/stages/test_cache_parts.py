@@ -192,3 +192,23 @@ def test_a_hot_chat_entry_is_decoded_once_and_afresh_once_rewritten() -> None:
     native = ReplyInfo(info.target, "anthropic", "chat", info.usage)
     raw_native = encode(b'{"type":"message","content":[]}', info.usage, native)
     assert stage.answer("n", raw_native) is not stage.answer("n", raw_native)
+
+
+def test_reply_bytes_are_checked_as_the_decoded_reply_would_be() -> None:
+    """`_store_bytes` reads only what the check needs; its outcome is the dict check's."""
+    def outcome(body: bytes, keep: bool = True) -> str | None:
+        run = _run_with()
+        run.keep_reply = keep
+        seen: list[str] = []
+        run._store = lambda result, *_: seen.append(result)  # type: ignore[method-assign]
+        run._store_bytes(body, SimpleNamespace(wire="openai", usage=None))  # type: ignore[arg-type]
+        return seen[0] if seen else None
+
+    for obj in (_completion(), _completion("length"), _completion("tool_calls"),
+                _completion(tool_calls=[{"id": "c"}]), {"choices": []}, {"choices": None},
+                {"choices": [1]}, {"choices": [{"message": "text", "finish_reason": "stop"}]},
+                {"choices": [{"message": {}, "logprobs": {"content": []},
+                              "finish_reason": "stop"}]}, {}):
+        assert outcome(json.dumps(obj).encode()) == _run_with()._storable(obj, "openai"), obj
+    assert outcome(b"not json") is None and outcome(b"[1]") is None  # nothing, not counted
+    assert outcome(json.dumps(_completion()).encode(), keep=False) == "store_false"
