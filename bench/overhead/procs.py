@@ -210,30 +210,28 @@ class Procs:
         self.running.clear()
 
 
-def post_once(port: int, path: str, body: bytes, headers: Mapping[str, str],
-              timeout: float = 5.0) -> tuple[int, bytes]:
+def _post(port: int, path: str, body: bytes, headers: Mapping[str, str],
+          timeout: float) -> tuple[int, bytes, http.client.HTTPMessage]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", path, body=body,
                      headers={"Content-Type": "application/json", **headers})
         r = conn.getresponse()
-        return r.status, r.read()
+        return r.status, r.read(), r.headers
     finally:
         conn.close()
+
+
+def post_once(port: int, path: str, body: bytes, headers: Mapping[str, str],
+              timeout: float = 5.0) -> tuple[int, bytes]:
+    status, reply, _ = _post(port, path, body, headers, timeout)
+    return status, reply
 
 
 def reply_header(port: int, path: str, body: bytes, headers: Mapping[str, str],
                  name: str) -> str | None:
     """One request's reply header `name` (None when absent)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
-    try:
-        conn.request("POST", path, body=body,
-                     headers={"Content-Type": "application/json", **headers})
-        r = conn.getresponse()
-        r.read()
-        return r.getheader(name)
-    finally:
-        conn.close()
+    return _post(port, path, body, headers, 5.0)[2].get(name)
 
 
 def wait_answering(proc: Proc, port: int, path: str, body: bytes,

@@ -68,6 +68,7 @@ class Metrics:
         self._tokens = Children(self.tokens, tenants, at=0)
         self._cost = Children(self.cost, tenants, at=0)
         self._token_counts = Children(self.token_counts)
+        self._ttft = Children(self.ttft)  # every streamed request's
         # Safety checks (gateway/guards), counted from each settled record's verdicts.
         self.guard_verdicts = Counter("gateway_guard_verdicts_total",
                                       "Guard verdicts by guard, verdict and tenant",
@@ -91,7 +92,7 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
+            self._ttft(model).observe(ttft)
 
     def add_tokens(self, tenant: str, model: str, bucket: str, n: int) -> None:
         # The tenant is capped (observability/labels.py), so the series stay bounded.
