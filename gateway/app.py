@@ -157,6 +157,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
     history = PolicyHistory.start(policy, policy_path)  # the console's policy page
     watcher = PolicyWatcher(policy_path, reload, metrics, history=history) \
         if policy_path else None
+    console_routes, close_console = console.mount(proxy, auth, settler, history, gpu_lifetimes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -201,6 +202,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
             deps.tracing.shutdown()  # after drain: settle tasks end their spans first
             metrics.settled.shutdown()  # the last OTLP metric export, if on
             await auth.close()
+            await close_console()
             if limiter is not None:
                 await limiter.close()
             for _, client in state.pools.values():
@@ -216,7 +218,7 @@ def build_app(policy: Policy, *, policy_path: str | None = None) -> Starlette:
         *health_api.routes(proxy),
         *admin_api.routes(proxy, auth, settler),
         *admin_status_api.routes(proxy, history),
-        console.mount(proxy, auth, settler, history, gpu_lifetimes),
+        console_routes,
         *rollouts_api.routes(proxy, rollouts),
         *alerts_api.routes(alerts, lambda: state.current().policy.server.admin_key),
         *openapi_api.routes(),

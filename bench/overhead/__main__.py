@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
         if any(n.startswith("gateway-redis") for n in names):
             log(f"redis: removed {redis_cleanup(prefix)} keys under {prefix!r}")
-        if any(TARGETS[n].postgres for n in names if isinstance(TARGETS[n], Gateway)):
+        if any(t.postgres for n in names if isinstance(t := TARGETS[n], Gateway)):
             log(f"postgres: {pg_cleanup(pg_schema(prefix))}")
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -34,6 +34,10 @@ class Revocations(Protocol):
 
     async def is_revoked(self, sid: str) -> bool: ...
 
+    async def close(self) -> None:
+        """Let go of what the store holds open (the Redis connection pool)."""
+        ...
+
 
 class MemoryRevocations:
     def __init__(self) -> None:
@@ -48,6 +52,9 @@ class MemoryRevocations:
 
     async def is_revoked(self, sid: str) -> bool:
         return sid in self._until
+
+    async def close(self) -> None:
+        pass
 
 
 class RedisRevocations:
@@ -82,6 +89,9 @@ class RedisRevocations:
             raise ServiceUnavailable("The console cannot check sessions right now (the shared "
                                      "state store is unreachable). Retry shortly.",
                                      headers={"retry-after": "2"}) from None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
 
 
 def open_revocations(redis_url: str | None, key_prefix: str) -> Revocations:

@@ -107,6 +107,12 @@ class ConsoleWeb:
             self._revocations = open_revocations(state.redis_url, state.key_prefix)
         return self._revocations
 
+    async def close(self) -> None:
+        """At shutdown: the revocations store's connections, if it was ever opened."""
+        if self._revocations is not None:
+            await self._revocations.close()
+            self._revocations = None
+
     def signer(self, admin_key: str) -> SessionSigner:
         s = self._signers.get(admin_key)
         if s is None:

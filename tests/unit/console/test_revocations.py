@@ -61,3 +61,30 @@ def test_a_cookie_from_another_boot_is_refused_in_memory_mode() -> None:
     # With Redis (no epoch) every replica and restart verifies it.
     shared = SessionSigner(ADMIN).issue("admin", hash_key(ADMIN), None, 60)
     assert SessionSigner(ADMIN).verify(shared).kind == "admin"
+
+
+@pytest.mark.asyncio
+async def test_closing_the_console_lets_go_of_its_redis_connection() -> None:
+    import redis.asyncio as aioredis
+
+    from gateway.console.web import ConsoleWeb
+
+    class _State:
+        redis_url, key_prefix = REDIS_URL, f"gwtest:{uuid.uuid4().hex[:8]}:"
+
+    class _Policy:
+        state = _State()
+
+    web = ConsoleWeb(lambda: _Policy(), None, None)  # type: ignore[arg-type]
+    store = web.revocations()
+    assert isinstance(store, RedisRevocations)
+    assert not await store.is_revoked("s1")
+    conn_id = await store._redis.client_id()  # the pool reuses the connection just used
+    other = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert await other.execute_command("CLIENT", "LIST", "ID", conn_id)
+        await web.close()
+        assert web._revocations is None
+        assert not await other.execute_command("CLIENT", "LIST", "ID", conn_id)
+    finally:
+        await other.aclose()
