@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,30 @@ def _body(ep: Endpoint, env: Env, stream: bool) -> bytes:
     return padded(ep.api.json_body(ep.json_model, ep.store), env.body_kb).encode()
 
 
+def _quiet(pid: int, busy: float = 0.25, limit_s: float = 600.0) -> None:
+    """Wait until the process uses under `busy` of a core (all threads) over a second.
+
+    A gateway with `estimate_missing_usage` builds its tokenizer in a thread after start-up
+    (about a billion instructions): counted while it runs, it lengthens the row's seconds and
+    takes the GIL from the loop, and the per-request counts then depend on which target was
+    started first."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    deadline = time.monotonic() + limit_s
+    before = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cpu()
+        if now - before < busy:
+            return
+        before = now
+    log(f"pid {pid} still busy after {limit_s:.0f} s; counting anyway")
+
+
 def _counted(env: Env, pid: int, keep: Path, action: Any) -> tuple[int, int, float]:
     """(instructions, event-loop thread's, seconds counted) while `action()` runs."""
     _control("-z", str(pid))
@@ -141,6 +166,7 @@ def measure(t: Target, env: Env, n: int, stream: bool, responses: bool = False,
                 continue  # direct: no process of ours to count
             body = _body(ep, env, stream)
             asyncio.run(_load(ep, body, max(20, n // 10), 8, stream))  # warm: pools, caches
+            _quiet(ep.proc.pid)
             served = 0
 
             def load(ep: Endpoint = ep, body: bytes = body) -> None:

@@ -219,7 +219,7 @@ class RedisLimiter:
             keys += self._budget_keys(rule, pid)
             args += (rule.limit_nano, cost_nano, int(rule.block), _TTL_S[rule.period])
         # Settlements queued since the last round trip ride in this one, ahead of it.
-        call = asyncio.ensure_future(self.settlements.run_with(self._admit, keys, args))
+        call = self.settlements.submit(self._admit, keys, args)
         try:
             out = await asyncio.shield(call)
         except asyncio.CancelledError:

@@ -9,11 +9,15 @@ its admission's round trip plus a share of one pipeline.
 
 `SettleBatcher.call` queues one script call and waits for its reply, so a caller that awaits
 it sees Redis settled, as with a plain EVALSHA. Queued calls leave by whichever comes first:
-- the next admission (`run_with`): they ride in its round trip, ahead of it, so they are
+- the next admission (`submit`): they ride in its round trip, ahead of it, so they are
   applied before it is checked. Under steady traffic this is how settlements travel, and a
-  request costs exactly one round trip: its admission's;
+  request costs at most one round trip: its admission's;
 - the timer: the first call of a batch starts a task that sleeps `window_s`, then sends what
   is still queued as one pipeline (quiet periods, the last requests before a pause).
+Admissions made in the same turn of the event loop (requests whose bytes arrived together,
+which under load is most of them) share one pipeline too: an admission leaves at the end of the
+turn it was made in, so it never waits for another, and alone it is one plain EVALSHA. A
+redis-py round trip costs ~45 µs of the loop's CPU alone and ~17 µs per call in a pipeline of 8.
 Pipelines are non-transactional: each script stays atomic on its own, and they need not be
 atomic together. A settlement reaches Redis at most `window_s` plus one round trip after the
 request ended — the documented cost (docs/tenants.md): a concurrency slot and a budget hold are
@@ -51,7 +55,7 @@ _Call = tuple[Script, Sequence[str], Sequence[str | int], "asyncio.Future[Any]"]
 
 class SettleBatcher:
     """Queues one Lua script's calls (settle.lua) and sends them pipelined: with the next
-    `run_with` call (an admission), or by the timer."""
+    `submit` call (an admission), or by the timer."""
 
     def __init__(self, client: aioredis.Redis, script: Script, *,
                  window_s: float = DEFAULT_WINDOW_S,
@@ -61,6 +65,8 @@ class SettleBatcher:
         self.window_s = window_s
         self._max = max_batch
         self._queue: list[_Call] = []
+        self._turn: list[_Call] = []  # the calls submitted in this turn of the event loop
+        self._sending: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         # What the timer task waits on: set by the window's timer, or at once by close().
         self._wake: asyncio.Future[None] | None = None
@@ -83,17 +89,28 @@ class SettleBatcher:
         # what a settlement must do (the request ended; its slot must still be freed).
         return await asyncio.shield(fut)
 
-    async def run_with(self, script: Script, keys: Sequence[str],
-                       args: Sequence[str | int]) -> Any:
-        """`script`'s reply for these keys and args, run in one round trip together with (and
-        after) the calls queued now. Raises what the call raised."""
-        if not self._queue:
-            return await script(keys, args)
-        batch, self._queue = self._queue[:self._max], self._queue[self._max:]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        batch.append((script, keys, args, fut))
-        await self._send(batch)
-        return fut.result()
+    def submit(self, script: Script, keys: Sequence[str],
+               args: Sequence[str | int]) -> asyncio.Future[Any]:
+        """The future of `script`'s reply for these keys and args, sent at the end of this turn
+        of the event loop in one round trip with (and after) the calls queued by then and the
+        other calls submitted in the turn. It runs whether or not anyone awaits the future."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._turn.append((script, keys, args, fut))
+        if len(self._turn) == 1:
+            loop.call_soon(self._end_turn)
+        return fut
+
+    def _end_turn(self) -> None:
+        turn, self._turn = self._turn, []
+        room = max(self._max - len(turn), 0)
+        batch, self._queue = [*self._queue[:room], *turn], self._queue[room:]
+        for i in range(0, len(batch), self._max):
+            part = batch[i:i + self._max]
+            task = asyncio.ensure_future(self._alone(part[0]) if len(part) == 1
+                                         else self._send(part))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def close(self) -> None:
         """Send what is queued now, without waiting out the window, and wait for it."""
@@ -102,6 +119,8 @@ class SettleBatcher:
             _wake_up(self._wake)
         if self._task is not None:
             await asyncio.shield(self._task)
+        if self._sending:
+            await asyncio.shield(asyncio.gather(*self._sending, return_exceptions=True))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,6 +138,21 @@ class SettleBatcher:
                     await self._send(batch[i:i + self._max])
         finally:
             self._task = self._wake = None
+
+    async def _alone(self, call: _Call) -> None:
+        """An admission with nothing to carry: one EVALSHA, without a pipeline's own cost."""
+        script, keys, args, fut = call
+        try:
+            reply = await script(keys, args)
+        except Exception as e:
+            if not fut.done():
+                fut.set_exception(e)
+            return
+        except BaseException:
+            fut.cancel()
+            raise
+        if not fut.done():
+            fut.set_result(reply)
 
     async def _send(self, batch: list[_Call]) -> None:
         try:

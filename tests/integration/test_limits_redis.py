@@ -378,6 +378,36 @@ async def test_settlements_ride_in_the_next_admission(redis_limiter: Make) -> No
     assert await try_admit(lim) is not None
 
 
+async def test_admissions_of_one_turn_share_a_round_trip(redis_limiter: Make,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import redis.asyncio.connection as rconn
+
+    writes = []
+    send = rconn.AbstractConnection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        writes.append(command)
+        await send(self, command, check_health)
+
+    # A window no test outlives: the settlements can only leave with the admissions.
+    lim = redis_limiter({"limits": {"concurrency": 2}}, settle_window_s=3600)
+    held = [await lim.admit(BOT, "gpt", est()) for _ in range(2)]
+    assert lim.settlements.round_trips == 0  # alone, an admission is a plain EVALSHA
+    settling = [asyncio.create_task(lim.settle(r, 1, Decimal(0))) for r in held]
+    await asyncio.sleep(0)
+    assert lim.settlements.pending == 2
+    # Three admissions made in the same turn: one pipeline, the two settlements ahead of
+    # them, so two slots are free and the third admission is refused, as one by one.
+    monkeypatch.setattr(rconn.AbstractConnection, "send_packed_command", counting)
+    got = await asyncio.gather(*(try_admit(lim) for _ in range(3)))
+    monkeypatch.undo()
+    assert len(writes) == 1  # one write to Redis for all five scripts
+    assert lim.settlements.round_trips == 1 and lim.settlements.pending == 0
+    assert sum(r is not None for r in got) == 2
+    await asyncio.gather(*settling)
+
+
 async def test_settlements_leave_by_the_timer_when_no_admission_comes(redis_limiter: Make
                                                                      ) -> None:
     lim = redis_limiter({"limits": {"concurrency": 3}})
