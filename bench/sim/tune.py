@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     for (fam, params), ttft in pooled.items():
         ttft.sort()
         label = " ".join(f"{k}={v:g}" for k, v in params) or "defaults"
-        print(f"{fam:<12} {label:<40} p50 {1000 * _pct(ttft, 50):6.0f} ms  "
-              f"p99 {1000 * _pct(ttft, 99):6.0f} ms")
+        print(f"{fam:<12} {label:<40} p50 {1000 * _pct(ttft, 50):6.1f} ms  "
+              f"p99 {1000 * _pct(ttft, 99):6.1f} ms")
     return 0
 
 

@@ -21,8 +21,10 @@ class FlowControl(BaseModel):
     requests queue. Set it at the concurrency where a backend still meets its latency target,
     below its batch size (vLLM `max_num_seqs`): in the simulator half the batch with
     `headroom: 0.75` and `single_use_backends: 0.125` held a neighbour's TTFT p99 under a
-    flood, at equal weights, to 1.21x its own alone (1.46x with `single_use_kv_weight: 3`
-    instead, 2.27x with neither; docs/routing.md, "The flood experiment", with its limits).
+    flood, at equal weights, to 1.06x its own alone on the held-out seeds (1.31x with
+    `single_use_kv_weight: 3` instead, 2.13x with neither; 1.21x before `prefix-load`'s hot
+    prefixes, which also slowed that neighbour alone; docs/routing.md, "The flood
+    experiment", with its limits).
     Example: `max_in_flight_per_deployment: 24`."""
     max_waiting: int | None = Field(None, ge=0, le=100_000)
     """A deployment whose scraped `vllm:num_requests_waiting` is at least this counts as
@@ -69,7 +71,7 @@ class FlowControl(BaseModel):
     pays the plain cost; a flood of single turns, whose new tokens only push other tenants'
     cached conversations out of the backends' prefix caches, pays this many times it, as if
     its weight were divided by it. 1: every token costs the same. In the simulator 3 took a
-    chat neighbour's TTFT p99 under a flood at equal weights from 2.27x its own to 1.46x
+    chat neighbour's TTFT p99 under a flood at equal weights from 2.13x its own to 1.31x
     (1.24x to 1.02x with the earlier fixed-weight `prefix-load`; `single_use_backends` did
     more; docs/routing.md, "The flood experiment", which also says what is left).
     Example: `single_use_kv_weight: 3`."""
@@ -86,9 +88,10 @@ class FlowControl(BaseModel):
     new chat tenant counts as single-use for its first turns, until it has re-read some of its
     history. The price: the single-use tenant gets about what its backends serve, and the
     others lose them. Unset: nobody is confined. In the simulator `0.125` (one of 8 backends)
-    with `single_use_kv_weight: 1` held a chat neighbour's TTFT p99 under a flood to 1.21x its
-    own alone on the held-out seeds (1.46x with `single_use_kv_weight: 3` alone), the flood
-    served at 8.3 req/s; `0.25` did worse (docs/routing.md, "The flood experiment").
+    with `single_use_kv_weight: 1` held a chat neighbour's TTFT p99 under a flood to 1.06x its
+    own alone on the held-out seeds (1.31x with `single_use_kv_weight: 3` alone; 1.21x before
+    `prefix-load`'s hot prefixes), the flood served at 8.3 req/s; `0.25` did worse
+    (docs/routing.md, "The flood experiment").
     Example: `single_use_backends: 0.125`."""
     recheck_s: float = Field(0.25, gt=0, le=60)
     """While requests wait on a pool held by its scraped saturation, how often the gateway

@@ -18,6 +18,9 @@ Each candidate is scored in prompt tokens, lower first:
   held between plan and attempt) would all see the same idle deployment and herd onto it.
   `SignalCollector` rebuilds its snapshot after every `begin`/`end`, so a new snapshot object
   already counts the earlier picks that started, and the own count starts again from zero.
+- A **hot** prefix (`gateway.routing.prefix_heat`: so large a share of recent prompts start
+  with it that every candidate would keep a copy warm) counts as cached on every candidate,
+  so load decides: held by the few the index knows, a shared system prompt queued there.
 - A **session** (`Call.session`, chosen per model by `session_key`) counts as cached where
   its last request went, as far as that request's prompt: for a conversation whose history
   the prompt does not repeat (a Responses API backend keeping it by `previous_response_id`).
@@ -48,6 +51,7 @@ from operator import add, itemgetter
 from gateway.call import Call
 from gateway.providers.base import Target
 from gateway.routing.base import EndpointLoad, Signals
+from gateway.routing.prefix_heat import HOT_REFRESHES, PrefixHeat
 from gateway.routing.prefix_index import PrefixIndex, fingerprint_parts
 from gateway.routing.strategies.pool import routable
 
@@ -214,7 +218,8 @@ class PrefixLoad:
     def __init__(self, seed: int | None = None, *, queue_tokens: float = QUEUE_TOKENS,
                  tie_tokens: float = TIE_TOKENS, kv_knee: float = KV_KNEE,
                  kv_tokens: float = KV_TOKENS, cache_tokens: int = CACHE_TOKENS,
-                 queue_share: float = QUEUE_SHARE) -> None:
+                 queue_share: float = QUEUE_SHARE,
+                 hot_refreshes: float = HOT_REFRESHES) -> None:
         self._rng = random.Random(seed)
         # Floats, so every score is one and sorting them takes CPython's float fast path.
         self._queue = float(queue_tokens)
@@ -225,6 +230,8 @@ class PrefixLoad:
         self._tie = float(tie_tokens)  # scaled with the queue weight: the same share of a request
         self._kv_knee = kv_knee
         self._kv = kv_tokens
+        self._cache_tokens = cache_tokens
+        self._heat = PrefixHeat(hot_refreshes)  # prefixes worth holding everywhere
         # Used when the signals carry no index (`Signals.prefixes`: the process-wide one,
         # shared with other replicas when `state.redis_url` is set).
         self._index = PrefixIndex(cache_tokens)
@@ -292,6 +299,11 @@ class PrefixLoad:
                     at = pool.places(mask)
                 for i in at:
                     scores[i] -= cached  # a float minus an int stays a float
+            if best and self._heat.hot(fps[0], best, self._prefill, loads.caps,
+                                       self._cache_tokens):
+                # Hot (`prefix_heat`): every candidate counts as holding it, so load decides
+                # and a deployment that lacks it pays one miss and holds it from then on.
+                scores = [b - best for b in base]
         session = call.session
         if session:
             last = self._sessions.get(session)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.routing.base import NO_SIGNALS, EndpointLoad, Signals
+from gateway.routing.prefix_heat import HEAT_WINDOW, HOT_REFRESHES, PrefixHeat
 from gateway.routing.prefix_index import PrefixIndex, fingerprints
 from gateway.routing.registry import make_strategy
 from gateway.routing.signals import engine_metrics
@@ -66,11 +67,12 @@ def _after(strategy: PrefixLoad, questions: int, new_docs: bool) -> str:
 def test_a_request_ahead_weighs_what_recent_prompts_had_to_prefill() -> None:
     """Questions about a cached document prefill a few tokens each: one request ahead then
     delays the next one by little, and the document stays where it is cached against a queue
-    that a weight of QUEUE_TOKENS a request would move it away from."""
+    that a weight of QUEUE_TOKENS a request would move it away from. (Hot prefixes off: one
+    document asked 61 times in a row is hot, see the tests of `prefix_heat` below.)"""
     prefix_tokens = sum(fingerprints(chat(_doc(1), "q").body)[1])
     ahead = prefix_tokens // QUEUE_TOKENS + 2
     for share, stays in ((QUEUE_SHARE, True), (0.0, False)):
-        s = PrefixLoad(seed=1, queue_share=share)
+        s = PrefixLoad(seed=1, queue_share=share, hot_refreshes=0)
         home = _after(s, 60, new_docs=False)
         loads = fresh(**{home: EndpointLoad(in_flight=ahead)})
         assert (s.order(CANDS, loads, chat(_doc(1), "next"))[0].id == home) is stays
@@ -217,3 +219,53 @@ def test_a_reply_never_routed_counts_as_cached_where_its_conversation_was() -> N
     # Without the reply rule the match would stop before the reply.
     assert s._index.matched(fps, tokens, {t.id for t in CANDS})[home] == sum(tokens[:-1]) - \
         reply_tokens
+
+
+def test_a_prefix_most_prompts_start_with_is_spread_by_load() -> None:
+    """A system prompt shared by every request, cached where the first went: held there
+    alone, it would keep every request there while the pool is idle; hot (`prefix_heat`),
+    it counts as held everywhere and the requests spread."""
+    system = "You are the support agent of ACME routers. " * 100  # ~1.1k tokens
+    for refreshes, spread in ((HOT_REFRESHES, True), (0.0, False)):
+        s = PrefixLoad(seed=4, hot_refreshes=refreshes)
+        picks = Counter(s.order(CANDS, fresh(), chat(system, f"question {i}"))[0].id
+                        for i in range(64))
+        assert (len(picks) == len(CANDS)) is spread
+        if not spread:
+            assert len(picks) == 1
+
+
+def test_a_document_among_many_is_not_hot_and_goes_back_where_it_was_sent() -> None:
+    s = PrefixLoad(seed=6)
+    homes = {d: s.order(CANDS, fresh(), chat(_doc(d), "first"))[0].id for d in range(300)}
+    assert all(s.order(CANDS, fresh(), chat(_doc(d), "again"))[0].id == homes[d]
+               for d in range(0, 300, 7))
+
+
+def test_heat_counts_shares_of_recent_decisions() -> None:
+    heat = PrefixHeat(refreshes=64)
+    # One prefix in every decision, prefills of 100 tokens, caches of 131k: each backend
+    # would see it 1,300 times per turn-over; but shares are of a window at least, so the
+    # first few decisions alone do not make it hot.
+    seen = [heat.hot(1, 1000, 100.0, [131_072], 131_072) for _ in range(100)]
+    assert not seen[0] and all(seen[60:])
+    # 1 decision in 150 (a RAG corpus): about 9 times per turn-over, not hot.
+    rare = PrefixHeat(refreshes=64)
+    assert not any(rare.hot(d % 150, 6000, 100.0, [None], 131_072) for d in range(5000))
+    # Longer than 64 mean prefills (6,400 tokens here): not hot however popular, since a
+    # few such prefixes could not all be held everywhere.
+    long = PrefixHeat(refreshes=64)
+    assert not any(long.hot(1, 6401, 100.0, [131_072], 131_072) for _ in range(2000))
+    assert PrefixHeat(refreshes=64).hot(1, 6400, 100.0, [131_072], 131_072) is False  # 1st
+    fits = PrefixHeat(refreshes=64)
+    assert [fits.hot(1, 6400, 100.0, [131_072], 131_072) for _ in range(2000)][-1]
+    # Nothing is hot before a prefill is learnt, or with the rule off.
+    assert not PrefixHeat(refreshes=64).hot(1, 1000, None, [None], 131_072)
+    assert not PrefixHeat(refreshes=0).hot(1, 1000, 100.0, [None], 131_072)
+
+
+def test_heat_forgets_prefixes_seen_once() -> None:
+    heat = PrefixHeat()
+    for i in range(10 * HEAT_WINDOW):
+        heat.hot(i, 500, 100.0, [None], 131_072)  # every prompt a new conversation's head
+    assert len(heat._counts) <= HEAT_WINDOW

@@ -21,6 +21,7 @@ from gateway.call import Call
 from gateway.policy.models import Deployment
 from gateway.providers.base import Target
 from gateway.routing.base import EndpointLoad, Signals
+from gateway.routing.prefix_heat import HOT_REFRESHES
 from gateway.routing.signals import EngineMetrics, SignalCollector
 from gateway.routing.strategies.prefix_load import QUEUE_SHARE, PrefixLoad
 
@@ -29,7 +30,12 @@ from gateway.routing.strategies.prefix_load import QUEUE_SHARE, PrefixLoad
 DIGEST_FIXED = "5f880f44b96d770115041760f29350f5b8d7c9d00ab6d5c984ebc8db498df6e4"
 # The same with the weight learnt from recent prefills (QUEUE_SHARE, issue 14 part B): meant
 # to change decisions; docs/routing.md's simulator tables were re-run with it.
+# Both with hot prefixes off (`hot_refreshes=0`), as before they were spread (issue 14).
 DIGEST = "35cc37c7bb53c8646bc86844b8d6edd7996397fb236ce11fe79c1cd0bd27c0e9"
+# The defaults: a prefix most recent prompts start with counts as held by every candidate
+# (`gateway.routing.prefix_heat`): meant to change decisions; docs/routing.md's simulator
+# tables were re-run with it.
+DIGEST_HOT = "3b51b5e55e913d4fd57fe27ba36e9ff33a6cad46352929fe25b269cda2ae03a1"
 
 _WORDS = ("router", "latency", "invoice", "refund", "kernel", "tensor", "policy", "token",
           "größe", "naïve")
@@ -86,7 +92,7 @@ def _targets(n: int) -> list[Target]:
                                    weight=0.0 if i == 13 else 1.0), "p") for i in range(n)]
 
 
-def decisions(queue_share: float = QUEUE_SHARE) -> list[str]:
+def decisions(queue_share: float = QUEUE_SHARE, hot_refreshes: float = 0.0) -> list[str]:
     rng = random.Random(14)
     targets = _targets(16)
     subsets = [targets, targets[:12], [t for t in targets if t.id != "gpu-3"], targets[4:]]
@@ -98,7 +104,8 @@ def decisions(queue_share: float = QUEUE_SHARE) -> list[str]:
     fixed = Signals(loads={t.id: EndpointLoad(in_flight=rng.randint(0, 8),
                                               kv_cache_usage=rng.choice((None, 0.95, 0.3)))
                            for t in targets[::2]})
-    strategy = PrefixLoad(seed=7, cache_tokens=30000, queue_share=queue_share)
+    strategy = PrefixLoad(seed=7, cache_tokens=30000, queue_share=queue_share,
+                          hot_refreshes=hot_refreshes)
     in_flight: list[str] = []
     out = []
     for i, call in enumerate(_workload(rng, 900)):
@@ -128,3 +135,9 @@ def test_decisions_are_the_recorded_ones() -> None:
 def test_a_fixed_queue_weight_makes_the_decisions_made_before_it_was_learnt() -> None:
     orders = decisions(queue_share=0.0)
     assert hashlib.sha256("\n".join(orders).encode()).hexdigest() == DIGEST_FIXED
+
+
+def test_hot_prefixes_make_the_recorded_decisions() -> None:
+    orders = decisions(hot_refreshes=HOT_REFRESHES)
+    assert hashlib.sha256("\n".join(orders).encode()).hexdigest() == DIGEST_HOT
+    assert orders != decisions()  # the workload has hot prefixes: the rule is exercised
