@@ -309,6 +309,17 @@ async def test_fail_closed_refuses_with_503(redis_limiter: Make) -> None:
         await lim.admit(BOT, "gpt", est())
 
 
+async def test_a_shared_pipeline_that_fails_decides_each_admission(redis_limiter: Make
+                                                                   ) -> None:
+    # Three admissions of one turn share one pipeline to a Redis that is down: each of them
+    # is refused as a lone one would be, none hangs or is admitted unchecked.
+    lim = redis_limiter({"limits": {"rpm": 100}}, url=DEAD, on_redis_error="fail_closed")
+    got = await asyncio.gather(*(lim.admit(BOT, "gpt", est()) for _ in range(3)),
+                               return_exceptions=True)
+    assert all(isinstance(g, ServiceUnavailable) and g.status == 503 for g in got), got
+    assert lim.settlements.round_trips == 1  # they did share it
+
+
 async def test_noscript_loads_the_script_and_retries(redis_limiter: Make) -> None:
     lim = redis_limiter({"limits": {"rpm": 5}})
     # A script Redis has never seen (unique text): EVALSHA answers NOSCRIPT first.
