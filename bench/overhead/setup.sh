@@ -20,9 +20,10 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x .venv/bin/py-spy ] || "$PY" -m pip install -q py-spy
 
 if [ "${BENCH_SKIP_LITELLM:-0}" != 1 ] && [ ! -x bench/.venv-litellm/bin/litellm ]; then
-    # The newest LiteLLM release that installs here; pin with LITELLM_SPEC='litellm[proxy]==X'.
+    # Pinned, so that a rerun compares against the same LiteLLM (docs/benchmarks.md's rows were
+    # measured with 1.108.7); another release with LITELLM_SPEC='litellm[proxy]==X'.
     BASE=$("$PY" -c "import sys; print(getattr(sys, '_base_executable', sys.executable))")
     "$BASE" -m venv bench/.venv-litellm
-    bench/.venv-litellm/bin/pip install -q "${LITELLM_SPEC:-litellm[proxy]}"
+    bench/.venv-litellm/bin/pip install -q "${LITELLM_SPEC:-litellm[proxy]==1.108.7}"
 fi
 echo "bench setup OK"
