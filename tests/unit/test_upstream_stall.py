@@ -39,9 +39,10 @@ async def _serve(script: Script) -> tuple[web.AppRunner, str]:
     return runner, f"http://{host}:{port}/v1/chat/completions"
 
 
-async def _open(script: Script) -> AsyncIterator[tuple[UpstreamClient, UpstreamResponse]]:
+async def _open(script: Script, limit: float = LIMIT,
+                ) -> AsyncIterator[tuple[UpstreamClient, UpstreamResponse]]:
     runner, url = await _serve(script)
-    client = UpstreamClient(timeouts=Timeouts(connect=2.0, first_byte=LIMIT, total=30.0))
+    client = UpstreamClient(timeouts=Timeouts(connect=2.0, first_byte=limit, total=30.0))
     try:
         resp = await client.send(UpstreamRequest(url, b"{}"))
         yield client, resp
@@ -99,14 +100,16 @@ async def test_a_slow_reader_with_bytes_buffered_is_not_a_stall() -> None:
 
 
 async def test_an_upstream_that_keeps_sending_outlives_the_limit_without_a_stall() -> None:
-    async def script(resp: web.StreamResponse) -> None:
-        for i in range(12):  # 12 x LIMIT/4: three limits in all
-            await resp.write(b'data: {"n":%d}\n\n' % i)
-            await asyncio.sleep(LIMIT / 4)
+    limit = 1.0  # gaps of a tenth of it: a loaded machine's scheduling delays stay far below
 
-    async for _, resp in _open(script):
+    async def script(resp: web.StreamResponse) -> None:
+        for i in range(25):  # 25 x 0.1 s: two and a half limits in all, so it is re-armed
+            await resp.write(b'data: {"n":%d}\n\n' % i)
+            await asyncio.sleep(limit / 10)
+
+    async for _, resp in _open(script, limit):
         got = b"".join([c async for c in resp.chunks()])
-        assert got.count(b"data:") == 12
+        assert got.count(b"data:") == 25
         assert _stall_timers() == []
         resp.release()
 
