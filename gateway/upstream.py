@@ -48,13 +48,14 @@ class UpstreamResponse:
     """An open upstream response. Read it once (``read`` or ``chunks``), then ``close``.
 
     A stream's reads are bounded by one stall timer of ours rather than aiohttp's `sock_read`,
-    which cancels and schedules a timer on every read the socket makes (~5,400 instructions a
-    chunk, a tenth of a pass-through's whole cost per chunk). Ours counts only the time spent
-    waiting in `readany` (bytes a slow client leaves buffered are no stall), and is lazy: each
-    wait just records its deadline; the one timer is armed at the first wait and, should it
-    fire before the deadline now recorded, is armed again for it. A stream that flows re-arms
-    it once per `stall_s`, not once per chunk. It ends with the stream (EOF, an error, close,
-    release): no handle is left on the loop."""
+    which cancels and schedules a timer on every read the socket makes (some 5,000
+    instructions a chunk, a tenth of a bare pass-through's whole cost per chunk:
+    docs/benchmarks.md). Ours counts only the time spent waiting in `readany` (bytes a slow
+    client leaves buffered are no stall), and is lazy: each wait just records its deadline;
+    the one timer is armed at the first wait and, should it fire before the deadline now
+    recorded, is armed again for it. A stream that flows re-arms it once per `stall_s`, not
+    once per chunk. It ends with the stream (EOF, an error, close, release): no handle is
+    left on the loop."""
 
     __slots__ = ("_deadline", "_resp", "_stall", "_stall_s", "headers", "status")
 
