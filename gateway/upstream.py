@@ -7,6 +7,7 @@ req/s on one core at concurrency 64 where the same over aiohttp serves ~6,500 (d
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -44,14 +45,29 @@ class UpstreamRequest:
 
 
 class UpstreamResponse:
-    """An open upstream response. Read it once (``read`` or ``chunks``), then ``close``."""
+    """An open upstream response. Read it once (``read`` or ``chunks``), then ``close``.
 
-    __slots__ = ("_resp", "headers", "status")
+    A stream's reads are bounded by one stall timer of ours rather than aiohttp's `sock_read`,
+    which cancels and schedules a timer on every read the socket makes (some 5,000
+    instructions a chunk, a tenth of a bare pass-through's whole cost per chunk:
+    docs/benchmarks.md). Ours counts only the time spent waiting in `readany` (bytes a slow
+    client leaves buffered are no stall), and is lazy: each wait just records its deadline;
+    the one timer is armed at the first wait and, should it fire before the deadline now
+    recorded, is armed again for it. A stream that flows re-arms it once per `stall_s`, not
+    once per chunk. It ends with the stream (EOF, an error, close, release): no handle is
+    left on the loop."""
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    __slots__ = ("_deadline", "_resp", "_stall", "_stall_s", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, stall_s: float | None = None) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
+        # The stall limit (the provider's first_byte: what sock_read was), None for none.
+        self._stall_s = stall_s
+        # When the wait in progress becomes a stall (loop time); 0.0 while none is waiting.
+        self._deadline = 0.0
+        self._stall: asyncio.TimerHandle | None = None
 
     async def read(self) -> bytes:
         try:
@@ -64,10 +80,34 @@ class UpstreamResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
+        limit = self._stall_s
+        conn = self._resp.connection
+        if conn is None:  # the whole body is buffered already: nothing can stall
+            limit = None
+        elif limit is not None and conn.protocol is not None:
+            # aiohttp's sock_read off for this response (set again for the connection's next
+            # request): from here the stall timer below bounds the reads.
+            conn.protocol.read_timeout = None
+            conn.protocol.start_timeout()  # with no read timeout: cancels the armed one
+        loop = asyncio.get_running_loop()
+        time = loop.time
         try:
             while True:
-                data = await content.readany()
+                if limit is not None:
+                    self._deadline = time() + limit
+                    if self._stall is None:
+                        self._stall = loop.call_at(self._deadline, self._on_stall)
+                try:
+                    data = await content.readany()
+                except BaseException:
+                    # This generator was the one waiting (the only place it waits), so the
+                    # timer is its own to drop. Not at `yield`: a generator closed there late
+                    # (an earlier `chunks()` of this response) must leave a later one's alone.
+                    self._disarm()
+                    raise
+                self._deadline = 0.0
                 if not data:
+                    self._disarm()
                     return
                 yield data
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
@@ -76,13 +116,44 @@ class UpstreamResponse:
         except TimeoutError:
             raise UpstreamTimeout("the upstream stream stalled past its timeout") from None
 
+    def _on_stall(self) -> None:
+        self._stall = None
+        deadline = self._deadline
+        if not deadline:
+            return  # nobody is waiting: the next wait arms it again
+        loop = asyncio.get_running_loop()
+        if deadline - loop.time() > _EARLY:
+            # Armed for an earlier wait; the one in progress began later.
+            self._stall = loop.call_at(deadline, self._on_stall)
+            return
+        self._deadline = 0.0
+        # What aiohttp's own sock_read timeout does, so callers see the very same error
+        # (UpstreamTimeout below) and the connection is not pooled again.
+        exc = aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        conn = self._resp.connection
+        if conn is not None and conn.protocol is not None:
+            conn.protocol.set_exception(exc)
+        self._resp.content.set_exception(exc)
+
+    def _disarm(self) -> None:
+        self._deadline = 0.0
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
     def close(self) -> None:
         """Drop the connection (a cancelled stream must not go back to the pool half-read)."""
+        self._disarm()
         self._resp.close()
 
     def release(self) -> None:
+        self._disarm()
         self._resp.release()
 
+
+# How early the stall timer may fire and still count as on time (the loop runs a timer up to
+# its clock resolution early); more than that and it is armed again for the deadline.
+_EARLY = 0.001
 
 _TIMEOUTS: dict[tuple[float, float, float], aiohttp.ClientTimeout] = {}
 
@@ -148,7 +219,7 @@ class UpstreamClient:
             raise UpstreamDisconnected(str(e) or type(e).__name__) from None
         except aiohttp.ClientError as e:
             raise UpstreamFailure(str(e) or type(e).__name__) from None
-        return UpstreamResponse(resp)
+        return UpstreamResponse(resp, t.first_byte)
 
     async def get(self, url: str, timeout: float = 2.0,
                   headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:

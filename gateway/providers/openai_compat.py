@@ -27,7 +27,7 @@ from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.http_errors import parse_retry_after
 from gateway.providers.request_json import with_members
 from gateway.providers.scrub import scrub
-from gateway.providers.sse import HeldFrames, SSEEvents, has_any
+from gateway.providers.sse import HeldFrames, SSEEvents, has_any, text_of
 from gateway.providers.sse import payload as sse_payload
 from gateway.upstream import UpstreamRequest
 
@@ -54,12 +54,16 @@ def _json_str(s: str) -> bytes:
 
 
 class ModelRename:
-    """Rewrites `"model": "<upstream>"` to the public name in reply bytes, both spacings."""
+    """Rewrites `"model": "<upstream>"` to the public name in reply bytes, both spacings.
 
-    __slots__ = ("_pairs",)
+    `identity`: the two names are the same, so there is nothing to rewrite and a stream skips
+    the call altogether (it would run once per chunk)."""
+
+    __slots__ = ("_pairs", "identity")
 
     def __init__(self, upstream: str, public: str) -> None:
-        if upstream == public:
+        self.identity = upstream == public
+        if self.identity:
             self._pairs: tuple[tuple[bytes, bytes], ...] = ()
         else:
             u, p = _json_str(upstream), _json_str(public)
@@ -83,12 +87,15 @@ class OpenAIStream:
     """
 
     __slots__ = ("_classify_body", "_events", "_filters", "_held", "_keep_every", "_keep_final",
-                 "_rename", "chunks", "done", "error", "usage")
+                 "_rename", "_renames", "chunks", "done", "error", "usage")
 
     def __init__(self, rename: Callable[[bytes], bytes], keep_final: bool, keep_every: bool,
                  classify_body: Any) -> None:
         self._events = SSEEvents()
         self._rename = rename
+        # False where `rename` is known to change nothing (ModelRename.identity): the fast path
+        # then leaves the bytes alone without calling it.
+        self._renames = not getattr(rename, "identity", False)
         # What the client asked for itself: the final usage chunk (include_usage), and usage on
         # every chunk (vLLM's continuous_usage_stats). Anything more was our request: strip it.
         self._keep_final = keep_final
@@ -110,11 +117,16 @@ class OpenAIStream:
         if not whole:
             return b""
         # Fast path: content is flowing and nothing in this batch of events needs a look.
-        if not self._held.holding and self._filters is None and not has_any(whole, _LOOK):
-            plain = self._plain(whole)
+        # Decoded once (latin-1: a copy) so each marker is one str `in` (see sse.has_any);
+        # the markers are spelled out rather than looped over, as this runs once per chunk.
+        text = text_of(whole)
+        if not self._held.holding and self._filters is None and not (
+                '"error"' in text or '"choices":[]' in text or '"choices": []' in text
+                or "[DONE]" in text):
+            plain = self._plain(whole) if '"usage"' in text else whole
             if plain is not None:
                 self.chunks += whole.count(b"data:")
-                return self._rename(plain)
+                return self._rename(plain) if self._renames else plain
         out: list[bytes] = []
         for event in whole.split(b"\n\n"):
             if event:
@@ -122,14 +134,13 @@ class OpenAIStream:
         return b"".join(out)
 
     def _plain(self, whole: bytes) -> bytes | None:
-        """Content events as they may go out without a parse, or None when one needs it.
+        """Content events that carry `"usage"` as they may go out without a parse, or None when
+        one needs it.
 
         OpenAI, once include_usage is on (the gateway asks for it), puts `"usage":null` on
         every chunk: dropped here as bytes, unless the client asked for include_usage itself,
         where the slow path would parse and re-encode each chunk to drop it. Any real usage
         (the final chunk, vLLM's continuous stats) or another spelling is parsed."""
-        if whole.find(b'"usage"') < 0:
-            return whole
         out = whole.replace(b',"usage":null', b"")
         if out.find(b'"usage"') >= 0:
             return None
@@ -142,7 +153,7 @@ class OpenAIStream:
             self._held.emit(out, event + b"\n\n", True)
             return
         holding = self._held.holding
-        if self._filters is None and not has_any(payload, _LOOK_EVENT) \
+        if self._filters is None and not has_any(text_of(payload), _LOOK_EVENT) \
                 and (not holding or (payload.find(b'"content":"') >= 0
                                      and payload.find(b'"content":""') < 0)):
             # Content as it came. While holding, a non-empty `"content":"…` proves it without a
@@ -336,10 +347,10 @@ class OpenAICompatAdapter:
 
 
 _DECODER = json.JSONDecoder()
-# What makes one stream event, or a batch of them, need a closer look than passing it on
-# (a batch's `"usage"` is looked at by `OpenAIStream._plain`).
-_LOOK_EVENT = (b'"usage"', b'"error"', b'"choices":[]', b'"choices": []')
-_LOOK = (b'"error"', b'"choices":[]', b'"choices": []', b"[DONE]")
+# What makes one stream event need a closer look than passing it on (a batch of them: the
+# same, less `"usage"`, which `OpenAIStream._plain` looks at, and plus `[DONE]`; spelled out
+# in `OpenAIStream.feed`).
+_LOOK_EVENT = ('"usage"', '"error"', '"choices":[]', '"choices": []')
 
 
 def _reply_usage(body: bytes) -> Usage | None:

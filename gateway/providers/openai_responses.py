@@ -31,13 +31,12 @@ from gateway.call import Call
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import Classified, Reply, Target
 from gateway.providers.request_json import with_members
-from gateway.providers.sse import HeldFrames, SSEEvents, compact_json, has_any
+from gateway.providers.sse import HeldFrames, SSEEvents, compact_json, text_of
 
 ClassifyBody = Callable[[int, bytes], Classified]
 
 _SEQ = re.compile(rb'"sequence_number":\s*(\d+)')
 # What makes a batch of whole events need a closer look than passing it on.
-_LOOK = (b'"response"', b'"error"', b"[DONE]")
 _LIFECYCLE = frozenset({b"response.created", b"response.queued", b"response.in_progress"})
 _TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 # `ResponseError.code`s and `error` event codes that say the request itself is wrong: the same
@@ -327,11 +326,13 @@ class ResponsesPassThrough:
         if not whole:
             return b""
         # Fast path: output is flowing and nothing in this batch of whole events needs a look
-        # (deltas and item events carry neither the response's id nor `model`).
+        # (deltas and item events carry neither the response's id nor `model`). Decoded once
+        # (latin-1: a copy) so each marker is one str `in` (see sse.has_any).
+        text = text_of(whole)
         if not self._held.holding and not self.done and self.error is None \
-                and not has_any(whole, _LOOK):
-            self.chunks += whole.count(b'.delta"')
-            if whole.find(b'"sequence_number"') >= 0:
+                and not ('"response"' in text or '"error"' in text or "[DONE]" in text):
+            self.chunks += text.count('.delta"')
+            if '"sequence_number"' in text:
                 self._seq_bytes = whole
             return whole
         out: list[bytes] = []

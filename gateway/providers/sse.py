@@ -12,15 +12,22 @@ from gateway.accounting.usage import Usage
 DONE = b"data: [DONE]\n\n"
 
 
-def has_any(data: bytes, needles: tuple[bytes, ...]) -> bool:
-    """Whether any of `needles` occurs in `data`, for the per-chunk checks of a stream.
+def text_of(data: bytes) -> str:
+    """`data` as text for finding ASCII markers in it: latin-1, one character per byte, so it
+    never fails and costs a copy, not a UTF-8 decode. A marker matches here exactly where its
+    bytes match (every byte of a multi-byte UTF-8 character is >= 0x80, never ASCII)."""
+    return data.decode("latin-1")
 
-    Not `needle in data`: on CPython 3.11 that first tries the needle as an integer (`5 in b`)
-    and raises and clears a TypeError, with its formatted message, every time: ~1,800
-    instructions, six times per chunk, where `find` takes a few hundred."""
-    find = data.find
+
+def has_any(text: str, needles: tuple[str, ...]) -> bool:
+    """Whether any of `needles` occurs in `text` (from `text_of`), for a stream's per-chunk
+    checks.
+
+    On str, not bytes: on CPython 3.11 `needle in some_bytes` first tries the needle as an
+    integer (`5 in b`) and raises and clears a TypeError, with its formatted message, every
+    time (~1,800 instructions); `in` on str is a plain search, cheaper than `bytes.find`."""
     for needle in needles:
-        if find(needle) >= 0:
+        if needle in text:
             return True
     return False
 
@@ -41,8 +48,9 @@ class SSEEvents:
         """The whole events that `data` completes, as one block ending in a blank line (b""
         while none is complete); the rest waits for the next call. Line ends are LF."""
         buf = self._buf + data if self._buf else data
-        # Gemini separates events with CRLF CRLF; SSE allows either. (`find`: see has_any.)
-        if buf.find(b"\r\n") >= 0:
+        # Gemini separates events with CRLF CRLF; SSE allows either. Tested as the byte 13 (a
+        # memchr; most streams have none) rather than `b"\r\n" in`: see has_any.
+        if 13 in buf:
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
@@ -81,14 +89,12 @@ class HeldFrames:
     events): until then nothing has reached the client and the proxy can still fall back
     when the upstream drops. Released, in order, by the first frame that opens the stream."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "holding")
 
     def __init__(self) -> None:
         self._held: list[bytes] | None = []
-
-    @property
-    def holding(self) -> bool:
-        return self._held is not None
+        # Whether frames are still held: read once per chunk, so an attribute, not a property.
+        self.holding = True
 
     def emit(self, out: list[bytes], data: bytes | None, opens: bool) -> None:
         held = self._held
@@ -101,9 +107,11 @@ class HeldFrames:
         if opens:
             out.extend(held)
             self._held = None
+            self.holding = False
 
     def release(self) -> bytes:
         held, self._held = self._held, None
+        self.holding = False
         return b"".join(held or ())
 
 

@@ -250,3 +250,27 @@ def test_null_usage_in_another_place_or_spelling_is_still_dropped_by_the_parse()
         payload = json.loads(s.feed(raw)[6:])
         assert "usage" not in payload and payload["choices"][0]["delta"]["content"] in "bc"
     assert s.chunks == 3
+
+
+@pytest.mark.parametrize("target", [TARGET, SAME])
+def test_flowing_chunks_split_across_reads_with_crlf_pass_as_sent_but_for_model(
+        target: Target) -> None:
+    """The fast path: each read's whole events go out as they came, `model` renamed only
+    where the deployment's name differs (no rename step at all where it does not)."""
+    s = adapter().stream(call(stream=True), target, False)
+    model = target.deployment.model
+    assert s.feed(sse(chunk("Hi", model=model)))  # the first content releases the stream
+    body = b"".join(b"data: " + json.dumps(chunk(t, model=model), ensure_ascii=False).encode()
+                    + b"\r\n\r\n" for t in ("é ü", " there"))
+    # Split inside the first event, inside a multi-byte character of the second, and
+    # between the CR and LF of the blank line that ends it.
+    cuts = [7, body.index("ü".encode()) + 1, len(body) - 1]
+    parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    out = b"".join(s.feed(p) for p in parts)
+    expected = body.replace(b"\r\n", b"\n")
+    if model != "chat":
+        expected = expected.replace(b'"llama-up"', b'"chat"')
+    assert out == expected
+    assert s.chunks == 3 and s.usage is None and not s.done
+    s.feed(b"data: [DONE]\r\n\r\n")
+    assert s.done
