@@ -21,11 +21,23 @@ this core lost 5 µs or more (interrupts, other processes, the hypervisor) and f
 p99 of decisions that each take ~10 µs cannot be read below the machine's own tail. "gap
 odds" is the chance that one decision of the row's p50 meets such a gap (rate × p50): near
 1 % and above, the p99 is the gaps' length, and the p98 is the decision's own tail.
+
+`prefix-load` records its pick in the prefix index after the decision (`PrefixIndex.
+record_later`: from an event-loop callback once the request has gone on). The timed decisions
+run in an event loop (uvloop's where installed, as `gateway serve` runs), each followed by one
+loop turn (`asyncio.sleep(0)`), in which that callback applies the record: the decision pays
+for scheduling it, and the record is counted apart, as "record, applied after" (timed inside
+the callback; `--instructions`: the row's records replayed, in the same order, on a second
+index built by the same steps as the row's). The core does that work all the same: the total is the
+sum. The decision's instructions are the row's total minus the replay and minus as many
+empty loop turns (counted too), so the loop's own cost of running the callback is counted as
+the decision's, not the record's.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import gc
 import os
@@ -35,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +55,7 @@ from gateway.call import Call
 from gateway.policy.models import Deployment
 from gateway.providers.base import Target
 from gateway.routing.base import EndpointLoad, Signals
+from gateway.routing.prefix_index import Pending, PrefixIndex
 from gateway.routing.registry import make_strategy
 from gateway.routing.signals import EngineMetrics, SignalCollector
 
@@ -105,7 +118,13 @@ class _Row:
         self.in_flight: list[str] = []
         calls = _calls(kind, n, rng)
         self.strategy = make_strategy(strategy, 1)
-        for c in calls:  # warm: the prefix index holds every prompt's chunks
+        # The index the strategy records into, if any (prefix-load's own without a collector).
+        prefixes = self.signals().prefixes
+        self.index: PrefixIndex | None = (prefixes if prefixes is not None
+                                          else getattr(self.strategy, "_index", None))
+        self.log: list[list[Pending]] = []  # the records each decision left for the loop
+        for c in calls:  # warm: the prefix index holds every prompt's chunks (no loop: the
+            # next decision's read applies the record)
             self.after(self.strategy.order(self.targets, self.signals(), c))
         # Fresh call objects with fresh message dicts and strings: what a new request brings.
         self.calls = [dataclasses.replace(c, body={"model": "m", "messages": [
@@ -115,12 +134,44 @@ class _Row:
     def signals(self) -> Signals:
         return self.collector.snapshot() if self.collector is not None else self.fixed
 
+    async def decide(self) -> None:
+        """Every call decided, each followed by one loop turn, in which the record's callback
+        runs; the records are kept in `log` for a replay."""
+        index, log, sleep = self.index, self.log, asyncio.sleep
+        for c in self.calls:
+            order = self.strategy.order(self.targets, self.signals(), c)
+            if index is not None and index.pending:
+                log.append(index._pending)  # `apply` swaps the list out: it stays whole
+            await sleep(0)
+            self.after(order)
+
+    async def idle(self) -> None:
+        """`decide`'s loop turns alone, with nothing scheduled: subtracted from its count."""
+        index, log, sleep = self.index, self.log, asyncio.sleep
+        for _ in self.calls:
+            if index is not None and index.pending:
+                log.append(index._pending)
+            await sleep(0)
+
     def after(self, order: Sequence[Target]) -> None:
         if self.collector is not None:
             self.collector.begin(order[0].id)
             self.in_flight.append(order[0].id)
             if len(self.in_flight) > 64:
                 self.collector.end(self.in_flight.pop(0), ok=True)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where installed, as `gateway serve` runs; else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _pct(times: list[int], q: float) -> float:
+    return times[int(len(times) * q)] / 1000 if times else 0.0
 
 
 @contextmanager
@@ -162,42 +213,81 @@ def noise(seconds: float = 0.5, gap_ns: int = 5000) -> tuple[float, float]:
     return len(gaps) / seconds, gaps[len(gaps) // 2] / 1000 if gaps else 0.0
 
 
-def bench(strategy: str, kind: str, endpoints: int, n: int,
-          live: bool = False, cpu: bool = False) -> tuple[float, float, float, int]:
-    """p50, p98 and p99 in µs, and the collections that ran while timing. `cpu`: the thread's CPU
-    time rather than the wall clock's, so time other processes held the core is left out
-    (each reading is a system call, ~0.5 µs more per decision)."""
+def bench(strategy: str, kind: str, endpoints: int, n: int, live: bool = False,
+          cpu: bool = False) -> tuple[float, float, float, int, float, float]:
+    """p50, p98 and p99 of the decision in µs, the collections that ran while timing, and p50
+    and p99 of the record applied after it (0 for a strategy that records nothing). `cpu`:
+    the thread's CPU time rather than the wall clock's, so time other processes held the core
+    is left out (each reading is a system call, ~0.5 µs more per decision)."""
     row = _Row(strategy, kind, endpoints, n, live)
     s, targets = row.strategy, row.targets
-    clock = time.thread_time_ns if cpu else time.perf_counter_ns
-    times = []
-    with server_gc() as collections:
+    clock: Callable[[], int] = time.thread_time_ns if cpu else time.perf_counter_ns
+    times: list[int] = []
+    applies: list[int] = []
+    index = row.index
+    if index is not None:  # the callback timed: an instance attribute, found before the class's
+        apply_soon = index._apply_soon
+
+        def timed_apply() -> None:
+            t0 = clock()
+            apply_soon()
+            applies.append(clock() - t0)
+
+        index._apply_soon = timed_apply  # type: ignore[method-assign]
+
+    async def decide() -> None:
         for c in row.calls:
             t0 = clock()
             order = s.order(targets, row.signals(), c)
             times.append(clock() - t0)
+            await asyncio.sleep(0)  # the request goes on; the record is applied
             row.after(order)
+
+    loop = new_loop()
+    try:
+        with server_gc() as collections:
+            loop.run_until_complete(decide())
+    finally:
+        loop.close()
     times.sort()
-    n = len(times)
-    return (times[n // 2] / 1000, times[int(n * 0.98)] / 1000, times[int(n * 0.99)] / 1000,
-            collections[0])
+    applies.sort()
+    return (_pct(times, 0.5), _pct(times, 0.98), _pct(times, 0.99), collections[0],
+            _pct(applies, 0.5), _pct(applies, 0.99))
 
 
 def _child(strategies: list[str], endpoints: int, n: int, live: bool) -> None:
     """Under callgrind: set every row up, say so, wait for the parent to zero the counters,
-    then decide each row in turn, with a pause for a dump between rows."""
+    then decide each row in turn, with a pause for a dump between rows; after each row, replay
+    the records its decisions left for the loop on an index built as the row's was, and then
+    as many empty loop turns, each counted apart (`_Row.decide`)."""
     rows = [_Row(name, kind, endpoints, n, live) for name in strategies
             for kind in ("chat", "rag")]
+    # Each row's index again, built by the same steps (a copy would compact its dicts, and
+    # then resize them at other times than the row's own does): the replay does the work the
+    # row's callbacks did, operation for operation.
+    shadows = [_Row(name, kind, endpoints, n, live).index if row.index is not None else None
+               for row, (name, kind) in zip(rows, [(name, kind) for name in strategies
+                                                   for kind in ("chat", "rag")], strict=True)]
     gc.collect()
     gc.freeze()
     gc.set_threshold(*SERVER_GC)
-    for row in rows:
+    loop = new_loop()
+    for row, shadow in zip(rows, shadows, strict=True):
         print("ready", flush=True)
         sys.stdin.readline()
-        for c in row.calls:
-            row.after(row.strategy.order(row.targets, row.signals(), c))
+        loop.run_until_complete(row.decide())
+        print("ready", flush=True)
+        sys.stdin.readline()
+        if shadow is not None:  # the same records, in the same order, from the same state
+            for batch in row.log:
+                shadow._pending = batch
+                shadow._apply_soon()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        loop.run_until_complete(row.idle())
     print("ready", flush=True)
     sys.stdin.readline()
+    loop.close()
 
 
 def _instructions(strategies: list[str], endpoints: int, n: int, live: bool) -> list[float]:
@@ -213,7 +303,7 @@ def _instructions(strategies: list[str], endpoints: int, n: int, live: bool) -> 
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONHASHSEED": "0"})
         assert proc.stdin is not None and proc.stdout is not None
-        rows = len(strategies) * 2
+        rows = len(strategies) * 2 * 3  # each row's decisions, its records, its loop turns
         for row in range(rows + 1):
             assert proc.stdout.readline().strip() == "ready"
             if row:  # the previous row's decisions, since the last zeroing
@@ -256,25 +346,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.instructions:
         counts = iter(_instructions(names, args.endpoints, args.n, args.live))
-        print(f"{'strategy':<16} {'prompt':<6} {'instr/decision':>15}  ({args.endpoints} "
-              "endpoints, callgrind)")
+        print(f"{'strategy':<16} {'prompt':<6} {'instr/decision':>15} {'record after':>13} "
+              f"{'total':>9}  ({args.endpoints} endpoints, callgrind; \"record after\": the "
+              "record, applied after the decision)")
         for name in names:
             for kind in ("chat", "rag"):
-                print(f"{name:<16} {kind:<6} {next(counts):>15,.0f}")
+                both, applied, turns = next(counts), next(counts), next(counts)
+                print(f"{name:<16} {kind:<6} {both - applied - turns:>15,.0f} "
+                      f"{applied:>13,.0f} {both - turns:>9,.0f}")
         return 0
     rate, gap = noise()
     # A decision of d µs takes one of the core's gaps with probability ~rate × d: once that
     # passes 1 %, the p99 is the gap's length, not the decision's (the p98 column shows it).
     print(f"noise: {rate:.0f} gaps of 5 µs or more per second, median {gap:.0f} µs")
     print(f"{'strategy':<16} {'prompt':<6} {'p50 µs':>8} {'p98 µs':>8} {'p99 µs':>8} "
-          f"{'gap odds':>8} {'GCs':>4}  "
-          f"({args.endpoints} endpoints, {'thread CPU' if args.cpu else 'wall'} clock)")
+          f"{'gap odds':>8} {'GCs':>4} {'rec p50':>8} {'rec p99':>8}  "
+          f"({args.endpoints} endpoints, {'thread CPU' if args.cpu else 'wall'} clock; "
+          "rec: the record, applied after the decision)")
     for name in args.strategies.split(","):
         for kind in ("chat", "rag"):
-            p50, p98, p99, collections = bench(name, kind, args.endpoints, args.n,
-                                               args.live, args.cpu)
+            p50, p98, p99, collections, r50, r99 = bench(name, kind, args.endpoints, args.n,
+                                                         args.live, args.cpu)
             print(f"{name:<16} {kind:<6} {p50:>8.1f} {p98:>8.1f} {p99:>8.1f} "
-                  f"{rate * p50 / 1e4:>7.2f}% {collections:>4}")
+                  f"{rate * p50 / 1e4:>7.2f}% {collections:>4} {r50:>8.1f} {r99:>8.1f}")
     return 0
 
 

@@ -27,6 +27,8 @@ candidates is one integer `&` per chunk rather than a set intersection.
 
 from __future__ import annotations
 
+from asyncio import AbstractEventLoop
+from asyncio.events import _get_running_loop
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -44,6 +46,8 @@ OUTBOX_MAX = 4096
 
 Record = tuple[str, Sequence[int], Sequence[int]]
 """(deployment id, fingerprints, tokens per chunk): one prompt sent to one deployment."""
+Pending = tuple[str, Sequence[int], Sequence[int], "int | None"]
+"""`record_later`'s arguments, kept until the record is applied."""
 
 
 def message_text(content: Any) -> str:
@@ -246,10 +250,59 @@ class PrefixIndex:
         self._owners: dict[int, int] = {}  # fingerprint -> bit mask of deployments
         self._endpoints: dict[str, _Endpoint] = {}
         self._ids: list[str] = []  # bit position -> deployment id
-        self.outbox: list[Record] | None = None
-        """Records made here since the shared view last took them; None: not shared."""
+        self._outbox: list[Record] | None = None
         self.prompts = Fingerprints()
         """Long messages' chunk fingerprints, for `fingerprints(..., cache=)`."""
+        self._pending: list[Pending] = []  # `record_later`'s, oldest first, not yet applied
+        self._soon: AbstractEventLoop | None = None  # the loop an `_apply_soon` waits on
+
+    @property
+    def outbox(self) -> list[Record] | None:
+        """Records made here since the shared view last took them; None: not shared."""
+        if self._pending:  # a pending record is one the shared view must not miss
+            self.apply()
+        return self._outbox
+
+    @outbox.setter
+    def outbox(self, records: list[Record] | None) -> None:
+        if self._pending:  # they belong to the outbox being replaced, as if made already
+            self.apply()
+        self._outbox = records
+
+    def record_later(self, deployment_id: str, fps: Sequence[int], tokens: Sequence[int],
+                     cache_tokens: int | None = None) -> None:
+        """`record`, applied after the routing decision rather than inside it: from an event
+        loop callback once the request has gone on (scheduled once per pending batch), or
+        else before anything next reads the index (every method here that reads owners, LRUs
+        or the outbox applies what is pending first), so every read sees what an immediate
+        `record` would have left. Recording and its eviction were a fifth to a third of a
+        decision's instructions (docs/routing.md, "Round of 2026-12-03"); deferred, a request
+        does not wait for them (the core still does them).
+        `fps` and `tokens` are kept, not copied: the caller must not change them."""
+        self._pending.append((deployment_id, fps, tokens, cache_tokens))
+        # The private getter: None outside a loop (the simulator), where the public one
+        # raises, and an exception per decision would cost more than the record it defers.
+        loop = _get_running_loop()
+        if loop is not None and loop is not self._soon:
+            self._soon = loop
+            loop.call_soon(self._apply_soon)
+
+    def _apply_soon(self) -> None:
+        self._soon = None
+        if self._pending:  # a read may have applied them already
+            self.apply()
+
+    def apply(self) -> None:
+        """Apply the pending records (`record_later`), oldest first."""
+        # Taken first, so `record` (which applies pending ones before its own) finds none.
+        pending, self._pending = self._pending, []
+        for deployment_id, fps, tokens, cache_tokens in pending:
+            self.record(deployment_id, fps, tokens, cache_tokens)
+
+    @property
+    def pending(self) -> int:
+        """Records made with `record_later` and not yet applied."""
+        return len(self._pending)
 
     def _endpoint(self, deployment_id: str) -> _Endpoint:
         ep = self._endpoints.get(deployment_id)
@@ -260,9 +313,13 @@ class PrefixIndex:
         return ep
 
     def bit(self, deployment_id: str) -> int:
+        if self._pending:  # bits are handed out in order: a pending record may take one
+            self.apply()
         return self._endpoint(deployment_id).bit
 
     def mask(self, deployment_ids: Iterable[str]) -> int:
+        if self._pending:
+            self.apply()
         m = 0
         for did in deployment_ids:
             m |= self._endpoint(did).bit
@@ -270,6 +327,8 @@ class PrefixIndex:
 
     def ids(self, mask: int) -> list[str]:
         """The deployment ids of a mask's bits."""
+        if self._pending:
+            self.apply()
         out = []
         while mask:
             low = mask & -mask
@@ -286,6 +345,8 @@ class PrefixIndex:
         A deployment holding a chunk holds every chunk before it (see the class), so along
         a prompt the holders only ever drop out: each point where some do is found by
         bisection, a few lookups instead of one per chunk."""
+        if self._pending:  # the previous decision's record, when no loop callback ran yet
+            self.apply()
         n = len(fps)
         if not n:
             return []
@@ -333,6 +394,8 @@ class PrefixIndex:
                cache_tokens: int | None = None, *, publish: bool = True) -> None:
         """The prompt was sent to `deployment_id`: after its prefill the backend caches it.
         `publish=False` for records another replica made (they are its to publish)."""
+        if self._pending:  # this one comes after them
+            self.apply()
         ep = self._endpoint(deployment_id)
         if cache_tokens:
             ep.capacity = cache_tokens
@@ -361,10 +424,11 @@ class PrefixIndex:
         ep.tokens += added
         if ep.tokens > ep.capacity:
             self._evict(ep)
-        if publish and self.outbox is not None:
-            self.outbox.append((deployment_id, fps, tokens))
-            if len(self.outbox) > OUTBOX_MAX:  # the oldest half at once: amortised O(1)
-                del self.outbox[: OUTBOX_MAX // 2]
+        outbox = self._outbox
+        if publish and outbox is not None:
+            outbox.append((deployment_id, fps, tokens))
+            if len(outbox) > OUTBOX_MAX:  # the oldest half at once: amortised O(1)
+                del outbox[: OUTBOX_MAX // 2]
 
     def _evict(self, ep: _Endpoint) -> None:
         # Locals and bound methods: a new prompt evicts about as many chunks as it adds.
@@ -386,5 +450,7 @@ class PrefixIndex:
         ep.tokens = tokens
 
     def cached_tokens(self, deployment_id: str) -> int:
+        if self._pending:
+            self.apply()
         ep = self._endpoints.get(deployment_id)
         return ep.tokens if ep is not None else 0

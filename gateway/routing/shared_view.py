@@ -21,8 +21,10 @@ Staleness is bounded: a replica that has not exchanged for `STALE_S` (by Redis's
 dropped from everyone's view by the script, and a replica that cannot reach Redis for
 `STALE_S` drops the others' loads and routes on its own view alone (its own in-flight counts
 and the prefix records it already has), until Redis answers again. Nothing here is on the
-request path: the request path only appends to the outbox (`PrefixIndex.record`) and reads
-the counts the last exchange left in memory; the exchange runs in its own task.
+request path: the request path only leaves its record for the outbox (`PrefixIndex.
+record_later`, applied after the decision; reading `outbox` applies any still pending, so the
+exchange misses none) and reads the counts the last exchange left in memory; the exchange
+runs in its own task.
 """
 
 from __future__ import annotations

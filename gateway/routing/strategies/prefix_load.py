@@ -37,8 +37,10 @@ Decision time (`python -m bench.routing_decision`, docs/routing.md "Decision tim
 depends only on the candidate list (ids, index bits) is cached per list, found by identity of
 the router's tuple; what depends only on the signals snapshot (each candidate's load score,
 own picks added as they are made) per snapshot; a long message's fingerprints per message
-(`prefix_index.Fingerprints`); and the index is bisected rather than walked per chunk. The
-random draws are `random.Random.randrange`'s own, so a seed makes the same choices.
+(`prefix_index.Fingerprints`); the index is bisected rather than walked per chunk; and the
+pick's record (with its eviction) is applied after the decision (`PrefixIndex.record_later`),
+not inside it, the next decision seeing the same index either way. The random draws are
+`random.Random.randrange`'s own, so a seed makes the same choices.
 """
 
 from __future__ import annotations
@@ -342,7 +344,9 @@ class PrefixLoad:
         self._tick += 1
         self._last[did] = self._tick
         self._count_pick(did)
-        index.record(did, fps, tokens, loads.caps[chosen])
+        # Applied once the request has gone on (or at the index's next read): the record
+        # and its eviction are not this request's to wait for.
+        index.record_later(did, fps, tokens, loads.caps[chosen])
         if session:
             sessions = self._sessions
             sessions[session] = (did, total)
