@@ -44,6 +44,7 @@ from gateway.limits.redis_batch import DEFAULT_WINDOW_S, SettleBatcher
 from gateway.limits.rules import BudgetRule, Hold, Plan, Rules, take_hold
 from gateway.policy.models import Policy
 from gateway.policy.tenants import TenantConfig
+from gateway.redis_packing import packed
 
 log = logging.getLogger("gateway.limits")
 
@@ -119,13 +120,14 @@ class RedisLimiter:
         self._wall = wall
         self._on_alert = on_budget_alert
         self._on_error = on_store_error
-        pool = aioredis.BlockingConnectionPool.from_url(
+        # Packed by hiredis: an admission's EVALSHA packed in Python cost ~6× as much.
+        pool = packed(aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout_s,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=max(socket_timeout_s, _CONNECT_TIMEOUT_S),
             # One immediate retry on a broken pooled connection (Redis restarted); never on a
             # timeout, where the script may have run and a retry would reserve twice.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))))
         self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = _Script(self._redis, _lua("admit.lua"))
         self._settle = _Script(self._redis, _lua("settle.lua"))

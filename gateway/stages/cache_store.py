@@ -87,8 +87,11 @@ class RedisStore:
         import redis.asyncio as aioredis
 
         self.prefix = prefix
+        from gateway.redis_packing import packed
+
         self._redis = aioredis.from_url(url, socket_timeout=timeout_s,
                                         socket_connect_timeout=timeout_s)
+        packed(self._redis.connection_pool)  # a lookup per request: C packing, as limits
         # Writes in flight (a task nobody holds may be collected before it ran).
         self._writes: set[asyncio.Task[None]] = set()
 
