@@ -27,7 +27,7 @@ from gateway.providers.base import Classified, ErrorKind, Reply, Target
 from gateway.providers.http_errors import parse_retry_after
 from gateway.providers.request_json import with_members
 from gateway.providers.scrub import scrub
-from gateway.providers.sse import HeldFrames, SSEEvents, has_any, text_of
+from gateway.providers.sse import HeldFrames, has_any, text_of
 from gateway.providers.sse import payload as sse_payload
 from gateway.upstream import UpstreamRequest
 
@@ -86,12 +86,13 @@ class OpenAIStream:
     is unchanged by this: it is the first *content* token either way.
     """
 
-    __slots__ = ("_classify_body", "_events", "_filters", "_held", "_keep_every", "_keep_final",
-                 "_rename", "_renames", "chunks", "done", "error", "usage")
+    __slots__ = ("_buf", "_classify_body", "_filters", "_flowing", "_held", "_keep_every",
+                 "_keep_final", "_rename", "_renames", "chunks", "done", "error", "usage")
 
     def __init__(self, rename: Callable[[bytes], bytes], keep_final: bool, keep_every: bool,
                  classify_body: Any) -> None:
-        self._events = SSEEvents()
+        # What `SSEEvents` keeps: the bytes of an event not complete yet (see `feed`).
+        self._buf = b""
         self._rename = rename
         # False where `rename` is known to change nothing (ModelRename.identity): the fast path
         # then leaves the bytes alone without calling it.
@@ -111,26 +112,49 @@ class OpenAIStream:
         self._held = HeldFrames()
         # Azure's `prompt_filter_results`, waiting for the next chunk to ride on.
         self._filters: Any = None
+        # Whether no frame is held and no filter result waits: the fast path's own conditions,
+        # one attribute read per chunk. Both change only in `_event` and `finish`, which set it.
+        self._flowing = False
 
     def feed(self, data: bytes) -> bytes:
-        whole = self._events.take(data)
-        if not whole:
-            return b""
+        # `SSEEvents.take`, inlined: this runs once per chunk, and a call is a frame more.
+        buf = self._buf + data if self._buf else data
+        if 13 in buf:  # CRLF line ends: see SSEEvents.take
+            buf = buf.replace(b"\r\n", b"\n")
+        if buf[-2:] == b"\n\n":
+            # The read ends on an event's end, as nearly every one does: the last "\n\n"
+            # is there, so this is `take`'s rfind without a call of a METH_VARARGS method.
+            self._buf = b""
+            whole = buf
+        else:
+            end = buf.rfind(b"\n\n")
+            if end < 0:
+                self._buf = buf
+                return b""
+            self._buf = buf[end + 2:]
+            whole = buf[: end + 2]
         # Fast path: content is flowing and nothing in this batch of events needs a look.
-        # Decoded once (latin-1: a copy) so each marker is one str `in` (see sse.has_any);
-        # the markers are spelled out rather than looped over, as this runs once per chunk.
-        text = text_of(whole)
-        if not self._held.holding and self._filters is None and not (
-                '"error"' in text or '"choices":[]' in text or '"choices": []' in text
-                or "[DONE]" in text):
+        # Decoded once (latin-1: a copy, see sse.text_of) so each marker is one str `in` (see
+        # sse.has_any); the markers are spelled out rather than looped over. Both spellings of
+        # empty `choices` end in `[]`, so where `[]` is absent (a content chunk's choices open
+        # with `[{`) one scan rules out both: `A in t` implies `"[]" in t` for either A, so the
+        # `and` below is exactly `'"choices":[]' in t or '"choices": []' in t`, a scan less.
+        text = whole.decode("latin-1")
+        if self._flowing and not (
+                '"error"' in text or "[DONE]" in text or ("[]" in text and (
+                    '"choices":[]' in text or '"choices": []' in text))):
             plain = self._plain(whole) if '"usage"' in text else whole
             if plain is not None:
                 self.chunks += whole.count(b"data:")
                 return self._rename(plain) if self._renames else plain
         out: list[bytes] = []
+        # Off while events are looked at (an exception there leaves it off: the slow path is
+        # right either way), then what they left.
+        self._flowing = False
         for event in whole.split(b"\n\n"):
             if event:
                 self._event(event, out)
+        self._flowing = not self._held.holding and self._filters is None
         return b"".join(out)
 
     def _plain(self, whole: bytes) -> bytes | None:
@@ -206,7 +230,9 @@ class OpenAIStream:
                                                       .encode()) + b"\n\n", opens)
 
     def finish(self) -> bytes:
-        return self._held.release()
+        out = self._held.release()
+        self._flowing = self._filters is None
+        return out
 
 
 def _has_content(choices: Any) -> bool:
