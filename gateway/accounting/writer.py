@@ -72,7 +72,7 @@ class LedgerWriter:
         spill_path: str | Path,
         *,
         batch_size: int = 500,
-        flush_interval_s: float = 0.02,
+        flush_interval_s: float = 0.005,
         retry_max_s: float = 10.0,
         journal: Journal | None = None,
         fsync_s: float = 1.0,
