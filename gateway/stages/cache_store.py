@@ -86,9 +86,9 @@ class RedisStore:
     def __init__(self, url: str, prefix: str, timeout_s: float = 0.5) -> None:
         import redis.asyncio as aioredis
 
-        self.prefix = prefix
         from gateway.redis_packing import packed
 
+        self.prefix = prefix
         self._redis = aioredis.from_url(url, socket_timeout=timeout_s,
                                         socket_connect_timeout=timeout_s)
         packed(self._redis.connection_pool)  # a lookup per request: C packing, as limits
