@@ -1,0 +1,64 @@
+"""The modules `setup.py` compiles with mypyc, and how to tell whether they were.
+
+Chosen by measurement (docs/routing.md, "Decision time"): the routing decision's pure logic,
+whose time is spent in Python bytecode, with inputs the gateway built itself (fingerprints,
+signals, targets), and whose compiled and interpreted code are checked to decide alike.
+Compiling the request path too was tried and is not done (docs/benchmarks.md, "Compiling
+the request path"): 13 % fewer instructions per request, but the suite found handlers that
+Starlette no longer recognised, run-time type checks turning unexpected JSON into 500s, and
+classes subclassed or patched from outside.
+
+A module listed here must keep to what mypyc compiles faithfully: its annotations are checked
+at run time (a value of the wrong type raises `TypeError`), its classes cannot get attributes
+or methods assigned from outside (no monkeypatching an instance's method in a test), an
+interpreted class cannot subclass a compiled one, and a subclass cannot narrow an inherited
+attribute's type. `tests/unit/test_compiled.py` checks that an installed build has them
+compiled and that compiled and interpreted code decide alike.
+
+This module imports nothing of the gateway's: `setup.py` reads it before anything is
+installed."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
+MODULES: tuple[str, ...] = (
+    "gateway.routing.prefix_index",
+    "gateway.routing.prefix_heat",
+    "gateway.routing.strategies.prefix_load",
+)
+
+
+def is_compiled(module: str) -> bool:
+    """True if `module` (imported) was loaded from a C extension."""
+    mod = sys.modules[module]
+    path = getattr(mod, "__file__", "") or ""
+    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def status() -> dict[str, bool]:
+    """Each listed module, imported, and whether it runs compiled."""
+    out = {}
+    for name in MODULES:
+        importlib.import_module(name)
+        out[name] = is_compiled(name)
+    return out
+
+
+def stale() -> list[str]:
+    """Listed modules whose extension is older than their `.py`: an editable install
+    (`pip install -e .`) builds the extensions beside the sources, and Python keeps importing
+    the extension after the source is edited, until the next install rebuilds it."""
+    out = []
+    for name in MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        if origin is None or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            continue
+        source = Path(origin).parent / (name.rsplit(".", 1)[1] + ".py")
+        if source.exists() and source.stat().st_mtime > Path(origin).stat().st_mtime:
+            out.append(name)
+    return out

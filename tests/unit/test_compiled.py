@@ -1,0 +1,116 @@
+"""The modules `gateway/compiled.py` lists: compiled in an installed build, and deciding
+exactly as their interpreted source does."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.compiled import MODULES, is_compiled, stale, status
+from gateway.routing import prefix_index
+
+ROOT = Path(__file__).resolve().parents[2]
+PURE = os.environ.get("GATEWAY_PURE") == "1"
+
+
+def _interpreted(name: str) -> ModuleType:
+    """`name` loaded from its `.py` under another name, beside the compiled one."""
+    source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
+    spec = importlib.util.spec_from_file_location(f"_interpreted_{source.stem}", source)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses and NamedTuples look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_listed_modules_run_compiled_unless_pure() -> None:
+    # The install this suite runs on (scripts/test.sh: pip install -e .) built them; a
+    # build that fell back to pure Python shows here, not as a silent slowdown.
+    assert status() == {m: not PURE for m in MODULES}
+    assert stale() == []
+
+
+def test_interpreted_copy_is_interpreted() -> None:
+    assert not (_interpreted("gateway.routing.prefix_index").__file__ or "").endswith(".so")
+    assert is_compiled("gateway.routing.prefix_index") is not PURE
+
+
+def _scenario(*flags: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "tests.unit.compiled_scenario",
+                          *flags], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)},
+                         timeout=300)
+    return out.stdout.split()
+
+
+def test_compiled_and_interpreted_make_the_same_decisions() -> None:
+    # 800 decisions of prefix-load over 16 endpoints, chat and RAG prompts, fixed and live
+    # signals: fingerprints, token estimates and the whole order, digest against digest.
+    native, source = _scenario(), _scenario("--interpreted")
+    assert native[0] == ("interpreted" if PURE else "compiled")
+    assert source[0] == "interpreted"
+    assert native[1] == source[1]
+
+
+_PY = _interpreted("gateway.routing.prefix_index")
+_content = st.one_of(
+    st.text(max_size=3000),
+    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=800)}),
+             max_size=3),
+    st.none())
+_messages = st.lists(st.fixed_dictionaries({
+    "role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": _content}),
+    max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=_messages, chunk=st.sampled_from([64, 256, 1024]),
+       extra=st.dictionaries(st.sampled_from(["prompt", "input", "instructions"]),
+                             st.text(max_size=500), max_size=2))
+def test_fingerprints_agree(messages: list[dict[str, object]], chunk: int,
+                            extra: dict[str, str]) -> None:
+    for body in ({"messages": messages, **extra}, extra):
+        assert (prefix_index.fingerprint_parts(body, chunk)
+                == _PY.fingerprint_parts(body, chunk))
+        cache, cache_py = prefix_index.Fingerprints(), _PY.Fingerprints()
+        for _ in range(2):  # the second time through the message cache
+            assert (prefix_index.fingerprint_parts(body, chunk, cache)
+                    == _PY.fingerprint_parts(body, chunk, cache_py))
+
+
+def _chain(steps: list[int]) -> list[int]:
+    """A prompt's chained fingerprints: one per prefix (bijective base 5), as the real ones
+    are, so prompts sharing a head share its fingerprints."""
+    out, h = [], 0
+    for c in steps:
+        h = h * 5 + c + 1
+        out.append(h)
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, 5), st.lists(st.integers(0, 3), max_size=12),
+                              st.integers(1, 600)), max_size=40),
+       capacity=st.integers(50, 5000))
+def test_index_agrees(ops: list[tuple[int, list[int], int]], capacity: int) -> None:
+    # The same records into both indexes (eviction included), then the same questions.
+    native, source = prefix_index.PrefixIndex(capacity), _PY.PrefixIndex(capacity)
+    names = [f"gpu-{i}" for i in range(6)]
+    for ep, steps, tok in ops:
+        fps = _chain(steps)
+        tokens = [tok] * len(fps)
+        native.record(names[ep], fps, tokens)
+        source.record(names[ep], fps, tokens)
+        for i in range(len(fps) + 1):
+            assert (native.matched(fps[:i], tokens[:i], names)
+                    == source.matched(fps[:i], tokens[:i], names))
+    assert ([native.cached_tokens(n) for n in names]
+            == [source.cached_tokens(n) for n in names])
