@@ -30,20 +30,30 @@ MYPY_FLAGS = ["--config-file=", "--ignore-missing-imports", "--follow-imports=si
 
 
 class OptionalBuildExt(build_ext):
-    """A failed compile leaves the pure-Python module in place instead of failing the
-    install (setuptools' own `optional` covers the compile step, not a missing toolchain)."""
+    """A failed compile leaves the pure-Python modules in place instead of failing the
+    install (setuptools' own `optional` covers the compile step, not a missing toolchain).
+    All or none: each listed module's extension is a shim importing the one shared library
+    (`gateway_native__mypyc`), so if any of them fails, the others' outputs are removed too,
+    and no shim is left to import a library that was not built."""
 
     def run(self) -> None:
+        self._failed = False
         try:
             super().run()
         except Exception as exc:  # any toolchain failure: fall back
+            self._failed = True
             print(f"mypyc build failed, installing pure Python: {exc}", file=sys.stderr)
+        if self._failed:
+            for ext in self.extensions:
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
 
     def build_extension(self, ext):  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
         except Exception as exc:
-            print(f"mypyc: {ext.name} not compiled ({exc}); its .py is used", file=sys.stderr)
+            self._failed = True
+            print(f"mypyc: {ext.name} not compiled ({exc}); installing pure Python",
+                  file=sys.stderr)
 
 
 def _extensions() -> list:  # type: ignore[type-arg]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -114,3 +116,32 @@ def test_index_agrees(ops: list[tuple[int, list[int], int]], capacity: int) -> N
                     == source.matched(fps[:i], tokens[:i], names))
     assert ([native.cached_tokens(n) for n in names]
             == [source.cached_tokens(n) for n in names])
+
+
+def test_a_build_whose_shared_library_fails_installs_pure_python(tmp_path: Path) -> None:
+    # Each listed module's extension is a shim importing one shared library: if that library
+    # does not compile, no shim may be left behind to import it (setup.py, all or none).
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for pkg in ("gateway", "local_backend"):
+        shutil.copytree(ROOT / pkg, src / pkg,
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    cc = tmp_path / "cc.sh"  # the compiler fails on the shared library only
+    cc.write_text('#!/bin/sh\ncase "$*" in *__native_gateway_native*) exit 1;; esac\n'
+                  'exec gcc "$@"\n')
+    cc.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_PURE"}
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
+                          "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                         env={**env, "CC": str(cc)}, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    log = out.stdout + out.stderr
+    assert "gateway_native__mypyc not compiled" in log
+    assert "building 'gateway.routing.prefix_index' extension" in log  # the shims did build
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gateway/routing/prefix_index.py" in names
+    assert [n for n in names if n.endswith(".so")] == []
