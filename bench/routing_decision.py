@@ -25,9 +25,10 @@ odds" is the chance that one decision of the row's p50 meets such a gap (rate ×
 `prefix-load` records its pick in the prefix index after the decision (`PrefixIndex.
 record_later`: from an event-loop callback once the request has gone on). The timed decisions
 run in an event loop (uvloop's where installed, as `gateway serve` runs), each followed by one
-loop turn (`asyncio.sleep(0)`), in which that callback applies the record: the decision pays
-for scheduling it, and the record is counted apart, as "record, applied after" (timed inside
-the callback; `--instructions`: the row's records replayed, in the same order, on a second
+loop turn (`asyncio.sleep(0)`): the decision pays for scheduling the callback, and the record
+is counted apart, as "record, applied after" (timed as `PrefixIndex.apply`, called just
+before that loop turn, where the callback would call it: a compiled index takes no wrapper
+around its callback; `--instructions`: the row's records replayed, in the same order, on a second
 index built by the same steps as the row's). The core does that work all the same: the total is the
 sum. The decision's instructions are the row's total minus the replay and minus as many
 empty loop turns (counted too), so the loop's own cost of running the callback is counted as
