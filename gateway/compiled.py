@@ -32,11 +32,22 @@ MODULES: tuple[str, ...] = (
 )
 
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The directory holding the `gateway` package (the repository, in an editable install)."""
+
+
+def source(module: str) -> Path:
+    """The `.py` a listed module is compiled from."""
+    return ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _extension(path: str) -> bool:
+    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def is_compiled(module: str) -> bool:
     """True if `module` (imported) was loaded from a C extension."""
-    mod = sys.modules[module]
-    path = getattr(mod, "__file__", "") or ""
-    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return _extension(getattr(sys.modules[module], "__file__", "") or "")
 
 
 def status() -> dict[str, bool]:
@@ -56,9 +67,9 @@ def stale() -> list[str]:
     for name in MODULES:
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
-        if origin is None or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        if origin is None or not _extension(origin):
             continue
-        source = Path(origin).parent / (name.rsplit(".", 1)[1] + ".py")
-        if source.exists() and source.stat().st_mtime > Path(origin).stat().st_mtime:
+        py = Path(origin).with_name(source(name).name)
+        if py.exists() and py.stat().st_mtime > Path(origin).stat().st_mtime:
             out.append(name)
     return out

@@ -13,12 +13,9 @@ import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
-from gateway.compiled import MODULES
-
-ROOT = Path(__file__).resolve().parents[2]
+from gateway.compiled import MODULES, source
 
 
 class _SourceOnly(importlib.abc.MetaPathFinder):
@@ -29,8 +26,7 @@ class _SourceOnly(importlib.abc.MetaPathFinder):
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if name not in MODULES:
             return None
-        source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
-        return importlib.util.spec_from_file_location(name, source)
+        return importlib.util.spec_from_file_location(name, source(name))
 
 
 def main(argv: list[str]) -> None:

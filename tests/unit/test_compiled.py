@@ -15,7 +15,7 @@ from types import ModuleType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.compiled import MODULES, is_compiled, stale, status
+from gateway.compiled import MODULES, is_compiled, source, stale, status
 from gateway.routing import prefix_index
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +24,8 @@ PURE = os.environ.get("GATEWAY_PURE") == "1"
 
 def _interpreted(name: str) -> ModuleType:
     """`name` loaded from its `.py` under another name, beside the compiled one."""
-    source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
-    spec = importlib.util.spec_from_file_location(f"_interpreted_{source.stem}", source)
+    py = source(name)
+    spec = importlib.util.spec_from_file_location(f"_interpreted_{py.stem}", py)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses and NamedTuples look their module up
@@ -37,6 +37,19 @@ def test_listed_modules_run_compiled_unless_pure() -> None:
     # The install this suite runs on (scripts/test.sh: pip install -e .) built them; a
     # build that fell back to pure Python shows here, not as a silent slowdown.
     assert status() == {m: not PURE for m in MODULES}
+    assert stale() == []
+
+
+def test_an_edited_source_is_reported_stale() -> None:
+    # What tests/conftest.py refuses to run on: a `.py` newer than its extension.
+    name = "gateway.routing.prefix_heat"
+    py, ext = source(name), sys.modules[name].__file__ or ""
+    before = py.stat()
+    try:
+        os.utime(py, (before.st_atime, (Path(ext).stat().st_mtime if not PURE else 0) + 10))
+        assert stale() == ([] if PURE else [name])
+    finally:
+        os.utime(py, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert stale() == []
 
 
