@@ -63,8 +63,10 @@ class SimConfig:
     replicas: int = 1
     """Gateway replicas, each with its own strategy and signals (bench/sim/replicas.py)."""
     share_s: float | None = None
-    """With several replicas: how often they exchange the shared view (None: never, each
-    routes on its own view)."""
+    """With several replicas: how often they exchange their in-flight counts through the
+    shared view (None: never, each routes on its own view)."""
+    prefix_share_s: float | None = None
+    """How often their prefix records go along (None: with every exchange, `share_s`)."""
 
 
 def backend_configs(cfg: SimConfig) -> list[BackendConfig]:
@@ -184,7 +186,7 @@ def run(cfg: SimConfig, strategy_name: str, strategy: Strategy | None = None,
     index = {t.id: i for i, t in enumerate(targets)}
     now = 0.0
     gateways = Gateways(cfg.replicas, cfg.share_s, strategy_name, cfg.seed, strategy,
-                        lambda: now, cfg.scrape_interval_s)
+                        lambda: now, cfg.scrape_interval_s, cfg.prefix_share_s)
     backends = [Backend(i, bc) for i, bc in enumerate(backend_configs(cfg))]
     block = cfg.backend.block_tokens
 

@@ -58,3 +58,29 @@ def test_requests_are_spread_over_the_replicas_in_turn() -> None:
     assert len({id(s) for s in gws.strategies}) == 4
     with pytest.raises(ValueError):
         Gateways(2, None, "prefix-load", 1, PrefixLoad(1), lambda: 0.0, 5.0)
+
+
+def test_prefix_records_can_travel_slower_than_loads() -> None:
+    """`prefix_share_s`: loads go at every exchange, prefix records wait in the outboxes
+    until their own interval is up (the "4 loads every 0.05 s" setup)."""
+    from gateway.call import Call
+    from gateway.policy.models import Deployment
+    from gateway.providers.base import Target
+
+    now = [0.0]
+    gws = Gateways(2, 0.05, "prefix-load", 1, None, lambda: now[0], 5.0, prefix_share_s=0.25)
+    targets = [Target("m", Deployment(provider="p", model="m", name=f"gpu-{i}"), "p")
+               for i in range(2)]
+
+    def ask(at: float, text: str, key: int) -> Target:
+        now[0] = at
+        call = Call(endpoint="chat", model="m", raw=b"", stream=True, request_id=str(key),
+                    body={"model": "m", "messages": [{"role": "user", "content": text}]})
+        return gws.route(targets, call, (key, 0))
+
+    ask(0.0, "first " * 300, 1)  # replica 0; the exchange before it had nothing to share
+    ask(0.06, "second " * 300, 2)  # replica 1: loads exchanged, replica 0's record waits
+    assert gws.collectors[1]._remote == gws.collectors[0].local_in_flight()  # one request
+    assert gws.collectors[0].prefixes.outbox and gws.collectors[1].prefixes.outbox
+    ask(0.3, "third " * 300, 3)  # prefixes too now: every outbox emptied into the others
+    assert not gws.collectors[1].prefixes.outbox
