@@ -31,6 +31,11 @@ MODULES: tuple[str, ...] = (
     "gateway.routing.strategies.prefix_load",
 )
 
+BAKED: tuple[str, ...] = ("gateway.routing.base",)
+"""Interpreted modules whose classes the compiled ones are built against: mypyc reads and
+checks `EndpointLoad` and `Signals` as the named tuples they were at the build, so editing
+one of these needs a reinstall too (an old build then fails at import: "tuple object
+expected")."""
 
 ROOT = Path(__file__).resolve().parent.parent
 """The directory holding the `gateway` package (the repository, in an editable install)."""
@@ -60,16 +65,19 @@ def status() -> dict[str, bool]:
 
 
 def stale() -> list[str]:
-    """Listed modules whose extension is older than their `.py`: an editable install
-    (`pip install -e .`) builds the extensions beside the sources, and Python keeps importing
-    the extension after the source is edited, until the next install rebuilds it."""
+    """Listed modules whose extension is older than their `.py` or than a `BAKED` module's:
+    an editable install (`pip install -e .`) builds the extensions beside the sources, and
+    Python keeps importing the extension after the source is edited, until the next install
+    rebuilds it."""
+    baked = [source(m) for m in BAKED]
     out = []
     for name in MODULES:
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
         if origin is None or not _extension(origin):
             continue
-        py = Path(origin).with_name(source(name).name)
-        if py.exists() and py.stat().st_mtime > Path(origin).stat().st_mtime:
+        built = Path(origin).stat().st_mtime
+        sources = [Path(origin).with_name(source(name).name), *baked]
+        if any(py.exists() and py.stat().st_mtime > built for py in sources):
             out.append(name)
     return out

@@ -317,7 +317,7 @@ class SignalCollector:
     def _load(self, did: str, ep: _Endpoint, now: float) -> tuple[EndpointLoad, float]:
         """One deployment's load now, and until when it stays true. Rebuilt for every
         `begin` and `end` on the request path: comparisons rather than `min()` calls, and
-        `new_load` rather than the frozen dataclass's keyword `__init__`."""
+        `new_load` (one `tuple.__new__`) rather than the named tuple's keyword `__new__`."""
         scrape_ok = now - ep.scraped_at <= self._stale
         lat_ok = now - ep.latency_at <= self._latency_ttl
         until = math.inf
