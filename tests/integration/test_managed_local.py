@@ -45,10 +45,18 @@ def test_managed_backend_serves_restarts_and_stops(gateway, tmp_path, tiny_dir) 
     pid = backends.pid("local")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    # The supervisor notices, restarts it (backoff 1 s) and readiness comes back.
+    # The supervisor notices, restarts it (backoff 1 s) and readiness comes back. `/ready`
+    # answers 200 once any deployment can serve: the chat one's own health probe may pass a
+    # moment after the embedding one's (both probe the same backend), so wait for it by name.
     assert wait_until(lambda: backends.restarts("local") == 1, timeout=10)
-    assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 200
-                      and backends.pid("local") not in (None, pid), timeout=90)
+    chat_id = f"local/{tiny_dir}"
+
+    def chat_ready() -> bool:
+        r = httpx.get(gw.url + "/ready")
+        return (r.status_code == 200 and r.json()["deployments"].get(chat_id) == "ok"
+                and backends.pid("local") not in (None, pid))
+
+    assert wait_until(chat_ready, timeout=90)
     r = client.chat.completions.create(model="chat", max_tokens=3,
                                        messages=[{"role": "user", "content": "again"}])
     assert r.choices[0].message.content is not None
