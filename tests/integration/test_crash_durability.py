@@ -79,7 +79,10 @@ async def _load(url: str, answered: set[str], stop_after: float, kill: Any) -> i
 
 def test_kill_9_under_load_loses_no_answered_request(tmp_path: Path) -> None:
     with FakeOpenAI("up", words=3) as up:
-        # A long flush interval: at the kill, most answered records are not in the database.
+        # A long flush interval, and the kill half-way between its first two flushes (the
+        # writer flushes 2 s after its first record, about when the load starts): the records
+        # of the first 2 s are in the database, those of the last second only in the journal.
+        # Killed at 2 s, on the first flush's heels, a slow machine had flushed them all.
         policy = simple_policy(tmp_path, {"up": provider(up)},
                                {"chat": {"deployments": [{"provider": "up", "model": "m"}]}})
         policy["ledger"]["flush_interval_s"] = 2.0
@@ -88,7 +91,7 @@ def test_kill_9_under_load_loses_no_answered_request(tmp_path: Path) -> None:
         answered: set[str] = set()
         assert first.proc is not None
         pid = first.proc.pid
-        sent = asyncio.run(_load(first.base_url + "/chat/completions", answered, 2.0,
+        sent = asyncio.run(_load(first.base_url + "/chat/completions", answered, 3.0,
                                  lambda: os.kill(pid, signal.SIGKILL)))
         first.proc.wait(10)
         assert first.proc.returncode == -signal.SIGKILL
